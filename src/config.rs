@@ -1,0 +1,398 @@
+//! The YAML file schema and its validation into a typed [`Config`]; no Pingora types here.
+
+pub mod secret;
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::auth::{KeyEntry, Principal};
+use crate::errors::ConfigError;
+use crate::router::{Glob, Route};
+pub use secret::{EnvLookup, Secret};
+
+const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+const DEFAULT_THREADS: usize = 2;
+const DEFAULT_MAX_BODY_BYTES: usize = 33_554_432; // 32 MiB
+const MAX_MAX_BODY_BYTES: usize = 1_073_741_824; // 1 GiB
+const DEFAULT_CONNECT_MS: u64 = 3_000;
+const DEFAULT_FIRST_BYTE_MS: u64 = 600_000; // a non-streaming answer arrives only when generation ends
+const MAX_TIMEOUT_MS: u64 = 86_400_000; // 1 day
+const MAX_CONFIG_BYTES: usize = 16_777_216; // 16 MiB
+
+// === file schema ===
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    keys: Vec<RawKey>,
+    #[serde(default)]
+    pools: BTreeMap<String, RawPool>,
+    #[serde(default)]
+    routes: Vec<RawRoute>,
+    #[serde(default)]
+    default_model: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    #[serde(default = "default_listen")]
+    listen: String,
+    #[serde(default = "default_admin_listen")]
+    admin_listen: Option<String>,
+    #[serde(default = "default_threads")]
+    threads: usize,
+    #[serde(default = "default_max_body_bytes")]
+    max_body_bytes: usize,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            admin_listen: default_admin_listen(),
+            threads: default_threads(),
+            max_body_bytes: default_max_body_bytes(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    DEFAULT_LISTEN.to_string()
+}
+fn default_admin_listen() -> Option<String> {
+    Some(DEFAULT_ADMIN_LISTEN.to_string())
+}
+fn default_threads() -> usize {
+    DEFAULT_THREADS
+}
+fn default_max_body_bytes() -> usize {
+    DEFAULT_MAX_BODY_BYTES
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKey {
+    key: String,
+    tenant: String,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    models: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    backends: Vec<String>,
+    #[serde(default)]
+    api_key: Option<String>,
+    #[serde(default)]
+    timeouts: RawTimeouts,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTimeouts {
+    connect_ms: Option<u64>,
+    first_byte_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    prefix: String,
+    pool: String,
+    #[serde(default)]
+    strip_prefix: bool,
+}
+
+// === typed config ===
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub keys: Vec<KeyEntry>,
+    pub pools: Vec<PoolConfig>,
+    pub routes: Vec<Route>,
+    pub default_model: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: Option<SocketAddr>,
+    pub threads: usize,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub name: String,
+    pub backends: Vec<BackendUrl>,
+    pub api_key: Option<Secret>,
+    pub connect_timeout: Duration,
+    /// Bounds the wait for response headers and, until per-chunk idle limits land, each read.
+    pub first_byte_timeout: Duration,
+}
+
+/// A parsed backend URL: `http(s)://host[:port][/base/path]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// Prepended to the request path; empty or starting with `/`, never ending with `/`.
+    pub base_path: String,
+    /// What the upstream sees in `Host`: the host, plus the port when it is not the default.
+    pub authority: String,
+}
+
+impl Config {
+    /// Parses and validates YAML, resolving secrets through `env`.
+    pub fn from_yaml(text: &str, env: EnvLookup<'_>) -> Result<Self, ConfigError> {
+        if text.len() > MAX_CONFIG_BYTES {
+            return Err(ConfigError::new("config", "file is larger than 16 MiB"));
+        }
+        let de = serde_yaml::Deserializer::from_str(text);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let path = if path == "." { "config".to_string() } else { path };
+            let inner = first_line(&e.into_inner().to_string());
+            // serde_yaml prefixes its own (shorter) path; keep one, the more precise
+            let msg = match inner.split_once(": ") {
+                Some((p, rest)) if path.starts_with(p) => rest.to_string(),
+                _ => inner,
+            };
+            ConfigError::new(path, msg)
+        })?;
+        raw.validate(env)
+    }
+
+    /// Reads the file and validates it with the process environment.
+    pub fn load(path: &str) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(path, format!("cannot read config: {e}")))?;
+        Self::from_yaml(&text, &|k| std::env::var(k).ok())
+    }
+
+    pub fn pool(&self, index: usize) -> Option<&PoolConfig> {
+        self.pools.get(index)
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or_default().to_string()
+}
+
+impl RawConfig {
+    fn validate(self, env: EnvLookup<'_>) -> Result<Config, ConfigError> {
+        let server = self.server.validate()?;
+        let keys = validate_keys(self.keys, env)?;
+        let mut pools = Vec::with_capacity(self.pools.len());
+        for (name, pool) in self.pools {
+            pools.push(pool.validate(&name, env)?);
+        }
+        let known = || pools.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ");
+        let mut routes = Vec::with_capacity(self.routes.len());
+        for (i, r) in self.routes.into_iter().enumerate() {
+            let Some(pool) = pools.iter().position(|p| p.name == r.pool) else {
+                return Err(ConfigError::new(
+                    format!("routes[{i}].pool"),
+                    format!("unknown pool \"{}\" (known: {})", r.pool, known()),
+                ));
+            };
+            routes.push(Route {
+                prefix: r.prefix,
+                pool,
+                pool_name: r.pool,
+                strip_prefix: r.strip_prefix,
+            });
+        }
+        if let Some(m) = &self.default_model {
+            if !routes.iter().any(|r| m.starts_with(&r.prefix)) {
+                return Err(ConfigError::new(
+                    "default_model",
+                    format!("\"{m}\" matches no route prefix"),
+                ));
+            }
+        }
+        Ok(Config {
+            server,
+            keys,
+            pools,
+            routes,
+            default_model: self.default_model,
+        })
+    }
+}
+
+impl RawServer {
+    fn validate(self) -> Result<ServerConfig, ConfigError> {
+        let listen = parse_addr("server.listen", &self.listen)?;
+        let admin_listen = match &self.admin_listen {
+            Some(a) => Some(parse_addr("server.admin_listen", a)?),
+            None => None,
+        };
+        if admin_listen == Some(listen) {
+            return Err(ConfigError::new(
+                "server.admin_listen",
+                "must differ from server.listen",
+            ));
+        }
+        if !(1..=1024).contains(&self.threads) {
+            return Err(ConfigError::new(
+                "server.threads",
+                format!("{} must be between 1 and 1024", self.threads),
+            ));
+        }
+        if !(1..=MAX_MAX_BODY_BYTES).contains(&self.max_body_bytes) {
+            return Err(ConfigError::new(
+                "server.max_body_bytes",
+                format!("{} must be between 1 and {MAX_MAX_BODY_BYTES}", self.max_body_bytes),
+            ));
+        }
+        Ok(ServerConfig {
+            listen,
+            admin_listen,
+            threads: self.threads,
+            max_body_bytes: self.max_body_bytes,
+        })
+    }
+}
+
+fn parse_addr(path: &str, v: &str) -> Result<SocketAddr, ConfigError> {
+    v.parse().map_err(|_| {
+        ConfigError::new(path, format!("\"{v}\" is not an IP:port address"))
+    })
+}
+
+fn validate_keys(raw: Vec<RawKey>, env: EnvLookup<'_>) -> Result<Vec<KeyEntry>, ConfigError> {
+    let mut seen = HashSet::new();
+    let mut keys = Vec::with_capacity(raw.len());
+    for (i, k) in raw.into_iter().enumerate() {
+        let digest = secret::resolve_key_digest(&format!("keys[{i}].key"), &k.key, env)?;
+        if !seen.insert(digest) {
+            return Err(ConfigError::new(
+                format!("keys[{i}].key"),
+                "the same key is listed twice",
+            ));
+        }
+        if k.tenant.trim().is_empty() {
+            return Err(ConfigError::new(format!("keys[{i}].tenant"), "must not be empty"));
+        }
+        let models = match k.models {
+            None => None,
+            Some(list) => {
+                let mut globs = Vec::with_capacity(list.len());
+                for (j, g) in list.into_iter().enumerate() {
+                    if g.is_empty() {
+                        return Err(ConfigError::new(
+                            format!("keys[{i}].models[{j}]"),
+                            "must not be empty",
+                        ));
+                    }
+                    globs.push(Glob::new(&g));
+                }
+                Some(globs)
+            }
+        };
+        keys.push(KeyEntry {
+            digest,
+            principal: Principal {
+                tenant: k.tenant.into(),
+                user: k.user.unwrap_or_default().into(),
+                key_index: i,
+            },
+            models,
+        });
+    }
+    Ok(keys)
+}
+
+impl RawPool {
+    fn validate(self, name: &str, env: EnvLookup<'_>) -> Result<PoolConfig, ConfigError> {
+        let base = format!("pools.{name}");
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_".contains(c)) {
+            return Err(ConfigError::new(
+                base,
+                "pool names may contain only letters, digits, '-' and '_'",
+            ));
+        }
+        if self.backends.is_empty() {
+            return Err(ConfigError::new(format!("{base}.backends"), "must list at least one URL"));
+        }
+        let mut backends = Vec::with_capacity(self.backends.len());
+        for (i, b) in self.backends.iter().enumerate() {
+            backends.push(parse_backend(&format!("{base}.backends[{i}]"), b)?);
+        }
+        let api_key = match &self.api_key {
+            Some(raw) => Some(secret::resolve(&format!("{base}.api_key"), raw, env)?),
+            None => None,
+        };
+        let connect = self.timeouts.connect_ms.unwrap_or(DEFAULT_CONNECT_MS);
+        let first_byte = self.timeouts.first_byte_ms.unwrap_or(DEFAULT_FIRST_BYTE_MS);
+        for (field, v) in [("connect_ms", connect), ("first_byte_ms", first_byte)] {
+            if !(1..=MAX_TIMEOUT_MS).contains(&v) {
+                return Err(ConfigError::new(
+                    format!("{base}.timeouts.{field}"),
+                    format!("{v} must be between 1 and {MAX_TIMEOUT_MS}"),
+                ));
+            }
+        }
+        Ok(PoolConfig {
+            name: name.to_string(),
+            backends,
+            api_key,
+            connect_timeout: Duration::from_millis(connect),
+            first_byte_timeout: Duration::from_millis(first_byte),
+        })
+    }
+}
+
+/// Parses `http(s)://host[:port][/path]`; user-info, query and fragment are refused.
+pub fn parse_backend(path: &str, raw: &str) -> Result<BackendUrl, ConfigError> {
+    let bad = |why: &str| ConfigError::new(path, format!("\"{raw}\" {why}"));
+    let uri: http::Uri = raw.parse().map_err(|_| bad("is not a URL"))?;
+    let tls = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err(bad("must start with http:// or https://")),
+    };
+    let auth = uri.authority().ok_or_else(|| bad("has no host"))?;
+    if auth.as_str().contains('@') {
+        return Err(bad("must not carry credentials; use api_key"));
+    }
+    if uri.query().is_some() || raw.contains('#') {
+        return Err(bad("must not have a query or fragment"));
+    }
+    let host = auth.host().trim_start_matches('[').trim_end_matches(']').to_string();
+    if host.is_empty() {
+        return Err(bad("has no host"));
+    }
+    let default_port = if tls { 443 } else { 80 };
+    let port = auth.port_u16().unwrap_or(default_port);
+    let base_path = uri.path().trim_end_matches('/').to_string();
+    let authority = if port == default_port {
+        auth.host().to_string()
+    } else {
+        format!("{}:{port}", auth.host())
+    };
+    Ok(BackendUrl {
+        tls,
+        host,
+        port,
+        base_path,
+        authority,
+    })
+}
+
+#[cfg(test)]
+mod tests;

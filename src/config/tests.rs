@@ -1,0 +1,109 @@
+use super::*;
+
+fn env(name: &str) -> Option<String> {
+    match name {
+        "OPENAI_API_KEY" => Some("sk-upstream".into()),
+        "ACME_KEY" => Some("sk-acme".into()),
+        _ => None,
+    }
+}
+
+fn load(yaml: &str) -> Result<Config, ConfigError> {
+    Config::from_yaml(yaml, &env)
+}
+
+const GOOD: &str = r#"
+server:
+  listen: "127.0.0.1:8080"
+  admin_listen: "127.0.0.1:9090"
+  threads: 2
+  max_body_bytes: 1048576
+keys:
+  - key: "sk-team-acme"
+    tenant: acme
+    user: alice
+    models: ["ollama/*", "gpt-4o*"]
+  - key: "env:ACME_KEY"
+    tenant: acme
+pools:
+  ollama:
+    backends: ["http://127.0.0.1:11434"]
+  openai:
+    backends: ["https://api.openai.com/v1base/"]
+    api_key: "env:OPENAI_API_KEY"
+routes:
+  - prefix: "ollama/"
+    pool: ollama
+    strip_prefix: true
+  - prefix: "gpt-"
+    pool: openai
+default_model: "ollama/llama3"
+"#;
+
+#[test]
+fn the_issue_example_loads() {
+    let c = load(GOOD).unwrap();
+    assert_eq!(c.server.max_body_bytes, 1_048_576);
+    assert_eq!(c.keys.len(), 2);
+    assert_eq!(c.routes[1].pool_name, "openai");
+    let openai = &c.pools[c.routes[1].pool];
+    assert_eq!(openai.api_key.as_ref().unwrap().expose(), "sk-upstream");
+    let b = &openai.backends[0];
+    assert_eq!((b.tls, b.port, b.host.as_str()), (true, 443, "api.openai.com"));
+    assert_eq!(b.base_path, "/v1base");
+    assert_eq!(b.authority, "api.openai.com");
+    assert_eq!(c.pools[c.routes[0].pool].backends[0].authority, "127.0.0.1:11434");
+}
+
+#[test]
+fn defaults_apply_to_an_empty_server_block() {
+    let c = load("pools: {p: {backends: ['http://h']}}\nroutes: [{prefix: '', pool: p}]").unwrap();
+    assert_eq!(c.server.listen.to_string(), "0.0.0.0:8080");
+    assert_eq!(c.server.admin_listen.unwrap().to_string(), "127.0.0.1:9090");
+    assert_eq!(c.server.max_body_bytes, 33_554_432);
+    assert_eq!(c.pools[0].backends[0].port, 80);
+}
+
+fn err(yaml: &str) -> String {
+    load(yaml).unwrap_err().to_string()
+}
+
+#[test]
+fn errors_name_the_path() {
+    let bad_route = GOOD.replace("pool: openai", "pool: opena");
+    assert_eq!(err(&bad_route), "routes[1].pool: unknown pool \"opena\" (known: ollama, openai)");
+    let unknown = GOOD.replace("tenant: acme\n    user", "tenent: acme\n    user");
+    assert!(err(&unknown).starts_with("keys[0].tenent: unknown field `tenent`"), "{}", err(&unknown));
+    let e = err(&GOOD.replace("threads: 2", "threads: 0"));
+    assert_eq!(e, "server.threads: 0 must be between 1 and 1024");
+    let e = err(&GOOD.replace("http://127.0.0.1:11434", "ftp://x"));
+    assert_eq!(e, "pools.ollama.backends[0]: \"ftp://x\" must start with http:// or https://");
+    let e = err(&GOOD.replace("env:OPENAI_API_KEY", "env:MISSING"));
+    assert_eq!(e, "pools.openai.api_key: environment variable MISSING is not set");
+    let e = err(&GOOD.replace("\"ollama/llama3\"", "\"claude\""));
+    assert_eq!(e, "default_model: \"claude\" matches no route prefix");
+    let e = err(&GOOD.replace("\"127.0.0.1:8080\"", "\"localhost\""));
+    assert_eq!(e, "server.listen: \"localhost\" is not an IP:port address");
+    let e = err(&GOOD.replace("max_body_bytes: 1048576", "max_body_bytes: -1"));
+    assert!(e.starts_with("server.max_body_bytes: "), "{e}");
+}
+
+#[test]
+fn duplicate_keys_are_refused() {
+    let e = err(&GOOD.replace("env:ACME_KEY", "sk-team-acme"));
+    assert_eq!(e, "keys[1].key: the same key is listed twice");
+}
+
+#[test]
+fn secrets_do_not_show_in_debug_output() {
+    let c = load(GOOD).unwrap();
+    let dbg = format!("{c:?}");
+    assert!(!dbg.contains("sk-upstream"), "{dbg}");
+    assert!(!dbg.contains("sk-team-acme"));
+}
+
+#[test]
+fn top_level_type_errors_are_reported() {
+    assert!(err("keys: 3").starts_with("keys: "));
+    assert!(err("- a").starts_with("config: "));
+}

@@ -1,0 +1,269 @@
+//! Every failure a client, an operator or the process can see, with its status, OpenAI body and label.
+
+use http::StatusCode;
+use serde_json::json;
+
+/// A request-path failure. Each variant decides, by exhaustive match, the HTTP status, the OpenAI
+/// error `type` and `code`, and a low-cardinality label for metrics and the access log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GatewayError {
+    #[error("you didn't provide an API key; send it as `Authorization: Bearer <key>`")]
+    MissingApiKey,
+    #[error("incorrect API key provided")]
+    InvalidApiKey,
+    #[error("the model `{0}` does not exist or you do not have access to it")]
+    UnknownModel(String),
+    #[error("the model `{0}` does not exist or you do not have access to it")]
+    ModelNotAllowed(String),
+    #[error("request body exceeds {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("we could not parse the JSON body of your request: {0}")]
+    InvalidJson(String),
+    #[error("invalid value for `{param}`: {msg}")]
+    InvalidParam { param: &'static str, msg: String },
+    #[error("you must provide a model parameter")]
+    MissingModel,
+    #[error("unknown request URL: {method} {path}")]
+    UnknownPath { method: String, path: String },
+    #[error("method {method} is not allowed on {path}")]
+    MethodNotAllowed { method: String, path: String },
+    #[error("pool `{0}` has no usable backend")]
+    NoBackend(String),
+    #[error("upstream is unreachable")]
+    UpstreamUnreachable,
+    #[error("upstream did not accept the connection in time")]
+    UpstreamConnectTimeout,
+    #[error("upstream timed out")]
+    UpstreamTimeout,
+    #[error("upstream closed the connection before the response completed")]
+    UpstreamClosed,
+    #[error("upstream sent an invalid response")]
+    UpstreamProtocol,
+    #[error("the server had an error while processing your request")]
+    Internal,
+}
+
+impl GatewayError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::MissingApiKey | Self::InvalidApiKey => StatusCode::UNAUTHORIZED,
+            Self::UnknownModel(_) | Self::ModelNotAllowed(_) | Self::UnknownPath { .. } => {
+                StatusCode::NOT_FOUND
+            }
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::InvalidJson(_) | Self::InvalidParam { .. } | Self::MissingModel => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::NoBackend(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UpstreamUnreachable | Self::UpstreamClosed | Self::UpstreamProtocol => {
+                StatusCode::BAD_GATEWAY
+            }
+            Self::UpstreamConnectTimeout | Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The OpenAI `error.type`, which SDKs use to pick the exception class.
+    pub fn openai_type(&self) -> &'static str {
+        match self {
+            Self::MissingApiKey | Self::InvalidApiKey => "invalid_request_error",
+            Self::UnknownModel(_)
+            | Self::ModelNotAllowed(_)
+            | Self::BodyTooLarge { .. }
+            | Self::InvalidJson(_)
+            | Self::InvalidParam { .. }
+            | Self::MissingModel
+            | Self::UnknownPath { .. }
+            | Self::MethodNotAllowed { .. } => "invalid_request_error",
+            Self::NoBackend(_)
+            | Self::UpstreamUnreachable
+            | Self::UpstreamConnectTimeout
+            | Self::UpstreamTimeout
+            | Self::UpstreamClosed
+            | Self::UpstreamProtocol
+            | Self::Internal => "server_error",
+        }
+    }
+
+    /// The OpenAI `error.code`, or `None` where OpenAI sends `null`.
+    pub fn code(&self) -> Option<&'static str> {
+        match self {
+            Self::MissingApiKey | Self::InvalidApiKey => Some("invalid_api_key"),
+            Self::UnknownModel(_) | Self::ModelNotAllowed(_) => Some("model_not_found"),
+            Self::BodyTooLarge { .. } => Some("request_too_large"),
+            Self::UnknownPath { .. } => Some("unknown_url"),
+            Self::InvalidJson(_) | Self::InvalidParam { .. } | Self::MissingModel => None,
+            Self::MethodNotAllowed { .. } => Some("method_not_allowed"),
+            Self::NoBackend(_) => Some("no_backend"),
+            Self::UpstreamUnreachable => Some("upstream_unreachable"),
+            Self::UpstreamConnectTimeout | Self::UpstreamTimeout => Some("upstream_timeout"),
+            Self::UpstreamClosed => Some("upstream_closed"),
+            Self::UpstreamProtocol => Some("upstream_protocol_error"),
+            Self::Internal => Some("internal_error"),
+        }
+    }
+
+    /// The offending request parameter, as OpenAI reports it in `error.param`.
+    pub fn param(&self) -> Option<&'static str> {
+        match self {
+            Self::UnknownModel(_) | Self::ModelNotAllowed(_) | Self::MissingModel => Some("model"),
+            Self::InvalidParam { param, .. } => Some(param),
+            Self::MissingApiKey
+            | Self::InvalidApiKey
+            | Self::BodyTooLarge { .. }
+            | Self::InvalidJson(_)
+            | Self::UnknownPath { .. }
+            | Self::MethodNotAllowed { .. }
+            | Self::NoBackend(_)
+            | Self::UpstreamUnreachable
+            | Self::UpstreamConnectTimeout
+            | Self::UpstreamTimeout
+            | Self::UpstreamClosed
+            | Self::UpstreamProtocol
+            | Self::Internal => None,
+        }
+    }
+
+    /// A closed-set label for metrics and logs; never carries request data.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::MissingApiKey => "missing_api_key",
+            Self::InvalidApiKey => "invalid_api_key",
+            Self::UnknownModel(_) => "unknown_model",
+            Self::ModelNotAllowed(_) => "model_not_allowed",
+            Self::BodyTooLarge { .. } => "body_too_large",
+            Self::InvalidJson(_) => "invalid_json",
+            Self::InvalidParam { .. } => "invalid_param",
+            Self::MissingModel => "missing_model",
+            Self::UnknownPath { .. } => "unknown_path",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::NoBackend(_) => "no_backend",
+            Self::UpstreamUnreachable => "connect_error",
+            Self::UpstreamConnectTimeout => "connect_timeout",
+            Self::UpstreamTimeout => "read_timeout",
+            Self::UpstreamClosed => "upstream_closed",
+            Self::UpstreamProtocol => "upstream_protocol",
+            Self::Internal => "internal",
+        }
+    }
+
+    /// Whether the failure lies with the upstream (counted in `llmedge_upstream_errors_total`).
+    pub fn is_upstream(&self) -> bool {
+        match self {
+            Self::NoBackend(_)
+            | Self::UpstreamUnreachable
+            | Self::UpstreamConnectTimeout
+            | Self::UpstreamTimeout
+            | Self::UpstreamClosed
+            | Self::UpstreamProtocol => true,
+            Self::MissingApiKey
+            | Self::InvalidApiKey
+            | Self::UnknownModel(_)
+            | Self::ModelNotAllowed(_)
+            | Self::BodyTooLarge { .. }
+            | Self::InvalidJson(_)
+            | Self::InvalidParam { .. }
+            | Self::MissingModel
+            | Self::UnknownPath { .. }
+            | Self::MethodNotAllowed { .. }
+            | Self::Internal => false,
+        }
+    }
+
+    /// The OpenAI-shaped JSON error object, `{"error":{"message","type","param","code"}}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({
+            "error": {
+                "message": self.to_string(),
+                "type": self.openai_type(),
+                "param": self.param(),
+                "code": self.code(),
+            }
+        })
+    }
+
+    pub fn body(&self) -> bytes::Bytes {
+        bytes::Bytes::from(self.to_json().to_string())
+    }
+
+    /// A final SSE event carrying this error, for failures after a stream has started.
+    pub fn sse_event(&self) -> bytes::Bytes {
+        bytes::Bytes::from(format!("data: {}\n\n", self.to_json()))
+    }
+}
+
+/// A configuration problem. The message names the field path; `main` prints it and exits 64.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {msg}")]
+pub struct ConfigError {
+    pub path: String,
+    pub msg: String,
+}
+
+impl ConfigError {
+    pub fn new(path: impl Into<String>, msg: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            msg: msg.into(),
+        }
+    }
+}
+
+/// A failure while starting the server after the config was accepted (exit code 1).
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: String, reason: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_body_has_openai_shape() {
+        let v = GatewayError::InvalidApiKey.to_json();
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["code"], "invalid_api_key");
+        assert!(v["error"]["param"].is_null());
+        assert_eq!(v["error"]["message"], "incorrect API key provided");
+    }
+
+    #[test]
+    fn unknown_and_forbidden_model_look_the_same_to_the_client() {
+        let a = GatewayError::UnknownModel("m".into());
+        let b = GatewayError::ModelNotAllowed("m".into());
+        assert_eq!(a.to_json(), b.to_json(), "must not reveal that a model exists");
+        assert_eq!(a.status(), StatusCode::NOT_FOUND);
+        assert_ne!(a.label(), b.label(), "operators still see the difference");
+    }
+
+    #[test]
+    fn statuses_follow_openai() {
+        assert_eq!(GatewayError::MissingApiKey.status(), 401);
+        assert_eq!(GatewayError::BodyTooLarge { limit: 1 }.status(), 413);
+        assert_eq!(GatewayError::InvalidJson("x".into()).status(), 400);
+        assert_eq!(GatewayError::UpstreamUnreachable.status(), 502);
+        assert_eq!(GatewayError::UpstreamTimeout.status(), 504);
+        assert_eq!(GatewayError::UpstreamConnectTimeout.status(), 504);
+    }
+
+    #[test]
+    fn sse_error_event_is_one_complete_event() {
+        let ev = GatewayError::UpstreamClosed.sse_event();
+        let s = std::str::from_utf8(&ev).unwrap();
+        assert!(s.starts_with("data: {\"error\":"));
+        assert!(s.ends_with("\n\n"));
+    }
+
+    #[test]
+    fn config_error_names_the_path() {
+        let e = ConfigError::new("routes[1].pool", "unknown pool \"opena\"");
+        assert_eq!(e.to_string(), "routes[1].pool: unknown pool \"opena\"");
+    }
+}

@@ -1,0 +1,239 @@
+//! Incremental `text/event-stream` framing and per-event rewriting; pure, no Pingora types.
+//!
+//! Events are forwarded as soon as their terminating blank line arrives. Bytes of events that
+//! need no change (comments such as `: ping`, `[DONE]`, non-JSON data) are copied verbatim, and
+//! line endings (`\n`, `\r\n`, `\r`) are preserved, so the same upstream bytes give the same
+//! client bytes however the network splits them.
+
+use crate::openai::{rewrite_response_object, Usage};
+
+/// An event larger than this is forwarded unmodified rather than buffered further.
+pub const MAX_EVENT_BYTES: usize = 8_388_608; // 8 MiB
+
+/// What one `feed` call observed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FeedReport {
+    /// An event with at least one choice was seen for the first time in this call.
+    pub first_choice: bool,
+}
+
+/// Rewrites a chat/completions stream: restores `model`, captures `usage`, strips the usage
+/// chunk the gateway injected when the client did not ask for it.
+#[derive(Debug)]
+pub struct StreamRewriter {
+    pending: Vec<u8>,
+    /// Where the scan for line ends resumes inside `pending`.
+    scan: usize,
+    line_start: usize,
+    client_model: String,
+    strip_injected_usage: bool,
+    usage: Option<Usage>,
+    seen_choice: bool,
+    done: bool,
+    events: u64,
+    oversize_flushes: u64,
+}
+
+impl StreamRewriter {
+    pub fn new(client_model: &str, strip_injected_usage: bool) -> Self {
+        Self {
+            pending: Vec::new(),
+            scan: 0,
+            line_start: 0,
+            client_model: client_model.to_string(),
+            strip_injected_usage,
+            usage: None,
+            seen_choice: false,
+            done: false,
+            events: 0,
+            oversize_flushes: 0,
+        }
+    }
+
+    /// The last usage the upstream reported.
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+
+    /// Whether `data: [DONE]` was seen.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Whether any event reached the client side of the rewriter.
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    pub fn oversize_flushes(&self) -> u64 {
+        self.oversize_flushes
+    }
+
+    /// Consumes `chunk` and appends every event it completes to `out`.
+    pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> FeedReport {
+        let had_choice = self.seen_choice;
+        self.pending.extend_from_slice(chunk);
+        let mut event_start = 0;
+        let mut i = self.scan;
+        let buf_len = self.pending.len();
+        while i < buf_len {
+            let term = match self.pending[i] {
+                b'\n' => 1,
+                b'\r' if i + 1 < buf_len => 1 + usize::from(self.pending[i + 1] == b'\n'),
+                b'\r' => break, // a '\n' may follow in the next read
+                _ => {
+                    i += 1;
+                    continue;
+                }
+            };
+            let blank = i == self.line_start;
+            i += term;
+            self.line_start = i;
+            if blank {
+                let event = std::mem::take(&mut self.pending);
+                self.emit(&event[event_start..i], out);
+                self.pending = event;
+                event_start = i;
+            }
+        }
+        self.pending.drain(..event_start);
+        self.scan = i - event_start;
+        self.line_start -= event_start;
+        if self.pending.len() > MAX_EVENT_BYTES {
+            self.oversize_flushes += 1;
+            out.extend_from_slice(&self.pending);
+            self.reset_pending();
+        }
+        FeedReport {
+            first_choice: !had_choice && self.seen_choice,
+        }
+    }
+
+    /// End of stream: whatever is buffered (an unterminated last event) goes out verbatim.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.pending);
+        self.reset_pending();
+    }
+
+    fn reset_pending(&mut self) {
+        self.pending.clear();
+        self.scan = 0;
+        self.line_start = 0;
+    }
+
+    fn emit(&mut self, event: &[u8], out: &mut Vec<u8>) {
+        self.events += 1;
+        let mut data_lines = lines(event).filter(|l| l.field == b"data");
+        let Some(first) = data_lines.next() else {
+            out.extend_from_slice(event); // comment-only or blank: keep as is
+            return;
+        };
+        if data_lines.next().is_some() {
+            self.emit_multiline(event, out);
+            return;
+        }
+        let value = first.value;
+        if value == b"[DONE]" {
+            self.done = true;
+        }
+        let r = rewrite_response_object(value, &self.client_model, self.strip_injected_usage);
+        self.observe(&r);
+        if r.drop {
+            return;
+        }
+        match r.bytes {
+            None => out.extend_from_slice(event),
+            Some(new) => {
+                out.extend_from_slice(&event[..first.value_start]);
+                out.extend_from_slice(&new);
+                out.extend_from_slice(&event[first.value_start + value.len()..]);
+            }
+        }
+    }
+
+    /// Rare: one JSON payload spread over several `data:` lines, joined with `\n` per the spec.
+    fn emit_multiline(&mut self, event: &[u8], out: &mut Vec<u8>) {
+        let mut joined = Vec::new();
+        for l in lines(event).filter(|l| l.field == b"data") {
+            if !joined.is_empty() {
+                joined.push(b'\n');
+            }
+            joined.extend_from_slice(l.value);
+        }
+        let r = rewrite_response_object(&joined, &self.client_model, self.strip_injected_usage);
+        self.observe(&r);
+        if r.drop {
+            return;
+        }
+        let Some(new) = r.bytes else {
+            out.extend_from_slice(event);
+            return;
+        };
+        let mut wrote_data = false;
+        for l in lines(event) {
+            if l.field != b"data" {
+                out.extend_from_slice(l.raw);
+            } else if !std::mem::replace(&mut wrote_data, true) {
+                out.extend_from_slice(b"data: ");
+                out.extend_from_slice(&new);
+                out.extend_from_slice(l.terminator);
+            }
+        }
+    }
+
+    fn observe(&mut self, r: &crate::openai::ChunkRewrite) {
+        if r.usage.is_some() {
+            self.usage = r.usage;
+        }
+        if r.has_choices {
+            self.seen_choice = true;
+        }
+    }
+}
+
+struct Line<'a> {
+    raw: &'a [u8],
+    field: &'a [u8],
+    value: &'a [u8],
+    /// Offset of `value` inside the event.
+    value_start: usize,
+    terminator: &'a [u8],
+}
+
+/// Splits a complete event into lines with their field name and value (one leading space of the
+/// value removed, as the SSE spec says).
+fn lines(event: &[u8]) -> impl Iterator<Item = Line<'_>> {
+    let mut pos = 0;
+    std::iter::from_fn(move || {
+        if pos >= event.len() {
+            return None;
+        }
+        let start = pos;
+        let rest = &event[start..];
+        let end = rest
+            .iter()
+            .position(|b| *b == b'\n' || *b == b'\r')
+            .unwrap_or(rest.len());
+        let term_len = match (rest.get(end), rest.get(end + 1)) {
+            (Some(b'\r'), Some(b'\n')) => 2,
+            (Some(_), _) => 1,
+            (None, _) => 0,
+        };
+        pos = start + end + term_len;
+        let content = &rest[..end];
+        let (field, value_off) = match content.iter().position(|b| *b == b':') {
+            Some(c) => (&content[..c], c + 1 + usize::from(content.get(c + 1) == Some(&b' '))),
+            None => (content, content.len()),
+        };
+        Some(Line {
+            raw: &rest[..end + term_len],
+            field,
+            value: &content[value_off.min(content.len())..],
+            value_start: start + value_off.min(content.len()),
+            terminator: &rest[end..end + term_len],
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests;
