@@ -46,7 +46,11 @@ pub struct KeyStore {
 
 impl KeyStore {
     pub fn new(entries: Vec<KeyEntry>) -> Self {
-        let by_digest = entries.iter().enumerate().map(|(i, e)| (e.digest, i)).collect();
+        let by_digest = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.digest, i))
+            .collect();
         Self { entries, by_digest }
     }
 
@@ -84,7 +88,9 @@ fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
 fn strip_bearer(v: &[u8]) -> Option<&[u8]> {
     let v = v.trim_ascii();
     let (scheme, rest) = v.split_at(v.iter().position(|b| *b == b' ')?);
-    scheme.eq_ignore_ascii_case(b"bearer").then(|| rest.trim_ascii())
+    scheme
+        .eq_ignore_ascii_case(b"bearer")
+        .then(|| rest.trim_ascii())
 }
 
 #[cfg(test)]
@@ -125,28 +131,38 @@ mod tests {
     #[test]
     fn bearer_and_azure_header_both_authenticate() {
         let s = store();
-        let a = s.authenticate(&headers(&[("authorization", "Bearer sk-a")])).unwrap();
+        let a = s
+            .authenticate(&headers(&[("authorization", "Bearer sk-a")]))
+            .unwrap();
         assert_eq!(&*a.principal.tenant, "acme");
         let b = s.authenticate(&headers(&[("api-key", "sk-b")])).unwrap();
         assert_eq!(&*b.principal.tenant, "beta");
-        let c = s.authenticate(&headers(&[("authorization", "bearer   sk-b ")])).unwrap();
+        let c = s
+            .authenticate(&headers(&[("authorization", "bearer   sk-b ")]))
+            .unwrap();
         assert_eq!(c.principal.key_index, 1);
     }
 
     #[test]
     fn missing_and_wrong_keys_are_told_apart() {
         let s = store();
-        assert_eq!(s.authenticate(&headers(&[])).unwrap_err(), GatewayError::MissingApiKey);
         assert_eq!(
-            s.authenticate(&headers(&[("authorization", "Bearer sk-zzz")])).unwrap_err(),
-            GatewayError::InvalidApiKey
-        );
-        assert_eq!(
-            s.authenticate(&headers(&[("authorization", "Basic sk-a")])).unwrap_err(),
+            s.authenticate(&headers(&[])).unwrap_err(),
             GatewayError::MissingApiKey
         );
         assert_eq!(
-            s.authenticate(&headers(&[("authorization", "Bearer")])).unwrap_err(),
+            s.authenticate(&headers(&[("authorization", "Bearer sk-zzz")]))
+                .unwrap_err(),
+            GatewayError::InvalidApiKey
+        );
+        assert_eq!(
+            s.authenticate(&headers(&[("authorization", "Basic sk-a")]))
+                .unwrap_err(),
+            GatewayError::MissingApiKey
+        );
+        assert_eq!(
+            s.authenticate(&headers(&[("authorization", "Bearer")]))
+                .unwrap_err(),
             GatewayError::MissingApiKey
         );
     }

@@ -164,7 +164,11 @@ impl Config {
         let de = serde_yaml::Deserializer::from_str(text);
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            let path = if path == "." { "config".to_string() } else { path };
+            let path = if path == "." {
+                "config".to_string()
+            } else {
+                path
+            };
             let inner = first_line(&e.into_inner().to_string());
             // serde_yaml prefixes its own (shorter) path; keep one, the more precise
             let msg = match inner.split_once(": ") {
@@ -200,7 +204,13 @@ impl RawConfig {
         for (name, pool) in self.pools {
             pools.push(pool.validate(&name, env)?);
         }
-        let known = || pools.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ");
+        let known = || {
+            pools
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         let mut routes = Vec::with_capacity(self.routes.len());
         for (i, r) in self.routes.into_iter().enumerate() {
             let Some(pool) = pools.iter().position(|p| p.name == r.pool) else {
@@ -256,7 +266,10 @@ impl RawServer {
         if !(1..=MAX_MAX_BODY_BYTES).contains(&self.max_body_bytes) {
             return Err(ConfigError::new(
                 "server.max_body_bytes",
-                format!("{} must be between 1 and {MAX_MAX_BODY_BYTES}", self.max_body_bytes),
+                format!(
+                    "{} must be between 1 and {MAX_MAX_BODY_BYTES}",
+                    self.max_body_bytes
+                ),
             ));
         }
         Ok(ServerConfig {
@@ -269,9 +282,8 @@ impl RawServer {
 }
 
 fn parse_addr(path: &str, v: &str) -> Result<SocketAddr, ConfigError> {
-    v.parse().map_err(|_| {
-        ConfigError::new(path, format!("\"{v}\" is not an IP:port address"))
-    })
+    v.parse()
+        .map_err(|_| ConfigError::new(path, format!("\"{v}\" is not an IP:port address")))
 }
 
 fn validate_keys(raw: Vec<RawKey>, env: EnvLookup<'_>) -> Result<Vec<KeyEntry>, ConfigError> {
@@ -286,7 +298,10 @@ fn validate_keys(raw: Vec<RawKey>, env: EnvLookup<'_>) -> Result<Vec<KeyEntry>, 
             ));
         }
         if k.tenant.trim().is_empty() {
-            return Err(ConfigError::new(format!("keys[{i}].tenant"), "must not be empty"));
+            return Err(ConfigError::new(
+                format!("keys[{i}].tenant"),
+                "must not be empty",
+            ));
         }
         let models = match k.models {
             None => None,
@@ -320,14 +335,21 @@ fn validate_keys(raw: Vec<RawKey>, env: EnvLookup<'_>) -> Result<Vec<KeyEntry>, 
 impl RawPool {
     fn validate(self, name: &str, env: EnvLookup<'_>) -> Result<PoolConfig, ConfigError> {
         let base = format!("pools.{name}");
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_".contains(c)) {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+        {
             return Err(ConfigError::new(
                 base,
                 "pool names may contain only letters, digits, '-' and '_'",
             ));
         }
         if self.backends.is_empty() {
-            return Err(ConfigError::new(format!("{base}.backends"), "must list at least one URL"));
+            return Err(ConfigError::new(
+                format!("{base}.backends"),
+                "must list at least one URL",
+            ));
         }
         let mut backends = Vec::with_capacity(self.backends.len());
         for (i, b) in self.backends.iter().enumerate() {
@@ -373,7 +395,11 @@ pub fn parse_backend(path: &str, raw: &str) -> Result<BackendUrl, ConfigError> {
     if uri.query().is_some() || raw.contains('#') {
         return Err(bad("must not have a query or fragment"));
     }
-    let host = auth.host().trim_start_matches('[').trim_end_matches(']').to_string();
+    let host = auth
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
     if host.is_empty() {
         return Err(bad("has no host"));
     }

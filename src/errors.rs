@@ -238,7 +238,11 @@ mod tests {
     fn unknown_and_forbidden_model_look_the_same_to_the_client() {
         let a = GatewayError::UnknownModel("m".into());
         let b = GatewayError::ModelNotAllowed("m".into());
-        assert_eq!(a.to_json(), b.to_json(), "must not reveal that a model exists");
+        assert_eq!(
+            a.to_json(),
+            b.to_json(),
+            "must not reveal that a model exists"
+        );
         assert_eq!(a.status(), StatusCode::NOT_FOUND);
         assert_ne!(a.label(), b.label(), "operators still see the difference");
     }

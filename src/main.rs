@@ -1,1 +1,16 @@
-fn main() {}
+//! The `llmedge` binary: parse the command line and hand over to the library.
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+fn main() {
+    // Pingora logs through the `log` crate; tracing-subscriber's log bridge collects it too
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = llmedge::cli::Cli::parse();
+    let code = llmedge::run::main(cli);
+    std::process::exit(code);
+}

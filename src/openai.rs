@@ -45,7 +45,11 @@ impl<'a> RawObject<'a> {
     }
 
     pub fn get(&self, key: &str) -> Option<&'a RawValue> {
-        self.fields.iter().rev().find(|(k, _)| k == key).map(|(_, v)| *v)
+        self.fields
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| *v)
     }
 
     pub fn has(&self, key: &str) -> bool {
@@ -237,7 +241,10 @@ pub fn rewrite_request(
 }
 
 fn obj_len_hint(obj: &RawObject<'_>) -> usize {
-    obj.fields.iter().map(|(k, v)| k.len() + v.get().len() + 4).sum()
+    obj.fields
+        .iter()
+        .map(|(k, v)| k.len() + v.get().len() + 4)
+        .sum()
 }
 
 // === responses ===

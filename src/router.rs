@@ -117,7 +117,11 @@ mod tests {
                 upstream_model: "llama3"
             })
         );
-        assert_eq!(resolve(&r, "gpt-4o").unwrap().route, 1, "order, not length, decides");
+        assert_eq!(
+            resolve(&r, "gpt-4o").unwrap().route,
+            1,
+            "order, not length, decides"
+        );
         assert_eq!(resolve(&r, "gpt-4o").unwrap().upstream_model, "gpt-4o");
         assert_eq!(resolve(&r, "claude"), None);
     }

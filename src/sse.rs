@@ -222,7 +222,10 @@ fn lines(event: &[u8]) -> impl Iterator<Item = Line<'_>> {
         pos = start + end + term_len;
         let content = &rest[..end];
         let (field, value_off) = match content.iter().position(|b| *b == b':') {
-            Some(c) => (&content[..c], c + 1 + usize::from(content.get(c + 1) == Some(&b' '))),
+            Some(c) => (
+                &content[..c],
+                c + 1 + usize::from(content.get(c + 1) == Some(&b' ')),
+            ),
             None => (content, content.len()),
         };
         Some(Line {

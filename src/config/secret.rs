@@ -53,9 +53,8 @@ pub fn resolve_key_digest(
 ) -> Result<[u8; 32], ConfigError> {
     if let Some(hexdigest) = raw.strip_prefix("sha256:") {
         let mut out = [0u8; 32];
-        hex::decode_to_slice(hexdigest.trim(), &mut out).map_err(|_| {
-            ConfigError::new(path, "sha256: must be followed by 64 hex characters")
-        })?;
+        hex::decode_to_slice(hexdigest.trim(), &mut out)
+            .map_err(|_| ConfigError::new(path, "sha256: must be followed by 64 hex characters"))?;
         return Ok(out);
     }
     let secret = resolve(path, raw, env)?;
@@ -70,9 +69,7 @@ fn lookup(path: &str, var: &str, env: EnvLookup<'_>) -> Result<String, ConfigErr
     if var.is_empty() {
         return Err(ConfigError::new(path, "empty environment variable name"));
     }
-    env(var).ok_or_else(|| {
-        ConfigError::new(path, format!("environment variable {var} is not set"))
-    })
+    env(var).ok_or_else(|| ConfigError::new(path, format!("environment variable {var} is not set")))
 }
 
 fn expand(path: &str, raw: &str, env: EnvLookup<'_>) -> Result<String, ConfigError> {
@@ -103,13 +100,19 @@ mod tests {
     fn literal_env_and_braces_resolve() {
         assert_eq!(resolve("p", "sk-lit", &env).unwrap().expose(), "sk-lit");
         assert_eq!(resolve("p", "env:K", &env).unwrap().expose(), "sk-from-env");
-        assert_eq!(resolve("p", "Bearer ${K}!", &env).unwrap().expose(), "Bearer sk-from-env!");
+        assert_eq!(
+            resolve("p", "Bearer ${K}!", &env).unwrap().expose(),
+            "Bearer sk-from-env!"
+        );
     }
 
     #[test]
     fn missing_variable_names_path_and_variable() {
         let e = resolve("pools.openai.api_key", "env:NOPE", &env).unwrap_err();
-        assert_eq!(e.to_string(), "pools.openai.api_key: environment variable NOPE is not set");
+        assert_eq!(
+            e.to_string(),
+            "pools.openai.api_key: environment variable NOPE is not set"
+        );
     }
 
     #[test]

@@ -49,10 +49,16 @@ fn the_issue_example_loads() {
     let openai = &c.pools[c.routes[1].pool];
     assert_eq!(openai.api_key.as_ref().unwrap().expose(), "sk-upstream");
     let b = &openai.backends[0];
-    assert_eq!((b.tls, b.port, b.host.as_str()), (true, 443, "api.openai.com"));
+    assert_eq!(
+        (b.tls, b.port, b.host.as_str()),
+        (true, 443, "api.openai.com")
+    );
     assert_eq!(b.base_path, "/v1base");
     assert_eq!(b.authority, "api.openai.com");
-    assert_eq!(c.pools[c.routes[0].pool].backends[0].authority, "127.0.0.1:11434");
+    assert_eq!(
+        c.pools[c.routes[0].pool].backends[0].authority,
+        "127.0.0.1:11434"
+    );
 }
 
 #[test]
@@ -71,15 +77,28 @@ fn err(yaml: &str) -> String {
 #[test]
 fn errors_name_the_path() {
     let bad_route = GOOD.replace("pool: openai", "pool: opena");
-    assert_eq!(err(&bad_route), "routes[1].pool: unknown pool \"opena\" (known: ollama, openai)");
+    assert_eq!(
+        err(&bad_route),
+        "routes[1].pool: unknown pool \"opena\" (known: ollama, openai)"
+    );
     let unknown = GOOD.replace("tenant: acme\n    user", "tenent: acme\n    user");
-    assert!(err(&unknown).starts_with("keys[0].tenent: unknown field `tenent`"), "{}", err(&unknown));
+    assert!(
+        err(&unknown).starts_with("keys[0].tenent: unknown field `tenent`"),
+        "{}",
+        err(&unknown)
+    );
     let e = err(&GOOD.replace("threads: 2", "threads: 0"));
     assert_eq!(e, "server.threads: 0 must be between 1 and 1024");
     let e = err(&GOOD.replace("http://127.0.0.1:11434", "ftp://x"));
-    assert_eq!(e, "pools.ollama.backends[0]: \"ftp://x\" must start with http:// or https://");
+    assert_eq!(
+        e,
+        "pools.ollama.backends[0]: \"ftp://x\" must start with http:// or https://"
+    );
     let e = err(&GOOD.replace("env:OPENAI_API_KEY", "env:MISSING"));
-    assert_eq!(e, "pools.openai.api_key: environment variable MISSING is not set");
+    assert_eq!(
+        e,
+        "pools.openai.api_key: environment variable MISSING is not set"
+    );
     let e = err(&GOOD.replace("\"ollama/llama3\"", "\"claude\""));
     assert_eq!(e, "default_model: \"claude\" matches no route prefix");
     let e = err(&GOOD.replace("\"127.0.0.1:8080\"", "\"localhost\""));

@@ -28,7 +28,10 @@ fn unchanged_request_is_forwarded_as_is() {
 fn stream_gets_include_usage_injected() {
     let (head, out) = rewrite(r#"{"model":"m","stream":true}"#, "m");
     assert!(head.stream && !head.client_include_usage);
-    assert_eq!(out.unwrap(), r#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#);
+    assert_eq!(
+        out.unwrap(),
+        r#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#
+    );
 
     let (_, out) = rewrite(
         r#"{"model":"m","stream":true,"stream_options":{"continuous_usage_stats":true}}"#,
@@ -36,7 +39,10 @@ fn stream_gets_include_usage_injected() {
     );
     let v: serde_json::Value = serde_json::from_str(&out.unwrap()).unwrap();
     assert_eq!(v["stream_options"]["include_usage"], true);
-    assert_eq!(v["stream_options"]["continuous_usage_stats"], true, "other options survive");
+    assert_eq!(
+        v["stream_options"]["continuous_usage_stats"], true,
+        "other options survive"
+    );
 
     let (head, out) = rewrite(
         r#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#,
@@ -46,7 +52,10 @@ fn stream_gets_include_usage_injected() {
     assert_eq!(out, None);
 
     let (_, out) = rewrite(r#"{"model":"m","stream":true,"stream_options":null}"#, "m");
-    assert_eq!(out.unwrap(), r#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#);
+    assert_eq!(
+        out.unwrap(),
+        r#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#
+    );
 }
 
 #[test]
@@ -64,10 +73,19 @@ fn bad_bodies_are_400s_that_name_the_problem() {
     assert!(matches!(err(r#"{"a":1} x"#), GatewayError::InvalidJson(_)));
     assert_eq!(
         err(r#"{"model":3}"#),
-        GatewayError::InvalidParam { param: "model", msg: "expected a string".into() }
+        GatewayError::InvalidParam {
+            param: "model",
+            msg: "expected a string".into()
+        }
     );
-    assert_eq!(err(r#"{"model":"m","stream":"yes"}"#).param(), Some("stream"));
-    assert_eq!(err(r#"{"model":"m","stream":true,"stream_options":3}"#).param(), Some("stream_options"));
+    assert_eq!(
+        err(r#"{"model":"m","stream":"yes"}"#).param(),
+        Some("stream")
+    );
+    assert_eq!(
+        err(r#"{"model":"m","stream":true,"stream_options":3}"#).param(),
+        Some("stream_options")
+    );
     for e in [err("{"), err(r#"{"model":3}"#)] {
         assert_eq!(e.status(), 400);
     }
@@ -85,7 +103,10 @@ fn response_model_is_restored_and_usage_captured() {
     let r = rewrite_response_object(body, "ollama/llama3", false);
     assert!(r.has_choices && !r.drop);
     let u = r.usage.unwrap();
-    assert_eq!((u.prompt_tokens, u.completion_tokens, u.total_tokens), (5, 7, 12));
+    assert_eq!(
+        (u.prompt_tokens, u.completion_tokens, u.total_tokens),
+        (5, 7, 12)
+    );
     assert_eq!(u.prompt_tokens_details.unwrap().cached_tokens, Some(2));
     let v: serde_json::Value = serde_json::from_slice(&r.bytes.unwrap()).unwrap();
     assert_eq!(v["model"], "ollama/llama3");
@@ -101,7 +122,10 @@ fn injected_usage_chunk_is_dropped_and_null_usage_removed() {
 
     let kept = rewrite_response_object(usage_only, "m", false);
     assert!(!kept.drop, "a client that asked for usage keeps the chunk");
-    assert_eq!(kept.bytes, None, "and sees it unchanged when the model already matches");
+    assert_eq!(
+        kept.bytes, None,
+        "and sees it unchanged when the model already matches"
+    );
 
     let delta = br#"{"id":"c","model":"m","choices":[{"delta":{"content":"hi"}}],"usage":null}"#;
     let r = rewrite_response_object(delta, "m", true);
@@ -113,6 +137,12 @@ fn injected_usage_chunk_is_dropped_and_null_usage_removed() {
 
 #[test]
 fn non_objects_pass_through_untouched() {
-    assert_eq!(rewrite_response_object(b"[DONE]", "m", true), ChunkRewrite::default());
-    assert_eq!(rewrite_response_object(b"not json", "m", true), ChunkRewrite::default());
+    assert_eq!(
+        rewrite_response_object(b"[DONE]", "m", true),
+        ChunkRewrite::default()
+    );
+    assert_eq!(
+        rewrite_response_object(b"not json", "m", true),
+        ChunkRewrite::default()
+    );
 }

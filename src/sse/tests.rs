@@ -41,7 +41,10 @@ fn whole_stream_is_rewritten_and_usage_chunk_stripped() {
 fn client_that_asked_for_usage_keeps_it() {
     let (out, rw) = run(&[STREAM.as_bytes()], false);
     assert!(out.contains("\"usage\":{\"prompt_tokens\":3"), "{out}");
-    assert!(out.contains("\"usage\":null"), "untouched when not injected");
+    assert!(
+        out.contains("\"usage\":null"),
+        "untouched when not injected"
+    );
     assert_eq!(rw.usage().unwrap().prompt_tokens, 3);
 }
 
@@ -75,8 +78,14 @@ fn multi_line_data_is_joined_and_rewritten() {
 
 #[test]
 fn unterminated_tail_is_flushed_verbatim_at_the_end() {
-    let (out, _) = run(&[b"data: {\"model\":\"x\"}\n\ndata: {\"model\":\"x\"}"], false);
-    assert_eq!(out, "data: {\"model\":\"ollama/llama3\"}\n\ndata: {\"model\":\"x\"}");
+    let (out, _) = run(
+        &[b"data: {\"model\":\"x\"}\n\ndata: {\"model\":\"x\"}"],
+        false,
+    );
+    assert_eq!(
+        out,
+        "data: {\"model\":\"ollama/llama3\"}\n\ndata: {\"model\":\"x\"}"
+    );
 }
 
 #[test]

@@ -1,0 +1,41 @@
+//! The operators' listener: `/metrics`, `/healthz`, `/readyz`.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::Response;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+
+use crate::errors::GatewayError;
+use crate::metrics::Metrics;
+
+pub struct AdminApp {
+    pub metrics: Arc<Metrics>,
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let req = session.req_header();
+        let (status, ctype, body) = match req.uri.path() {
+            "/metrics" => (200, "text/plain; version=0.0.4", self.metrics.encode()),
+            "/healthz" => (200, "application/json", br#"{"status":"ok"}"#.to_vec()),
+            "/readyz" => (200, "application/json", br#"{"status":"ready"}"#.to_vec()),
+            other => {
+                let e = GatewayError::UnknownPath {
+                    method: req.method.to_string(),
+                    path: other.to_string(),
+                };
+                (404, "application/json", e.body().to_vec())
+            }
+        };
+        let len = body.len();
+        Response::builder()
+            .status(status)
+            .header("content-type", ctype)
+            .header("content-length", len)
+            .body(body)
+            .unwrap_or_else(|_| Response::new(Vec::new()))
+    }
+}

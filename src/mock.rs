@@ -1,0 +1,243 @@
+//! `llmedge mock`: an OpenAI-compatible fake upstream for demos and load tests (no GPU needed).
+//!
+//! Serves `/v1/chat/completions` and `/v1/completions` (JSON or SSE with a configurable token
+//! count and inter-token delay), `/v1/embeddings`, `/v1/models` and `/health`. Per request,
+//! `x-mock-tokens` and `x-mock-delay-ms` headers override the defaults; `max_tokens` caps output.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+use pingora::http::ResponseHeader;
+use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
+use serde_json::{json, Value};
+
+const WORDS: [&str; 12] = [
+    "Hello",
+    " from",
+    " the",
+    " llmedge",
+    " mock",
+    " upstream",
+    ",",
+    " one",
+    " token",
+    " at",
+    " a",
+    " time.",
+];
+const MAX_BODY: usize = 67_108_864; // 64 MiB
+
+#[derive(Debug, Clone)]
+pub struct MockConfig {
+    pub tokens: usize,
+    pub delay: Duration,
+    pub models: Vec<String>,
+}
+
+impl Default for MockConfig {
+    fn default() -> Self {
+        Self {
+            tokens: 16,
+            delay: Duration::from_millis(20),
+            models: vec!["llama3".into(), "mock-embed".into()],
+        }
+    }
+}
+
+pub struct MockApp {
+    pub config: MockConfig,
+}
+
+/// A reply the mock will write: a whole JSON body, or a list of SSE events with a delay between.
+enum Reply {
+    Json(u16, Vec<u8>),
+    Stream(Vec<String>, Duration),
+}
+
+#[async_trait]
+impl HttpServerApp for MockApp {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        _shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        if !session.read_request().await.ok()? {
+            return None;
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = session.read_request_body().await.ok()? {
+            body.extend_from_slice(&chunk);
+            if body.len() > MAX_BODY {
+                return None;
+            }
+        }
+        let reply = self.reply(&session, &body);
+        match reply {
+            Reply::Json(status, json) => {
+                let mut h = ResponseHeader::build(status, Some(2)).ok()?;
+                h.insert_header("content-type", "application/json").ok()?;
+                h.insert_header("content-length", json.len().to_string())
+                    .ok()?;
+                session.write_response_header(Box::new(h)).await.ok()?;
+                session
+                    .write_response_body(Bytes::from(json), true)
+                    .await
+                    .ok()?;
+            }
+            Reply::Stream(events, delay) => {
+                let mut h = ResponseHeader::build(200, Some(2)).ok()?;
+                h.insert_header("content-type", "text/event-stream").ok()?;
+                h.insert_header("transfer-encoding", "chunked").ok()?;
+                session.write_response_header(Box::new(h)).await.ok()?;
+                let last = events.len().saturating_sub(1);
+                for (i, ev) in events.into_iter().enumerate() {
+                    // a failed write means the client left: stop generating, as vLLM does
+                    session
+                        .write_response_body(Bytes::from(ev), i == last)
+                        .await
+                        .ok()?;
+                    if i < last && !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                }
+            }
+        }
+        let settings = HttpPersistentSettings::for_session(&session);
+        let stream = session.finish().await.ok()??;
+        Some(ReusedHttpStream::from_reusable_stream(stream, settings))
+    }
+}
+
+impl MockApp {
+    fn reply(&self, session: &ServerSession, body: &[u8]) -> Reply {
+        let req = session.req_header();
+        let header_num = |name: &str| {
+            req.headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        let tokens = header_num("x-mock-tokens").map_or(self.config.tokens, |n| n as usize);
+        let delay = header_num("x-mock-delay-ms").map_or(self.config.delay, Duration::from_millis);
+        let path = req.uri.path();
+        if req.method == http::Method::GET {
+            return match path {
+                "/v1/models" => Reply::Json(200, models(&self.config.models)),
+                "/health" | "/" => Reply::Json(200, br#"{"status":"ok"}"#.to_vec()),
+                _ => not_found(),
+            };
+        }
+        let Ok(v) = serde_json::from_slice::<Value>(body) else {
+            let e = json!({"error": {"message": "invalid JSON", "type": "invalid_request_error", "param": null, "code": null}});
+            return Reply::Json(400, e.to_string().into_bytes());
+        };
+        let prompt_tokens = (body.len() as u64 / 4).max(1);
+        match path {
+            "/v1/chat/completions" => completion(&v, tokens, delay, prompt_tokens, true),
+            "/v1/completions" => completion(&v, tokens, delay, prompt_tokens, false),
+            "/v1/embeddings" => Reply::Json(200, embeddings(&v, prompt_tokens)),
+            _ => not_found(),
+        }
+    }
+}
+
+fn not_found() -> Reply {
+    let e = json!({"error": {"message": "not found", "type": "invalid_request_error", "param": null, "code": "unknown_url"}});
+    Reply::Json(404, e.to_string().into_bytes())
+}
+
+fn models(ids: &[String]) -> Vec<u8> {
+    let data: Vec<_> = ids
+        .iter()
+        .map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "mock"}))
+        .collect();
+    json!({"object": "list", "data": data})
+        .to_string()
+        .into_bytes()
+}
+
+fn completion(v: &Value, tokens: usize, delay: Duration, prompt: u64, chat: bool) -> Reply {
+    let model = v["model"].as_str().unwrap_or("mock").to_string();
+    let cap = v["max_completion_tokens"]
+        .as_u64()
+        .or_else(|| v["max_tokens"].as_u64())
+        .map_or(tokens, |m| m as usize);
+    let n = tokens.min(cap);
+    let finish = if n < tokens { "length" } else { "stop" };
+    let usage =
+        json!({"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n as u64});
+    let (id, object) = if chat {
+        ("chatcmpl-mock", "chat.completion")
+    } else {
+        ("cmpl-mock", "text_completion")
+    };
+    if v["stream"].as_bool() != Some(true) {
+        let text: String = (0..n).map(|i| WORDS[i % WORDS.len()]).collect();
+        let choice = if chat {
+            json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish})
+        } else {
+            json!({"index": 0, "text": text, "finish_reason": finish})
+        };
+        let body = json!({"id": id, "object": object, "created": 0, "model": model,
+                          "choices": [choice], "usage": usage});
+        return Reply::Json(200, body.to_string().into_bytes());
+    }
+    let include_usage = v["stream_options"]["include_usage"].as_bool() == Some(true);
+    let object = if chat {
+        "chat.completion.chunk"
+    } else {
+        "text_completion"
+    };
+    let chunk = |choice: Value| {
+        let mut c =
+            json!({"id": id, "object": object, "created": 0, "model": model, "choices": [choice]});
+        if include_usage {
+            c["usage"] = Value::Null;
+        }
+        format!("data: {c}\n\n")
+    };
+    let piece = |text: &str, finish: Option<&str>| {
+        if chat {
+            json!({"index": 0, "delta": {"content": text}, "finish_reason": finish})
+        } else {
+            json!({"index": 0, "text": text, "finish_reason": finish})
+        }
+    };
+    let mut events = Vec::with_capacity(n + 4);
+    if chat {
+        events.push(chunk(json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null})));
+    }
+    events.extend((0..n).map(|i| chunk(piece(WORDS[i % WORDS.len()], None))));
+    events.push(chunk(piece("", Some(finish))));
+    if include_usage {
+        let u = json!({"id": id, "object": object, "created": 0, "model": model, "choices": [], "usage": usage});
+        events.push(format!("data: {u}\n\n"));
+    }
+    events.push("data: [DONE]\n\n".to_string());
+    Reply::Stream(events, delay)
+}
+
+fn embeddings(v: &Value, prompt: u64) -> Vec<u8> {
+    let inputs = match &v["input"] {
+        Value::Array(a) => a.len(),
+        _ => 1,
+    };
+    let dims = v["dimensions"].as_u64().unwrap_or(8).clamp(1, 4096) as usize;
+    let data: Vec<_> = (0..inputs)
+        .map(|i| {
+            let emb: Vec<f64> = (0..dims)
+                .map(|d| ((i * 31 + d * 7) % 100) as f64 / 100.0)
+                .collect();
+            json!({"object": "embedding", "index": i, "embedding": emb})
+        })
+        .collect();
+    let model = v["model"].as_str().unwrap_or("mock-embed");
+    json!({"object": "list", "data": data, "model": model,
+           "usage": {"prompt_tokens": prompt, "total_tokens": prompt}})
+    .to_string()
+    .into_bytes()
+}

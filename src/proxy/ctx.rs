@@ -1,0 +1,152 @@
+//! Per-request state: one config snapshot, the principal, the route, and what the response did.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use pingora::protocols::http::ServerSession;
+
+use crate::auth::Principal;
+use crate::errors::GatewayError;
+use crate::openai::Usage;
+use crate::sse::StreamRewriter;
+use crate::state::Snapshot;
+
+/// How the response body is treated.
+pub enum ResponseMode {
+    /// Errors and anything we do not rewrite go through untouched.
+    Passthrough,
+    /// A JSON completion or embedding, buffered to restore `model` and read `usage`.
+    Json(Vec<u8>),
+    /// An event stream, rewritten event by event.
+    Sse(Box<StreamRewriter>),
+}
+
+/// The endpoint class of a proxied request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    ChatCompletions,
+    Completions,
+    Embeddings,
+}
+
+pub struct RequestCtx {
+    pub snap: Arc<Snapshot>,
+    pub start: Instant,
+    pub request_id: String,
+    pub principal: Option<Principal>,
+    pub endpoint: Option<Endpoint>,
+    pub client_model: Option<String>,
+    pub route: Option<usize>,
+    pub pool: Option<usize>,
+    pub backend: Option<usize>,
+    pub stream: bool,
+    /// The gateway injected `include_usage`, so the usage chunk must not reach the client.
+    pub strip_usage: bool,
+    pub body_len: usize,
+    /// Set while the downstream session is wrapped by `preset::wrap`.
+    pub preset_slot: Option<Arc<Mutex<Option<ServerSession>>>>,
+    pub response: ResponseMode,
+    /// Status sent to the client (0 until decided).
+    pub status: u16,
+    pub error: Option<GatewayError>,
+    pub client_gone: bool,
+    pub ttfb: Option<Duration>,
+    pub ttft: Option<Duration>,
+    pub usage: Option<Usage>,
+    pub inflight: Option<InflightGuard>,
+}
+
+impl RequestCtx {
+    pub fn new(snap: Arc<Snapshot>) -> Self {
+        Self {
+            snap,
+            start: Instant::now(),
+            request_id: String::new(),
+            principal: None,
+            endpoint: None,
+            client_model: None,
+            route: None,
+            pool: None,
+            backend: None,
+            stream: false,
+            strip_usage: false,
+            body_len: 0,
+            preset_slot: None,
+            response: ResponseMode::Passthrough,
+            status: 0,
+            error: None,
+            client_gone: false,
+            ttfb: None,
+            ttft: None,
+            usage: None,
+            inflight: None,
+        }
+    }
+
+    pub fn route_name(&self) -> &str {
+        self.route
+            .and_then(|r| self.snap.config.routes.get(r))
+            .map_or("", |r| r.prefix.as_str())
+    }
+
+    pub fn pool_name(&self) -> &str {
+        self.pool
+            .and_then(|p| self.snap.pools.get(p))
+            .map_or("", |p| p.name())
+    }
+}
+
+/// Keeps `llmedge_inflight_requests{pool}` right whichever way the request ends.
+pub struct InflightGuard(prometheus::IntGauge);
+
+impl InflightGuard {
+    pub fn new(gauge: prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// A request id: the client's `x-request-id` when it is short and printable, else a new one.
+pub fn request_id(client: Option<&[u8]>) -> String {
+    if let Some(v) = client {
+        if !v.is_empty() && v.len() <= 128 && v.iter().all(|b| b.is_ascii_graphic()) {
+            return String::from_utf8_lossy(v).into_owned();
+        }
+    }
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    format!("req_{:016x}{:08x}", mix(t ^ n.rotate_left(32)), n as u32)
+}
+
+fn mix(mut x: u64) -> u64 {
+    // splitmix64 finaliser: spreads the clock bits so ids do not look sequential
+    x ^= x >> 30;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 27;
+    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_unique_and_client_ids_are_kept_when_sane() {
+        assert_ne!(request_id(None), request_id(None));
+        assert_eq!(request_id(Some(b"abc-1")), "abc-1");
+        assert!(request_id(Some(b"has space")).starts_with("req_"));
+        assert!(request_id(Some(&[b'a'; 200])).starts_with("req_"));
+    }
+}

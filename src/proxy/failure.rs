@@ -1,0 +1,77 @@
+//! Proxy failures: which are retried, how they map to OpenAI errors, what a started stream gets.
+
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::ErrorSource;
+
+use super::ctx::RequestCtx;
+use super::{request, respond, response};
+use crate::errors::GatewayError;
+
+/// Status recorded when the client went away before the response finished (nginx's convention).
+pub const CLIENT_CLOSED: u16 = 499;
+
+/// The full body is always replayable (see `preset`), so a request that failed on a pooled
+/// connection the backend had already closed is retried even though it is a POST.
+pub fn while_proxy(peer: &HttpPeer, e: Box<Error>, client_reused: bool) -> Box<Error> {
+    let mut e = e.more_context(format!("peer: {peer}"));
+    e.retry.decide_reuse(client_reused);
+    e
+}
+
+pub async fn respond(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    request::unwrap_body(session, ctx);
+    let no_reuse = |code| FailToProxy {
+        error_code: code,
+        can_reuse_downstream: false,
+    };
+    if matches!(e.esource(), ErrorSource::Downstream) {
+        ctx.client_gone = true;
+        ctx.status = CLIENT_CLOSED;
+        return no_reuse(0);
+    }
+    let gerr = ctx.error.clone().unwrap_or_else(|| classify(e));
+    tracing::debug!(request_id = %ctx.request_id, error = %e, label = gerr.label(), "proxy failed");
+    if session.response_written().is_some() {
+        // headers are gone: a stream gets a final error event, anything else is cut off
+        if let Some(tail) = response::stream_error_tail(ctx, &gerr) {
+            if let Err(we) = session.write_response_body(Some(tail), true).await {
+                tracing::debug!(error = %we, "could not deliver the stream error event");
+            }
+        }
+        ctx.error = Some(gerr);
+        return no_reuse(0);
+    }
+    let status = gerr.status().as_u16();
+    let body = gerr.body();
+    let written = respond::write(session, ctx, status, &body).await;
+    ctx.error = Some(gerr);
+    match written {
+        Ok(()) => FailToProxy {
+            error_code: status,
+            can_reuse_downstream: true,
+        },
+        Err(_) => no_reuse(status),
+    }
+}
+
+/// Maps a Pingora error to the client-facing failure.
+pub fn classify(e: &Error) -> GatewayError {
+    match e.etype() {
+        ConnectTimedout => GatewayError::UpstreamConnectTimeout,
+        ReadTimedout | WriteTimedout => GatewayError::UpstreamTimeout,
+        ConnectRefused | ConnectNoRoute | ConnectError | TLSHandshakeFailure
+        | TLSHandshakeTimedout | InvalidCert | HandshakeError | SocketError | BindError => {
+            GatewayError::UpstreamUnreachable
+        }
+        ConnectionClosed | ReadError | WriteError | H2Error | H2Downgrade => {
+            GatewayError::UpstreamClosed
+        }
+        InvalidHTTPHeader | H1Error | InvalidH2 => GatewayError::UpstreamProtocol,
+        _ => match e.esource() {
+            ErrorSource::Upstream => GatewayError::UpstreamProtocol,
+            _ => GatewayError::Internal,
+        },
+    }
+}

@@ -1,0 +1,204 @@
+//! Forwarding a pre-read, rewritten request body of any size through Pingora's normal proxy path.
+//!
+//! Pingora replays a body read in `request_filter` only from its retry buffer, which stops at
+//! 64 KiB (`BODY_BUF_LIMIT` in pingora-core 0.9.1). We wrap the downstream session in a custom
+//! session that delegates everything to the real one but answers `get_retry_buffer()` with our
+//! rewritten body, so every attempt (retries included) sends it whole. See shared/BIGBODY.md.
+//! The inner session is handed back through a shared slot, which avoids an unsafe downcast.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::HeaderMap;
+use parking_lot::Mutex;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::custom::server::Session as CustomSession;
+use pingora::protocols::http::custom::CustomMessageWrite;
+use pingora::protocols::http::{HttpTask, ServerSession};
+use pingora::protocols::l4::socket::SocketAddr;
+use pingora::protocols::Digest;
+use pingora::{Error, ErrorType, Result};
+
+type Slot = Arc<Mutex<Option<ServerSession>>>;
+
+/// Installed in place of the real downstream session while a request is proxied.
+pub struct PresetBody {
+    inner: ServerSession,
+    body: Bytes,
+    slot: Slot,
+}
+
+/// Swaps the downstream session for a wrapper that replays `body`; returns the hand-back slot.
+pub fn wrap(downstream: &mut ServerSession, body: Bytes) -> Slot {
+    let slot: Slot = Arc::new(Mutex::new(None));
+    let inner = std::mem::replace(downstream, ServerSession::new_custom(Box::new(())));
+    *downstream = ServerSession::new_custom(Box::new(PresetBody {
+        inner,
+        body,
+        slot: slot.clone(),
+    }));
+    slot
+}
+
+/// Puts the real session back, so keep-alive, `set_keepalive` and error responses work again.
+pub fn unwrap(downstream: &mut ServerSession, slot: &Slot) {
+    let Some(custom) = downstream.as_custom_mut() else {
+        return;
+    };
+    // Pingora never calls this on our session (we never hand out a writer); it is our signal.
+    if custom.restore_custom_message_writer(Box::new(())).is_err() {
+        return;
+    }
+    if let Some(inner) = slot.lock().take() {
+        *downstream = inner;
+    }
+}
+
+fn placeholder() -> ServerSession {
+    ServerSession::new_custom(Box::new(()))
+}
+
+#[async_trait]
+impl CustomSession for PresetBody {
+    fn req_header(&self) -> &RequestHeader {
+        self.inner.req_header()
+    }
+    fn req_header_mut(&mut self) -> &mut RequestHeader {
+        self.inner.req_header_mut()
+    }
+    async fn read_body_bytes(&mut self) -> Result<Option<Bytes>> {
+        Ok(None) // consumed by request_filter; the body goes out through get_retry_buffer
+    }
+    async fn drain_request_body(&mut self) -> Result<()> {
+        Ok(())
+    }
+    async fn write_response_header(&mut self, resp: Box<ResponseHeader>, _end: bool) -> Result<()> {
+        self.inner.write_response_header(resp).await
+    }
+    async fn write_response_header_ref(&mut self, resp: &ResponseHeader, _end: bool) -> Result<()> {
+        self.inner.write_response_header_ref(resp).await
+    }
+    async fn write_body(&mut self, data: Bytes, end: bool) -> Result<()> {
+        self.inner.write_response_body(data, end).await
+    }
+    async fn write_trailers(&mut self, trailers: HeaderMap) -> Result<()> {
+        self.inner.write_response_trailers(trailers).await
+    }
+    async fn response_duplex_vec(&mut self, tasks: Vec<HttpTask>) -> Result<bool> {
+        self.inner.response_duplex_vec(tasks).await
+    }
+    fn proxy_tasks_enabled(&self) -> bool {
+        self.inner.supports_proxy_task_api()
+    }
+    fn set_proxy_tasks_enabled(&mut self, enabled: bool) {
+        self.inner.set_proxy_tasks_enabled(enabled)
+    }
+    fn send_proxy_task(&mut self, task: HttpTask) {
+        self.inner.send_downstream_proxy_task(task)
+    }
+    fn has_pending_proxy_tasks(&self) -> bool {
+        self.inner.has_pending_downstream_proxy_tasks()
+    }
+    async fn write_proxy_tasks(&mut self) -> Result<bool> {
+        self.inner.write_downstream_proxy_tasks().await
+    }
+    fn set_read_timeout(&mut self, timeout: Option<Duration>) {
+        self.inner.set_read_timeout(timeout)
+    }
+    fn get_read_timeout(&self) -> Option<Duration> {
+        self.inner.get_read_timeout()
+    }
+    fn set_write_timeout(&mut self, timeout: Option<Duration>) {
+        self.inner.set_write_timeout(timeout)
+    }
+    fn get_write_timeout(&self) -> Option<Duration> {
+        self.inner.get_write_timeout()
+    }
+    fn set_total_drain_timeout(&mut self, timeout: Option<Duration>) {
+        self.inner.set_total_drain_timeout(timeout)
+    }
+    fn get_total_drain_timeout(&self) -> Option<Duration> {
+        self.inner.get_total_drain_timeout()
+    }
+    fn request_summary(&self) -> String {
+        self.inner.request_summary()
+    }
+    fn response_written(&self) -> Option<&ResponseHeader> {
+        self.inner.response_written()
+    }
+    async fn shutdown(&mut self, _code: u32, _ctx: &str) {
+        self.inner.shutdown().await
+    }
+    fn is_body_done(&mut self) -> bool {
+        true
+    }
+    async fn finish(&mut self) -> Result<()> {
+        self.inner.finish_body().await
+    }
+    fn is_body_empty(&mut self) -> bool {
+        self.body.is_empty()
+    }
+    async fn read_body_or_idle(&mut self, _no_body_expected: bool) -> Result<Option<Bytes>> {
+        // the body was read already: this is the real session's disconnect watcher
+        self.inner.read_body_or_idle(true).await
+    }
+    fn body_bytes_sent(&self) -> usize {
+        self.inner.body_bytes_sent()
+    }
+    fn body_bytes_read(&self) -> usize {
+        self.inner.body_bytes_read()
+    }
+    fn digest(&self) -> Option<&Digest> {
+        self.inner.digest()
+    }
+    fn digest_mut(&mut self) -> Option<&mut Digest> {
+        self.inner.digest_mut()
+    }
+    fn client_addr(&self) -> Option<&SocketAddr> {
+        self.inner.client_addr()
+    }
+    fn server_addr(&self) -> Option<&SocketAddr> {
+        self.inner.server_addr()
+    }
+    fn pseudo_raw_h1_request_header(&self) -> Bytes {
+        self.inner.to_h1_raw()
+    }
+    fn enable_retry_buffering(&mut self) {}
+    fn retry_buffer_truncated(&self) -> bool {
+        false
+    }
+    fn get_retry_buffer(&self) -> Option<Bytes> {
+        Some(self.body.clone())
+    }
+    async fn finish_custom(&mut self) -> Result<()> {
+        Ok(())
+    }
+    fn take_custom_message_reader(
+        &mut self,
+    ) -> Option<Box<dyn futures::Stream<Item = Result<Bytes>> + Unpin + Send + Sync + 'static>>
+    {
+        None
+    }
+    fn restore_custom_message_reader(
+        &mut self,
+        _reader: Box<dyn futures::Stream<Item = Result<Bytes>> + Unpin + Send + Sync + 'static>,
+    ) -> Result<()> {
+        Error::e_explain(ErrorType::InternalError, "no custom message reader")
+    }
+    fn take_custom_message_writer(&mut self) -> Option<Box<dyn CustomMessageWrite>> {
+        None
+    }
+    fn restore_custom_message_writer(&mut self, _w: Box<dyn CustomMessageWrite>) -> Result<()> {
+        let inner = std::mem::replace(&mut self.inner, placeholder());
+        *self.slot.lock() = Some(inner);
+        Ok(())
+    }
+    fn is_upgrade_req(&self) -> bool {
+        self.inner.is_upgrade_req()
+    }
+    fn was_upgraded(&self) -> bool {
+        self.inner.was_upgraded()
+    }
+}

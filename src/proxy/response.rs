@@ -1,0 +1,96 @@
+//! Response side: choose how to treat the body, restore `model`, capture usage and first token.
+
+use bytes::Bytes;
+use pingora::prelude::*;
+
+use super::ctx::{Endpoint, RequestCtx, ResponseMode};
+use crate::openai::rewrite_response_object;
+use crate::sse::StreamRewriter;
+
+/// JSON bodies above this are forwarded unmodified instead of being buffered further.
+const MAX_JSON_BUFFER: usize = 67_108_864; // 64 MiB
+
+pub fn headers(resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+    ctx.status = resp.status.as_u16();
+    ctx.ttfb = Some(ctx.start.elapsed());
+    resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+    let ok = resp.status.is_success();
+    let encoded = resp.headers.contains_key("content-encoding");
+    let ctype = resp
+        .headers
+        .get("content-type")
+        .map(|v| v.as_bytes().to_ascii_lowercase())
+        .unwrap_or_default();
+    let (Some(model), Some(endpoint)) = (&ctx.client_model, ctx.endpoint) else {
+        return Ok(());
+    };
+    if !ok || encoded {
+        return Ok(()); // upstream errors pass through with status, headers and body
+    }
+    ctx.response = if ctype.starts_with(b"text/event-stream") && endpoint != Endpoint::Embeddings {
+        resp.insert_header("cache-control", "no-cache")?;
+        resp.insert_header("x-accel-buffering", "no")?;
+        ResponseMode::Sse(Box::new(StreamRewriter::new(model, ctx.strip_usage)))
+    } else if ctype.starts_with(b"application/json") {
+        ResponseMode::Json(Vec::new())
+    } else {
+        return Ok(());
+    };
+    // the body length changes: re-frame as chunked (an h2 client ignores the header)
+    resp.remove_header("content-length");
+    resp.insert_header("transfer-encoding", "chunked")?;
+    Ok(())
+}
+
+pub fn body(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut RequestCtx) {
+    match &mut ctx.response {
+        ResponseMode::Passthrough => {}
+        ResponseMode::Sse(rw) => {
+            let mut out = Vec::new();
+            if let Some(chunk) = body.take() {
+                if rw.feed(&chunk, &mut out).first_choice {
+                    ctx.ttft = Some(ctx.start.elapsed());
+                }
+            }
+            if end_of_stream {
+                rw.finish(&mut out);
+                ctx.usage = rw.usage();
+                if !rw.is_done() {
+                    let e = crate::errors::GatewayError::UpstreamClosed;
+                    tracing::debug!(request_id = %ctx.request_id, "stream ended without [DONE]");
+                    out.extend_from_slice(&e.sse_event());
+                    ctx.error = Some(e);
+                }
+            }
+            *body = (!out.is_empty()).then(|| Bytes::from(out));
+        }
+        ResponseMode::Json(buf) => {
+            if let Some(chunk) = body.take() {
+                buf.extend_from_slice(&chunk);
+            }
+            if buf.len() > MAX_JSON_BUFFER {
+                tracing::warn!(request_id = %ctx.request_id, "JSON response too large to rewrite");
+                *body = Some(Bytes::from(std::mem::take(buf)));
+                ctx.response = ResponseMode::Passthrough;
+                return;
+            }
+            if !end_of_stream {
+                return;
+            }
+            let raw = std::mem::take(buf);
+            let model = ctx.client_model.as_deref().unwrap_or_default();
+            let r = rewrite_response_object(&raw, model, false);
+            ctx.usage = r.usage;
+            *body = Some(Bytes::from(r.bytes.unwrap_or(raw)));
+        }
+    }
+}
+
+/// Flushes what a broken stream still owes the client: the error as a final SSE event.
+pub fn stream_error_tail(ctx: &mut RequestCtx, e: &crate::errors::GatewayError) -> Option<Bytes> {
+    let ResponseMode::Sse(rw) = &ctx.response else {
+        return None;
+    };
+    ctx.usage = rw.usage();
+    Some(e.sse_event())
+}

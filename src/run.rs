@@ -1,0 +1,163 @@
+//! What each command does; returns the process exit code.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::time::Duration;
+
+use crate::cli::{Cli, Command, DemoArgs, MockArgs};
+use crate::config::Config;
+use crate::mock::MockConfig;
+
+/// `EX_USAGE` from sysexits.h: the configuration is wrong.
+pub const EXIT_CONFIG: i32 = 64;
+pub const EXIT_STARTUP: i32 = 1;
+
+pub fn main(cli: Cli) -> i32 {
+    let Cli {
+        command,
+        config,
+        test,
+    } = cli;
+    match (command, config) {
+        (Some(Command::Mock(args)), _) => mock(args),
+        (Some(Command::Demo(args)), _) => demo(args),
+        (None, Some(path)) => gateway(&path, test),
+        (None, None) => {
+            say_err("error: --config PATH is required (or use `llmedge demo` / `llmedge mock`)");
+            EXIT_CONFIG
+        }
+    }
+}
+
+fn gateway(path: &str, test: bool) -> i32 {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            say_err(&format!("error: {e}"));
+            return EXIT_CONFIG;
+        }
+    };
+    if test {
+        say("ok");
+        return 0;
+    }
+    tracing::info!(config = %path, "config loaded");
+    match crate::build_server(config) {
+        Ok(server) => server.run_forever(),
+        Err(e) => {
+            say_err(&format!("error: {e}"));
+            EXIT_STARTUP
+        }
+    }
+}
+
+fn mock(args: MockArgs) -> i32 {
+    let MockArgs {
+        listen,
+        tokens,
+        delay_ms,
+        models,
+        threads,
+    } = args;
+    let cfg = MockConfig {
+        tokens,
+        delay: Duration::from_millis(delay_ms),
+        models,
+    };
+    let mut server = crate::new_server(threads);
+    if let Err(e) = crate::add_mock(&mut server, &listen, cfg) {
+        say_err(&format!("error: {e}"));
+        return EXIT_STARTUP;
+    }
+    tracing::info!(listen = %listen, "mock upstream listening");
+    server.run_forever()
+}
+
+fn demo(args: DemoArgs) -> i32 {
+    let mock_addr = match TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
+        Ok(a) => a.to_string(),
+        Err(e) => {
+            say_err(&format!("error: no free port for the mock upstream: {e}"));
+            return EXIT_STARTUP;
+        }
+    };
+    let yaml = demo_config(&args, &mock_addr);
+    let config = match Config::from_yaml(&yaml, &|k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(e) => {
+            say_err(&format!("error: {e}"));
+            return EXIT_CONFIG;
+        }
+    };
+    let mut server = match crate::build_server(config) {
+        Ok(s) => s,
+        Err(e) => {
+            say_err(&format!("error: {e}"));
+            return EXIT_STARTUP;
+        }
+    };
+    if let Err(e) = crate::add_mock(&mut server, &mock_addr, MockConfig::default()) {
+        say_err(&format!("error: {e}"));
+        return EXIT_STARTUP;
+    }
+    say(&demo_banner(&args));
+    server.run_forever()
+}
+
+pub const DEMO_KEY: &str = "sk-llmedge-demo";
+
+fn demo_config(args: &DemoArgs, mock_addr: &str) -> String {
+    format!(
+        r#"
+server:
+  listen: "{listen}"
+  admin_listen: "{admin}"
+  threads: 2
+keys:
+  - key: "{DEMO_KEY}"
+    tenant: demo
+    user: newcomer
+pools:
+  mock:
+    backends: ["http://{mock_addr}"]
+routes:
+  - prefix: "mock/"
+    pool: mock
+    strip_prefix: true
+default_model: "mock/llama3"
+"#,
+        listen = args.listen,
+        admin = args.admin_listen,
+    )
+}
+
+fn demo_banner(args: &DemoArgs) -> String {
+    let base = format!("http://{}", args.listen);
+    format!(
+        r#"llmedge demo: gateway on {base}/v1, metrics on http://{admin}/metrics
+demo key: {DEMO_KEY}   models: mock/llama3 (chat, completions), mock/mock-embed (embeddings)
+
+  curl -s {base}/v1/chat/completions -H 'Authorization: Bearer {DEMO_KEY}' \
+    -H 'Content-Type: application/json' \
+    -d '{{"model":"mock/llama3","messages":[{{"role":"user","content":"hi"}}]}}'
+
+  curl -sN {base}/v1/chat/completions -H 'Authorization: Bearer {DEMO_KEY}' \
+    -H 'Content-Type: application/json' \
+    -d '{{"model":"mock/llama3","stream":true,"messages":[{{"role":"user","content":"hi"}}]}}'
+
+  curl -s {base}/v1/models -H 'Authorization: Bearer {DEMO_KEY}'
+  curl -s http://{admin}/metrics | grep llmedge_
+
+Python: OpenAI(base_url="{base}/v1", api_key="{DEMO_KEY}")
+Ctrl-C stops it."#,
+        admin = args.admin_listen,
+    )
+}
+
+fn say(msg: &str) {
+    let _ignored = writeln!(std::io::stdout(), "{msg}");
+}
+
+fn say_err(msg: &str) {
+    let _ignored = writeln!(std::io::stderr(), "{msg}");
+}
