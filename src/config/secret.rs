@@ -31,7 +31,8 @@ impl fmt::Display for Secret {
 /// Where environment variables come from; tests pass a map instead of mutating the process env.
 pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
-/// Resolves `env:VAR` (the whole value) or `${VAR}` (anywhere in the value); anything else is literal.
+/// Resolves `env:VAR` (the whole value) or `${VAR}` / `${VAR:-default}` (anywhere in the value);
+/// anything else is literal.
 pub fn resolve(path: &str, raw: &str, env: EnvLookup<'_>) -> Result<Secret, ConfigError> {
     let value = if let Some(var) = raw.strip_prefix("env:") {
         lookup(path, var, env)?
@@ -81,7 +82,12 @@ fn expand(path: &str, raw: &str, env: EnvLookup<'_>) -> Result<String, ConfigErr
         let end = after
             .find('}')
             .ok_or_else(|| ConfigError::new(path, "unterminated ${ in value"))?;
-        out.push_str(&lookup(path, &after[..end], env)?);
+        let inner = &after[..end];
+        let value = match inner.split_once(":-") {
+            Some((var, default)) => env(var).unwrap_or_else(|| default.to_string()),
+            None => lookup(path, inner, env)?,
+        };
+        out.push_str(&value);
         rest = &after[end + 1..];
     }
     out.push_str(rest);

@@ -1,0 +1,76 @@
+//! The command line: `--test` on every shipped config, exit 64 with the bad field named.
+
+use std::process::Command;
+
+use crate::support::bin;
+
+fn check(path: &std::path::Path) -> (i32, String, String) {
+    let out = Command::new(bin())
+        .arg("--config")
+        .arg(path)
+        .arg("--test")
+        .env("OPENAI_API_KEY", "sk-test")
+        .env("ACME_ALICE_KEY", "sk-test-alice")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn every_file_in_conf_passes_test() {
+    let mut seen = 0;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf");
+    let mut stack = vec![dir];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(d).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                let (code, out, err) = check(&p);
+                assert_eq!((code, out.trim()), (0, "ok"), "{}: {err}", p.display());
+                seen += 1;
+            }
+        }
+    }
+    assert!(seen >= 2, "conf/ must ship configs");
+}
+
+#[test]
+fn bad_config_prints_one_line_naming_the_field_and_exits_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.yaml");
+    std::fs::write(
+        &p,
+        "pools: {openai: {backends: ['https://api.openai.com']}}\nroutes:\n  - {prefix: 'a', pool: openai}\n  - {prefix: 'gpt-', pool: opena}\n",
+    )
+    .unwrap();
+    let (code, _, err) = check(&p);
+    assert_eq!(code, 64);
+    assert_eq!(
+        err.trim(),
+        "error: routes[1].pool: unknown pool \"opena\" (known: openai)"
+    );
+
+    std::fs::write(
+        &p,
+        "server: {listen: '127.0.0.1:1', threads: 2, tls: true}\n",
+    )
+    .unwrap();
+    let (code, _, err) = check(&p);
+    assert_eq!(code, 64);
+    assert!(
+        err.trim()
+            .starts_with("error: server.tls: unknown field `tls`"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1);
+
+    let (code, _, err) = check(&dir.path().join("missing.yaml"));
+    assert_eq!(code, 64);
+    assert!(err.contains("cannot read config"), "{err}");
+}

@@ -1,0 +1,13 @@
+//! Integration tests: the real gateway binary against a mock OpenAI upstream on loopback.
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers: a failed unwrap is a failed test"
+)]
+
+mod bodies;
+mod chat;
+mod cli;
+mod errors;
+mod streaming;
+mod support;

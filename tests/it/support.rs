@@ -1,0 +1,235 @@
+//! Test harness: the real `llmedge` binary on ephemeral loopback ports, in front of a mock.
+
+pub mod mock;
+
+use std::collections::HashSet;
+use std::net::TcpListener;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub use mock::MockOpenAi;
+
+pub const CLIENT_KEY: &str = "sk-client-acme-0123456789";
+pub const LIMITED_KEY: &str = "sk-client-limited-987";
+pub const POOL_KEY: &str = "sk-upstream-pool-secret-42";
+
+/// A free loopback port, never handed out twice by this process. Pingora binds the address
+/// itself, so the port is released just before the gateway starts.
+pub fn reserve_port() -> u16 {
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if GIVEN.lock().get_or_insert_with(HashSet::new).insert(port) {
+            return port;
+        }
+    }
+}
+
+/// The standard test config: two keys, one pool on the mock (with an upstream key), routes.
+pub fn config(upstream: &str, port: u16, admin: u16, extra_server: &str) -> String {
+    format!(
+        r#"
+server:
+  listen: "127.0.0.1:{port}"
+  admin_listen: "127.0.0.1:{admin}"
+  threads: 2
+{extra_server}
+keys:
+  - key: "{CLIENT_KEY}"
+    tenant: acme
+    user: alice
+  - key: "sha256:{limited}"
+    tenant: beta
+    user: bob
+    models: ["mock/echo", "mock/frag-*"]
+pools:
+  mock:
+    backends: ["{upstream}"]
+    api_key: "{POOL_KEY}"
+    timeouts: {{connect_ms: 500, first_byte_ms: 1500}}
+  dead:
+    backends: ["http://127.0.0.1:{dead}"]
+routes:
+  - prefix: "mock/"
+    pool: mock
+    strip_prefix: true
+  - prefix: "dead/"
+    pool: dead
+    strip_prefix: true
+  - prefix: "gpt-"
+    pool: mock
+default_model: "mock/echo"
+"#,
+        limited = sha256_hex(LIMITED_KEY),
+        dead = reserve_port(),
+    )
+}
+
+fn sha256_hex(s: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(s.as_bytes()))
+}
+
+pub struct TestGateway {
+    pub port: u16,
+    pub admin: u16,
+    child: Child,
+    logs: Arc<Mutex<String>>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestGateway {
+    /// Starts the gateway in front of `mock` with the standard config.
+    pub async fn start(mock: &MockOpenAi) -> Self {
+        Self::start_with(|port, admin| config(&mock.url(), port, admin, "")).await
+    }
+
+    pub async fn start_with(yaml: impl FnOnce(u16, u16) -> String) -> Self {
+        let (port, admin) = (reserve_port(), reserve_port());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("llmedge.yaml");
+        std::fs::write(&path, yaml(port, admin)).unwrap();
+        let mut child = Command::new(bin())
+            .arg("--config")
+            .arg(&path)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let logs = Arc::new(Mutex::new(String::new()));
+        collect(child.stdout.take().unwrap(), logs.clone());
+        collect(child.stderr.take().unwrap(), logs.clone());
+        let gw = Self {
+            port,
+            admin,
+            child,
+            logs,
+            _dir: dir,
+        };
+        gw.wait_ready().await;
+        gw
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let client = reqwest::Client::new();
+        loop {
+            let ok = client
+                .get(format!("{}/healthz", self.base()))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200);
+            if ok {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "gateway did not become ready; logs:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base())
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().clone()
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://127.0.0.1:{}/metrics", self.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Waits until an access-log line containing `needle` has been written.
+    pub async fn wait_log(&self, needle: &str) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let logs = self.logs();
+            if let Some(line) = logs.lines().find(|l| l.contains(needle)) {
+                return line.to_string();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no log line with {needle}; logs:\n{logs}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn stop(mut self) -> String {
+        let _ = self.child.kill().await;
+        self.logs()
+    }
+}
+
+fn collect<R: tokio::io::AsyncRead + Unpin + Send + 'static>(r: R, into: Arc<Mutex<String>>) {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(r).lines();
+        while let Ok(Some(l)) = lines.next_line().await {
+            let mut s = into.lock();
+            s.push_str(&l);
+            s.push('\n');
+        }
+    });
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_llmedge")
+}
+
+/// An authenticated JSON POST through the gateway.
+pub async fn post(gw: &TestGateway, path: &str, key: &str, body: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(gw.url(path))
+        .bearer_auth(key)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap()
+}
+
+pub async fn error_json(resp: reqwest::Response) -> (u16, serde_json::Value) {
+    let status = resp.status().as_u16();
+    let v: serde_json::Value = resp.json().await.expect("error body is JSON");
+    for field in ["message", "type", "param", "code"] {
+        assert!(
+            v["error"].get(field).is_some(),
+            "error.{field} missing in {v}"
+        );
+    }
+    (status, v)
+}
+
+pub fn openai_client(
+    gw: &TestGateway,
+    key: &str,
+) -> async_openai::Client<async_openai::config::OpenAIConfig> {
+    let cfg = async_openai::config::OpenAIConfig::new()
+        .with_api_base(gw.url("/v1"))
+        .with_api_key(key);
+    async_openai::Client::with_config(cfg)
+}

@@ -1,0 +1,320 @@
+//! A scriptable OpenAI upstream on raw sockets: the upstream model name picks the behaviour, so
+//! a test steers it through the gateway with nothing but the `model` field.
+//!
+//! | upstream model | behaviour |
+//! |---|---|
+//! | anything else | JSON completion, or SSE (3 tokens, usage chunk only if asked, `[DONE]`) |
+//! | `frag-N` | the same SSE, written `N` bytes per HTTP chunk, each flushed on its own |
+//! | `crlf` | SSE with `\r\n` line ends, `: ping` comments and multi-byte UTF-8 |
+//! | `status-429` | 429 with `Retry-After: 7`, an extra header and an OpenAI error body |
+//! | `cut` | two SSE events, then the connection is dropped mid-body |
+//! | `endless` | one SSE event every 20 ms until the gateway hangs up (recorded) |
+//! | `slow` | answers after 3 s |
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("upstream body is JSON")
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    requests: Mutex<Vec<Recorded>>,
+    aborted: Mutex<usize>,
+    abort_notify: Notify,
+}
+
+pub struct MockOpenAi {
+    pub addr: std::net::SocketAddr,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for MockOpenAi {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The SSE body the mock sends for a 3-token stream (used to build expectations).
+pub fn sse_body(model: &str, include_usage: bool, crlf: bool) -> String {
+    let nl = if crlf { "\r\n" } else { "\n" };
+    let mut s = String::new();
+    if crlf {
+        s.push_str(&format!(": ping{nl}{nl}"));
+    }
+    for tok in ["Hel", "lo ", "wörld😀"] {
+        let mut c = json!({"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":model,
+            "choices":[{"index":0,"delta":{"content":tok},"finish_reason":null}]});
+        if include_usage {
+            c["usage"] = Value::Null;
+        }
+        s.push_str(&format!("data: {c}{nl}{nl}"));
+    }
+    if include_usage {
+        let u = json!({"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":model,"choices":[],
+            "usage":{"prompt_tokens":11,"completion_tokens":3,"total_tokens":14}});
+        s.push_str(&format!("data: {u}{nl}{nl}"));
+    }
+    s.push_str(&format!("data: [DONE]{nl}{nl}"));
+    s
+}
+
+impl MockOpenAi {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shared = Arc::new(Shared::default());
+        let s = shared.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                tokio::spawn(serve(sock, s.clone()));
+            }
+        });
+        Self { addr, shared, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.shared.requests.lock().clone()
+    }
+
+    pub fn last(&self) -> Recorded {
+        self.requests().pop().expect("the upstream saw a request")
+    }
+
+    /// Waits until the upstream saw a client abort; false if it did not within `limit`.
+    pub async fn wait_abort(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.shared.abort_notify.notified();
+            if *self.shared.aborted.lock() > 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return *self.shared.aborted.lock() > 0;
+            }
+        }
+    }
+}
+
+async fn serve(mut sock: TcpStream, shared: Arc<Shared>) {
+    let mut buf = Vec::new();
+    loop {
+        let Some(req) = read_request(&mut sock, &mut buf).await else {
+            return;
+        };
+        shared.requests.lock().push(req.clone());
+        if !respond(&mut sock, &req, &shared).await {
+            return;
+        }
+    }
+}
+
+async fn read_request(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Recorded> {
+    let head_end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        let mut tmp = [0u8; 65536];
+        let n = sock.read(&mut tmp).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let mut lines = head.split("\r\n");
+    let mut first = lines.next()?.split(' ');
+    let method = first.next()?.to_string();
+    let path = first.next()?.to_string();
+    let headers: Vec<(String, String)> = lines
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    while buf.len() < head_end + len {
+        let mut tmp = vec![0u8; 1 << 20];
+        let n = sock.read(&mut tmp).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    }
+    let body = buf[head_end..head_end + len].to_vec();
+    buf.drain(..head_end + len);
+    Some(Recorded {
+        method,
+        path,
+        headers,
+        body,
+    })
+}
+
+async fn write_json(sock: &mut TcpStream, status: u16, extra: &str, body: &[u8]) -> bool {
+    let head = format!(
+        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{extra}\r\n",
+        body.len()
+    );
+    sock.write_all(head.as_bytes()).await.is_ok() && sock.write_all(body).await.is_ok()
+}
+
+async fn write_chunk(sock: &mut TcpStream, data: &[u8]) -> std::io::Result<()> {
+    sock.write_all(format!("{:x}\r\n", data.len()).as_bytes())
+        .await?;
+    sock.write_all(data).await?;
+    sock.write_all(b"\r\n").await?;
+    sock.flush().await
+}
+
+const SSE_HEAD: &[u8] =
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+
+/// Answers one request; returns whether the connection may be reused.
+async fn respond(sock: &mut TcpStream, req: &Recorded, shared: &Shared) -> bool {
+    if req.method == "GET" && req.path.ends_with("/v1/models") {
+        let body = json!({"object":"list","data":[{"id":"echo","object":"model"},{"id":"llama3","object":"model"}]});
+        return write_json(sock, 200, "", body.to_string().as_bytes()).await;
+    }
+    let v: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+    let model = v["model"].as_str().unwrap_or("").to_string();
+    let stream = v["stream"].as_bool() == Some(true);
+    let include_usage = v["stream_options"]["include_usage"].as_bool() == Some(true);
+    match model.as_str() {
+        "status-429" => {
+            let body = json!({"error":{"message":"Rate limit reached","type":"requests","param":null,"code":"rate_limit_exceeded"}});
+            let extra = "retry-after: 7\r\nx-upstream-thing: kept\r\n";
+            return write_json(sock, 429, extra, body.to_string().as_bytes()).await;
+        }
+        "slow" => tokio::time::sleep(Duration::from_secs(3)).await,
+        _ => {}
+    }
+    if req.path.ends_with("/v1/embeddings") {
+        let body = json!({"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.5,0.25]}],
+            "model":model,"usage":{"prompt_tokens":4,"total_tokens":4}});
+        return write_json(sock, 200, "", body.to_string().as_bytes()).await;
+    }
+    if !stream {
+        let body = if req.path.ends_with("/v1/completions") {
+            json!({"id":"cmpl-1","object":"text_completion","created":1,"model":model,
+                "choices":[{"index":0,"text":"Hello","finish_reason":"stop","logprobs":null}],
+                "usage":{"prompt_tokens":11,"completion_tokens":1,"total_tokens":12}})
+        } else {
+            json!({"id":"chatcmpl-1","object":"chat.completion","created":1,"model":model,
+                "choices":[{"index":0,"message":{"role":"assistant","content":"Hello"},"finish_reason":"stop"}],
+                "usage":{"prompt_tokens":11,"completion_tokens":1,"total_tokens":12}})
+        };
+        return write_json(sock, 200, "", body.to_string().as_bytes()).await;
+    }
+    if sock.write_all(SSE_HEAD).await.is_err() {
+        return false;
+    }
+    match model.as_str() {
+        "cut" => {
+            let body = sse_body(&model, include_usage, false);
+            let two: String = body.split_inclusive("\n\n").take(2).collect();
+            let _ = write_chunk(sock, two.as_bytes()).await;
+            false // dropped without the terminating chunk
+        }
+        "endless" => endless(sock, &model, shared).await,
+        "crlf" => {
+            finish_sse(
+                sock,
+                sse_body(&model, include_usage, true).as_bytes(),
+                usize::MAX,
+            )
+            .await
+        }
+        m => {
+            let frag = m
+                .strip_prefix("frag-")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(usize::MAX);
+            finish_sse(
+                sock,
+                sse_body(&model, include_usage, false).as_bytes(),
+                frag,
+            )
+            .await
+        }
+    }
+}
+
+async fn finish_sse(sock: &mut TcpStream, body: &[u8], frag: usize) -> bool {
+    for piece in body.chunks(frag.min(body.len()).max(1)) {
+        if write_chunk(sock, piece).await.is_err() {
+            return false;
+        }
+        if frag != usize::MAX {
+            tokio::task::yield_now().await;
+        }
+    }
+    sock.write_all(b"0\r\n\r\n").await.is_ok()
+}
+
+async fn endless(sock: &mut TcpStream, model: &str, shared: &Shared) -> bool {
+    let ev = json!({"id":"x","object":"chat.completion.chunk","model":model,
+        "choices":[{"index":0,"delta":{"content":"tok"},"finish_reason":null}]});
+    let ev = format!("data: {ev}\n\n");
+    let (mut rd, mut wr) = sock.split();
+    let mut probe = [0u8; 1];
+    loop {
+        let write = async {
+            write_chunk_split(&mut wr, ev.as_bytes()).await?;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Ok::<(), std::io::Error>(())
+        };
+        let gone = tokio::select! {
+            r = write => r.is_err(),
+            r = rd.read(&mut probe) => matches!(r, Ok(0) | Err(_)),
+        };
+        if gone {
+            *shared.aborted.lock() += 1;
+            shared.abort_notify.notify_waiters();
+            return false;
+        }
+    }
+}
+
+async fn write_chunk_split(
+    wr: &mut tokio::net::tcp::WriteHalf<'_>,
+    data: &[u8],
+) -> std::io::Result<()> {
+    wr.write_all(format!("{:x}\r\n", data.len()).as_bytes())
+        .await?;
+    wr.write_all(data).await?;
+    wr.write_all(b"\r\n").await?;
+    wr.flush().await
+}
