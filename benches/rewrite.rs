@@ -1,1 +1,106 @@
-fn main() {}
+//! Criterion benches for the hot pure code: SSE rewrite, request rewrite, auth and routing.
+//! Run: cargo bench --bench rewrite
+
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use llmedge::auth::{KeyEntry, KeyStore, Principal};
+use llmedge::config::secret::digest;
+use llmedge::openai::{inspect_request, rewrite_request};
+use llmedge::router::{resolve, Route};
+use llmedge::sse::StreamRewriter;
+
+fn stream(events: usize) -> Vec<u8> {
+    let mut s = String::new();
+    for i in 0..events {
+        s.push_str(&format!(
+            "data: {{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"llama3\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tok{i}\"}},\"finish_reason\":null}}],\"usage\":null}}\n\n"
+        ));
+    }
+    s.push_str("data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"llama3\",\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":200,\"total_tokens\":209}}\n\ndata: [DONE]\n\n");
+    s.into_bytes()
+}
+
+fn sse(c: &mut Criterion) {
+    let body = stream(200);
+    let mut g = c.benchmark_group("sse_rewrite");
+    g.throughput(Throughput::Bytes(body.len() as u64));
+    for chunk in [16usize, 256, 4096, 65536] {
+        g.bench_with_input(
+            BenchmarkId::new("chunk_bytes", chunk),
+            &chunk,
+            |b, &chunk| {
+                let mut out = Vec::with_capacity(body.len());
+                b.iter(|| {
+                    out.clear();
+                    let mut rw = StreamRewriter::new("ollama/llama3", true);
+                    for piece in body.chunks(chunk) {
+                        rw.feed(black_box(piece), &mut out);
+                    }
+                    rw.finish(&mut out);
+                    black_box(rw.usage())
+                })
+            },
+        );
+    }
+    g.finish();
+    let one = stream(1);
+    let event = &one[..one.iter().position(|b| *b == b'\n').unwrap_or(0) + 2];
+    c.bench_function("sse_rewrite/per_event", |b| {
+        let mut rw = StreamRewriter::new("ollama/llama3", true);
+        let mut out = Vec::with_capacity(512);
+        b.iter(|| {
+            out.clear();
+            rw.feed(black_box(event), &mut out);
+        })
+    });
+}
+
+fn request(c: &mut Criterion) {
+    let mut g = c.benchmark_group("request_rewrite");
+    for size in [200usize, 64 << 10, 1 << 20] {
+        let body = format!(
+            r#"{{"model":"ollama/llama3","stream":true,"temperature":0.2,"messages":[{{"role":"user","content":"{}"}}]}}"#,
+            "x".repeat(size)
+        );
+        g.throughput(Throughput::Bytes(body.len() as u64));
+        g.bench_with_input(BenchmarkId::new("content_bytes", size), &body, |b, body| {
+            b.iter(|| {
+                let (obj, head) = inspect_request(black_box(body.as_bytes()))
+                    .unwrap_or_else(|_| std::process::abort());
+                black_box(rewrite_request(&obj, &head, "llama3"))
+            })
+        });
+    }
+    g.finish();
+}
+
+fn auth_and_route(c: &mut Criterion) {
+    let entries: Vec<KeyEntry> = (0..10_000)
+        .map(|i| KeyEntry {
+            digest: digest(format!("sk-key-{i}").as_bytes()),
+            principal: Principal {
+                tenant: "t".into(),
+                user: "u".into(),
+                key_index: i,
+            },
+            models: None,
+        })
+        .collect();
+    let store = KeyStore::new(entries);
+    c.bench_function("auth_lookup/10k_keys", |b| {
+        b.iter(|| black_box(store.lookup(black_box(b"sk-key-5000")).is_some()))
+    });
+    let routes: Vec<Route> = (0..100)
+        .map(|i| Route {
+            prefix: format!("p{i}/"),
+            pool: 0,
+            pool_name: "x".into(),
+            strip_prefix: true,
+        })
+        .collect();
+    c.bench_function("router_resolve/100_routes_last", |b| {
+        b.iter(|| black_box(resolve(&routes, black_box("p99/llama3"))))
+    });
+}
+
+criterion_group!(benches, sse, request, auth_and_route);
+criterion_main!(benches);

@@ -1,0 +1,27 @@
+# Multi-stage build: compile with the Rust toolchain, run on a slim Debian as a non-root user.
+FROM rust:1.95-bookworm AS build
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends cmake pkg-config \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+# Dependencies first, so source edits do not rebuild Pingora.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir -p src benches \
+ && echo 'fn main() {}' > src/main.rs && echo '' > src/lib.rs && echo 'fn main() {}' > benches/rewrite.rs \
+ && cargo build --release --locked --bin llmedge \
+ && rm -rf src benches
+COPY src ./src
+COPY benches ./benches
+RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin llmedge
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --no-create-home llmedge
+COPY --from=build /src/target/release/llmedge /usr/local/bin/llmedge
+COPY conf/llmedge.yaml /etc/llmedge/llmedge.yaml
+USER llmedge
+EXPOSE 8080 9090
+ENTRYPOINT ["/usr/local/bin/llmedge"]
+CMD ["--config", "/etc/llmedge/llmedge.yaml"]
