@@ -6,12 +6,14 @@ RUN apt-get update \
 WORKDIR /src
 # Dependencies first, so source edits do not rebuild Pingora.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src benches \
- && echo 'fn main() {}' > src/main.rs && echo '' > src/lib.rs && echo 'fn main() {}' > benches/rewrite.rs \
+RUN mkdir -p src benches tests/it \
+ && echo 'fn main() {}' > src/main.rs && echo '' > src/lib.rs \
+ && echo 'fn main() {}' > benches/rewrite.rs && echo '' > tests/it/main.rs \
  && cargo build --release --locked --bin llmedge \
- && rm -rf src benches
+ && rm -rf src benches tests
 COPY src ./src
 COPY benches ./benches
+COPY tests ./tests
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin llmedge
 
 FROM debian:bookworm-slim

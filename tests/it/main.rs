@@ -6,6 +6,7 @@
 )]
 
 mod bodies;
+mod builtin;
 mod chat;
 mod cli;
 mod errors;

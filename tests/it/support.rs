@@ -98,18 +98,8 @@ impl TestGateway {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("llmedge.yaml");
         std::fs::write(&path, yaml(port, admin)).unwrap();
-        let mut child = Command::new(bin())
-            .arg("--config")
-            .arg(&path)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let logs = Arc::new(Mutex::new(String::new()));
-        collect(child.stdout.take().unwrap(), logs.clone());
-        collect(child.stderr.take().unwrap(), logs.clone());
+        let path = path.to_str().unwrap();
+        let (child, logs) = spawn_bin(&["--config", path]);
         let gw = Self {
             port,
             admin,
@@ -122,24 +112,7 @@ impl TestGateway {
     }
 
     async fn wait_ready(&self) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        let client = reqwest::Client::new();
-        loop {
-            let ok = client
-                .get(format!("{}/healthz", self.base()))
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200);
-            if ok {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "gateway did not become ready; logs:\n{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        wait_http_ok(&format!("{}/healthz", self.base()), &self.logs).await;
     }
 
     pub fn base(&self) -> String {
@@ -182,6 +155,44 @@ impl TestGateway {
     pub async fn stop(mut self) -> String {
         let _ = self.child.kill().await;
         self.logs()
+    }
+}
+
+/// Runs the `llmedge` binary with `args`; stdout and stderr are collected into one log.
+pub fn spawn_bin(args: &[&str]) -> (Child, Arc<Mutex<String>>) {
+    let mut child = Command::new(bin())
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let logs = Arc::new(Mutex::new(String::new()));
+    collect(child.stdout.take().unwrap(), logs.clone());
+    collect(child.stderr.take().unwrap(), logs.clone());
+    (child, logs)
+}
+
+/// Polls `url` until it answers 200, failing the test (with `logs`) after 20 s.
+pub async fn wait_http_ok(url: &str, logs: &Mutex<String>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let client = reqwest::Client::new();
+    loop {
+        if client
+            .get(url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{url} did not become ready; logs:\n{}",
+            logs.lock()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 

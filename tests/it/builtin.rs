@@ -1,0 +1,132 @@
+//! The shipped `llmedge mock` and `llmedge demo` commands, end to end through the gateway.
+
+use futures::StreamExt;
+
+use crate::support::*;
+
+fn content_events(sse: &str) -> Vec<serde_json::Value> {
+    sse.split_terminator("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn builtin_mock_streams_the_requested_tokens_through_the_gateway() {
+    let mock_port = reserve_port();
+    let listen = format!("127.0.0.1:{mock_port}");
+    let (_mock, logs) = spawn_bin(&[
+        "mock",
+        "--listen",
+        &listen,
+        "--tokens",
+        "5",
+        "--delay-ms",
+        "1",
+    ]);
+    wait_http_ok(&format!("http://{listen}/health"), &logs).await;
+    let gw = TestGateway::start_with(|p, a| config(&format!("http://{listen}"), p, a, "")).await;
+
+    let resp = reqwest::Client::new()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .header("x-mock-tokens", "7")
+        .body(
+            r#"{"model":"mock/llama3","stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
+        )
+        .send()
+        .await
+        .unwrap();
+    let mut body = resp.bytes_stream();
+    let mut text = String::new();
+    while let Some(chunk) = body.next().await {
+        text.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+    }
+    let events = content_events(&text);
+    assert_eq!(
+        events.len(),
+        1 + 7 + 1,
+        "role chunk, 7 tokens, finish chunk: {text}"
+    );
+    assert!(events.iter().all(|e| e["model"] == "mock/llama3"));
+    assert!(text.ends_with("data: [DONE]\n\n"));
+    assert!(
+        !text.contains("usage"),
+        "usage injected by the gateway is stripped"
+    );
+    let line = gw.wait_log("\"stream\":true").await;
+    assert!(line.contains("\"completion_tokens\":7"), "{line}");
+
+    let v: serde_json::Value = post(
+        &gw,
+        "/v1/chat/completions",
+        CLIENT_KEY,
+        r#"{"model":"mock/llama3","max_tokens":3,"messages":[{"role":"user","content":"hi"}]}"#,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(
+        v["usage"]["completion_tokens"], 3,
+        "max_tokens caps the mock"
+    );
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+
+    let v: serde_json::Value = post(
+        &gw,
+        "/v1/embeddings",
+        CLIENT_KEY,
+        r#"{"model":"mock/mock-embed","input":["a","b"],"dimensions":4}"#,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(v["data"].as_array().unwrap().len(), 2);
+    assert_eq!(v["data"][1]["embedding"].as_array().unwrap().len(), 4);
+    assert_eq!(v["model"], "mock/mock-embed");
+}
+
+#[tokio::test]
+async fn demo_answers_the_curl_lines_it_prints() {
+    let (port, admin) = (reserve_port(), reserve_port());
+    let listen = format!("127.0.0.1:{port}");
+    let admin_listen = format!("127.0.0.1:{admin}");
+    let (_demo, logs) = spawn_bin(&["demo", "--listen", &listen, "--admin-listen", &admin_listen]);
+    wait_http_ok(&format!("http://{listen}/healthz"), &logs).await;
+    assert!(
+        logs.lock().contains("sk-llmedge-demo"),
+        "the banner prints the demo key"
+    );
+    let client = reqwest::Client::new();
+    let chat = client
+        .post(format!("http://{listen}/v1/chat/completions"))
+        .bearer_auth("sk-llmedge-demo")
+        .header("content-type", "application/json")
+        .body(r#"{"model":"mock/llama3","messages":[{"role":"user","content":"hi"}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(chat.status(), 200);
+    let v: serde_json::Value = chat.json().await.unwrap();
+    assert_eq!(v["model"], "mock/llama3");
+    let models = client
+        .get(format!("http://{listen}/v1/models"))
+        .bearer_auth("sk-llmedge-demo")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(models.contains("\"mock/llama3\""), "{models}");
+    let metrics = reqwest::get(format!("http://{admin_listen}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("llmedge_requests_total"), "{metrics}");
+}
