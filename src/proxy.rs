@@ -87,12 +87,12 @@ impl ProxyHttp for Gateway {
     fn error_while_proxy(
         &self,
         peer: &HttpPeer,
-        _session: &mut Session,
+        session: &mut Session,
         e: Box<Error>,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
         client_reused: bool,
     ) -> Box<Error> {
-        failure::while_proxy(peer, e, client_reused)
+        failure::while_proxy(peer, session, ctx, e, client_reused)
     }
 
     async fn fail_to_proxy(

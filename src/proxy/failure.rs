@@ -13,10 +13,21 @@ use crate::errors::GatewayError;
 pub const CLIENT_CLOSED: u16 = 499;
 
 /// The full body is always replayable (see `preset`), so a request that failed on a pooled
-/// connection the backend had already closed is retried even though it is a POST.
-pub fn while_proxy(peer: &HttpPeer, e: Box<Error>, client_reused: bool) -> Box<Error> {
+/// connection the backend had already closed is retried even though it is a POST. Nothing is
+/// retried once a response header arrived: the client may already hold part of the answer.
+pub fn while_proxy(
+    peer: &HttpPeer,
+    session: &Session,
+    ctx: &RequestCtx,
+    e: Box<Error>,
+    client_reused: bool,
+) -> Box<Error> {
     let mut e = e.more_context(format!("peer: {peer}"));
-    e.retry.decide_reuse(client_reused);
+    if ctx.status != 0 || session.response_written().is_some() {
+        e.set_retry(false);
+    } else {
+        e.retry.decide_reuse(client_reused);
+    }
     e
 }
 

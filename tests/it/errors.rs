@@ -239,3 +239,39 @@ async fn stream_all(gw: &TestGateway) -> String {
     .await
     .unwrap()
 }
+
+#[tokio::test]
+async fn post_on_a_pooled_connection_the_backend_closed_is_retried() {
+    let mock = MockOpenAi::start().await;
+    let gw = TestGateway::start(&mock).await;
+    let first = post(
+        &gw,
+        CHAT,
+        CLIENT_KEY,
+        r#"{"model":"mock/echo","messages":[]}"#,
+    )
+    .await;
+    assert_eq!(first.status(), 200, "primes the upstream connection pool");
+    let second = post(
+        &gw,
+        CHAT,
+        CLIENT_KEY,
+        r#"{"model":"mock/close-reused","messages":[]}"#,
+    )
+    .await;
+    assert_eq!(
+        second.status(),
+        200,
+        "the retry on a fresh connection succeeds"
+    );
+    let seen: Vec<String> = mock
+        .requests()
+        .iter()
+        .map(|r| r.json()["model"].to_string())
+        .collect();
+    assert_eq!(
+        seen,
+        ["\"echo\"", "\"close-reused\"", "\"close-reused\""],
+        "sent twice, body replayed"
+    );
+}

@@ -10,6 +10,7 @@
 //! | `cut` | two SSE events, then the connection is dropped mid-body |
 //! | `endless` | one SSE event every 20 ms until the gateway hangs up (recorded) |
 //! | `slow` | answers after 3 s |
+//! | `close-reused` | on a kept-alive connection, reads the request and closes without answering |
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -127,11 +128,14 @@ impl MockOpenAi {
 
 async fn serve(mut sock: TcpStream, shared: Arc<Shared>) {
     let mut buf = Vec::new();
-    loop {
+    for served in 0.. {
         let Some(req) = read_request(&mut sock, &mut buf).await else {
             return;
         };
         shared.requests.lock().push(req.clone());
+        if served > 0 && req.body.windows(12).any(|w| w == b"close-reused") {
+            return; // as a server whose keep-alive timer fired just as the request arrived
+        }
         if !respond(&mut sock, &req, &shared).await {
             return;
         }
