@@ -163,3 +163,34 @@ async fn client_hang_up_aborts_the_upstream_generation() {
     let line = gw.wait_log("\"model\":\"mock/endless\"").await;
     assert!(line.contains("\"status\":499"), "{line}");
 }
+
+#[tokio::test]
+async fn client_hang_up_before_the_first_byte_aborts_the_upstream() {
+    use tokio::io::AsyncWriteExt;
+    let mock = MockOpenAi::start().await;
+    // a long first-byte timeout, so only the hang-up can end the upstream request
+    let gw = TestGateway::start_with(|p, a| {
+        config(&mock.url(), p, a, "").replace("first_byte_ms: 1500", "first_byte_ms: 60000")
+    })
+    .await;
+    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+        .await
+        .unwrap();
+    let body = format!(
+        r#"{{"model":"mock/hold","messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "p".repeat(200_000)
+    );
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {CLIENT_KEY}\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    sock.write_all(req.as_bytes()).await.unwrap();
+    mock.wait_requests(1).await;
+    drop(sock);
+    assert!(
+        mock.wait_abort(Duration::from_secs(5)).await,
+        "a client leaving during prefill must close the upstream connection"
+    );
+    let line = gw.wait_log("\"model\":\"mock/hold\"").await;
+    assert!(line.contains("\"status\":499"), "{line}");
+}

@@ -10,6 +10,7 @@
 //! | `cut` | two SSE events, then the connection is dropped mid-body |
 //! | `endless` | one SSE event every 20 ms until the gateway hangs up (recorded) |
 //! | `slow` | answers after 3 s |
+//! | `hold` | never answers; records when the gateway closes the connection (prefill abort) |
 //! | `close-reused` | on a kept-alive connection, reads the request and closes without answering |
 
 use std::sync::Arc;
@@ -45,6 +46,7 @@ impl Recorded {
 #[derive(Default)]
 struct Shared {
     requests: Mutex<Vec<Recorded>>,
+    request_notify: Notify,
     aborted: Mutex<usize>,
     abort_notify: Notify,
 }
@@ -111,6 +113,21 @@ impl MockOpenAi {
         self.requests().pop().expect("the upstream saw a request")
     }
 
+    /// Waits until the upstream has received `n` requests.
+    pub async fn wait_requests(&self, n: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let notified = self.shared.request_notify.notified();
+            if self.shared.requests.lock().len() >= n {
+                return;
+            }
+            assert!(
+                tokio::time::timeout_at(deadline, notified).await.is_ok(),
+                "upstream did not receive {n} requests"
+            );
+        }
+    }
+
     /// Waits until the upstream saw a client abort; false if it did not within `limit`.
     pub async fn wait_abort(&self, limit: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + limit;
@@ -133,6 +150,7 @@ async fn serve(mut sock: TcpStream, shared: Arc<Shared>) {
             return;
         };
         shared.requests.lock().push(req.clone());
+        shared.request_notify.notify_waiters();
         if served > 0 && req.body.windows(12).any(|w| w == b"close-reused") {
             return; // as a server whose keep-alive timer fired just as the request arrived
         }
@@ -223,6 +241,15 @@ async fn respond(sock: &mut TcpStream, req: &Recorded, shared: &Shared) -> bool 
             return write_json(sock, 429, extra, body.to_string().as_bytes()).await;
         }
         "slow" => tokio::time::sleep(Duration::from_secs(3)).await,
+        "hold" => {
+            let mut probe = [0u8; 1];
+            let closed = tokio::time::timeout(Duration::from_secs(30), sock.read(&mut probe)).await;
+            if matches!(closed, Ok(Ok(0) | Err(_))) {
+                *shared.aborted.lock() += 1;
+                shared.abort_notify.notify_waiters();
+            }
+            return false;
+        }
         _ => {}
     }
     if req.path.ends_with("/v1/embeddings") {
