@@ -83,6 +83,7 @@ fn auth_and_route(c: &mut Criterion) {
                 key_index: i,
             },
             models: None,
+            pools: None,
         })
         .collect();
     let store = KeyStore::new(entries);

@@ -9,9 +9,11 @@ use pingora::protocols::http::ServerSession;
 
 use crate::errors::GatewayError;
 use crate::metrics::Metrics;
+use crate::state::SharedState;
 
 pub struct AdminApp {
     pub metrics: Arc<Metrics>,
+    pub state: SharedState,
 }
 
 #[async_trait]
@@ -19,9 +21,15 @@ impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
         let (status, ctype, body) = match req.uri.path() {
-            "/metrics" => (200, "text/plain; version=0.0.4", self.metrics.encode()),
+            "/metrics" => {
+                self.metrics.refresh_backends(&self.state.load().pools);
+                (200, "text/plain; version=0.0.4", self.metrics.encode())
+            }
             "/healthz" => (200, "application/json", br#"{"status":"ok"}"#.to_vec()),
-            "/readyz" => (200, "application/json", br#"{"status":"ready"}"#.to_vec()),
+            "/readyz" => {
+                let (status, body) = self.state.load().readiness();
+                (status, "application/json", body)
+            }
             other => {
                 let e = GatewayError::UnknownPath {
                     method: req.method.to_string(),

@@ -26,6 +26,8 @@ pub struct KeyEntry {
     pub principal: Principal,
     /// `None` allows every model.
     pub models: Option<Vec<Glob>>,
+    /// Pools this key may pin with `x-llmedge-pool` (indices); `None` allows every pool.
+    pub pools: Option<Vec<usize>>,
 }
 
 impl KeyEntry {
@@ -33,6 +35,10 @@ impl KeyEntry {
         self.models
             .as_ref()
             .is_none_or(|globs| globs.iter().any(|g| g.matches(model)))
+    }
+
+    pub fn may_pin(&self, pool: usize) -> bool {
+        self.pools.as_ref().is_none_or(|p| p.contains(&pool))
     }
 }
 
@@ -107,6 +113,7 @@ mod tests {
                     key_index: 0,
                 },
                 models: Some(vec![Glob::new("ollama/*"), Glob::new("gpt-4o*")]),
+                pools: Some(vec![1]),
             },
             KeyEntry {
                 digest: secret::digest(b"sk-b"),
@@ -116,6 +123,7 @@ mod tests {
                     key_index: 1,
                 },
                 models: None,
+                pools: None,
             },
         ])
     }
@@ -175,5 +183,7 @@ mod tests {
         assert!(a.allows("gpt-4o-mini"));
         assert!(!a.allows("gpt-3.5-turbo"));
         assert!(s.lookup(b"sk-b").unwrap().allows("anything"));
+        assert!(a.may_pin(1) && !a.may_pin(0));
+        assert!(s.lookup(b"sk-b").unwrap().may_pin(7));
     }
 }

@@ -1,16 +1,20 @@
 //! The YAML file schema and its validation into a typed [`Config`]; no Pingora types here.
 
+pub mod pool;
 pub mod secret;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::auth::{KeyEntry, Principal};
 use crate::errors::ConfigError;
 use crate::router::{Glob, Route};
+use pool::RawPool;
+pub use pool::{
+    parse_backend, BackendUrl, Balance, HashKey, HealthConfig, PoolConfig, ScrapeConfig, Timeouts,
+};
 pub use secret::{EnvLookup, Secret};
 
 const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
@@ -18,9 +22,6 @@ const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 const DEFAULT_THREADS: usize = 2;
 const DEFAULT_MAX_BODY_BYTES: usize = 33_554_432; // 32 MiB
 const MAX_MAX_BODY_BYTES: usize = 1_073_741_824; // 1 GiB
-const DEFAULT_CONNECT_MS: u64 = 3_000;
-const DEFAULT_FIRST_BYTE_MS: u64 = 600_000; // a non-streaming answer arrives only when generation ends
-const MAX_TIMEOUT_MS: u64 = 86_400_000; // 1 day
 const MAX_CONFIG_BYTES: usize = 16_777_216; // 16 MiB
 
 // === file schema ===
@@ -86,23 +87,8 @@ struct RawKey {
     user: Option<String>,
     #[serde(default)]
     models: Option<Vec<String>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPool {
-    backends: Vec<String>,
     #[serde(default)]
-    api_key: Option<String>,
-    #[serde(default)]
-    timeouts: RawTimeouts,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTimeouts {
-    connect_ms: Option<u64>,
-    first_byte_ms: Option<u64>,
+    pools: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -112,6 +98,8 @@ struct RawRoute {
     pool: String,
     #[serde(default)]
     strip_prefix: bool,
+    #[serde(default)]
+    fallbacks: Vec<String>,
 }
 
 // === typed config ===
@@ -131,28 +119,6 @@ pub struct ServerConfig {
     pub admin_listen: Option<SocketAddr>,
     pub threads: usize,
     pub max_body_bytes: usize,
-}
-
-#[derive(Debug, Clone)]
-pub struct PoolConfig {
-    pub name: String,
-    pub backends: Vec<BackendUrl>,
-    pub api_key: Option<Secret>,
-    pub connect_timeout: Duration,
-    /// Bounds the wait for response headers and, until per-chunk idle limits land, each read.
-    pub first_byte_timeout: Duration,
-}
-
-/// A parsed backend URL: `http(s)://host[:port][/base/path]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackendUrl {
-    pub tls: bool,
-    pub host: String,
-    pub port: u16,
-    /// Prepended to the request path; empty or starting with `/`, never ending with `/`.
-    pub base_path: String,
-    /// What the upstream sees in `Host`: the host, plus the port when it is not the default.
-    pub authority: String,
 }
 
 impl Config {
@@ -199,11 +165,12 @@ fn first_line(s: &str) -> String {
 impl RawConfig {
     fn validate(self, env: EnvLookup<'_>) -> Result<Config, ConfigError> {
         let server = self.server.validate()?;
-        let keys = validate_keys(self.keys, env)?;
         let mut pools = Vec::with_capacity(self.pools.len());
         for (name, pool) in self.pools {
             pools.push(pool.validate(&name, env)?);
         }
+        let pool_names: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();
+        let keys = validate_keys(self.keys, &pool_names, env)?;
         let known = || {
             pools
                 .iter()
@@ -219,11 +186,28 @@ impl RawConfig {
                     format!("unknown pool \"{}\" (known: {})", r.pool, known()),
                 ));
             };
+            let mut fallbacks = Vec::with_capacity(r.fallbacks.len());
+            for (j, f) in r.fallbacks.iter().enumerate() {
+                let Some(fp) = pools.iter().position(|p| p.name == *f) else {
+                    return Err(ConfigError::new(
+                        format!("routes[{i}].fallbacks[{j}]"),
+                        format!("unknown pool \"{f}\" (known: {})", known()),
+                    ));
+                };
+                if fp == pool || fallbacks.contains(&fp) {
+                    return Err(ConfigError::new(
+                        format!("routes[{i}].fallbacks[{j}]"),
+                        format!("pool \"{f}\" is already in this route's chain"),
+                    ));
+                }
+                fallbacks.push(fp);
+            }
             routes.push(Route {
                 prefix: r.prefix,
                 pool,
                 pool_name: r.pool,
                 strip_prefix: r.strip_prefix,
+                fallbacks,
             });
         }
         if let Some(m) = &self.default_model {
@@ -286,7 +270,11 @@ fn parse_addr(path: &str, v: &str) -> Result<SocketAddr, ConfigError> {
         .map_err(|_| ConfigError::new(path, format!("\"{v}\" is not an IP:port address")))
 }
 
-fn validate_keys(raw: Vec<RawKey>, env: EnvLookup<'_>) -> Result<Vec<KeyEntry>, ConfigError> {
+fn validate_keys(
+    raw: Vec<RawKey>,
+    pool_names: &[&str],
+    env: EnvLookup<'_>,
+) -> Result<Vec<KeyEntry>, ConfigError> {
     let mut seen = HashSet::new();
     let mut keys = Vec::with_capacity(raw.len());
     for (i, k) in raw.into_iter().enumerate() {
@@ -319,7 +307,24 @@ fn validate_keys(raw: Vec<RawKey>, env: EnvLookup<'_>) -> Result<Vec<KeyEntry>, 
                 Some(globs)
             }
         };
+        let pools = match k.pools {
+            None => None,
+            Some(list) => {
+                let mut idx = Vec::with_capacity(list.len());
+                for (j, name) in list.iter().enumerate() {
+                    let Some(p) = pool_names.iter().position(|n| n == name) else {
+                        return Err(ConfigError::new(
+                            format!("keys[{i}].pools[{j}]"),
+                            format!("unknown pool \"{name}\" (known: {})", pool_names.join(", ")),
+                        ));
+                    };
+                    idx.push(p);
+                }
+                Some(idx)
+            }
+        };
         keys.push(KeyEntry {
+            pools,
             digest,
             principal: Principal {
                 tenant: k.tenant.into(),
@@ -330,94 +335,6 @@ fn validate_keys(raw: Vec<RawKey>, env: EnvLookup<'_>) -> Result<Vec<KeyEntry>, 
         });
     }
     Ok(keys)
-}
-
-impl RawPool {
-    fn validate(self, name: &str, env: EnvLookup<'_>) -> Result<PoolConfig, ConfigError> {
-        let base = format!("pools.{name}");
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
-        {
-            return Err(ConfigError::new(
-                base,
-                "pool names may contain only letters, digits, '-' and '_'",
-            ));
-        }
-        if self.backends.is_empty() {
-            return Err(ConfigError::new(
-                format!("{base}.backends"),
-                "must list at least one URL",
-            ));
-        }
-        let mut backends = Vec::with_capacity(self.backends.len());
-        for (i, b) in self.backends.iter().enumerate() {
-            backends.push(parse_backend(&format!("{base}.backends[{i}]"), b)?);
-        }
-        let api_key = match &self.api_key {
-            Some(raw) => Some(secret::resolve(&format!("{base}.api_key"), raw, env)?),
-            None => None,
-        };
-        let connect = self.timeouts.connect_ms.unwrap_or(DEFAULT_CONNECT_MS);
-        let first_byte = self.timeouts.first_byte_ms.unwrap_or(DEFAULT_FIRST_BYTE_MS);
-        for (field, v) in [("connect_ms", connect), ("first_byte_ms", first_byte)] {
-            if !(1..=MAX_TIMEOUT_MS).contains(&v) {
-                return Err(ConfigError::new(
-                    format!("{base}.timeouts.{field}"),
-                    format!("{v} must be between 1 and {MAX_TIMEOUT_MS}"),
-                ));
-            }
-        }
-        Ok(PoolConfig {
-            name: name.to_string(),
-            backends,
-            api_key,
-            connect_timeout: Duration::from_millis(connect),
-            first_byte_timeout: Duration::from_millis(first_byte),
-        })
-    }
-}
-
-/// Parses `http(s)://host[:port][/path]`; user-info, query and fragment are refused.
-pub fn parse_backend(path: &str, raw: &str) -> Result<BackendUrl, ConfigError> {
-    let bad = |why: &str| ConfigError::new(path, format!("\"{raw}\" {why}"));
-    let uri: http::Uri = raw.parse().map_err(|_| bad("is not a URL"))?;
-    let tls = match uri.scheme_str() {
-        Some("http") => false,
-        Some("https") => true,
-        _ => return Err(bad("must start with http:// or https://")),
-    };
-    let auth = uri.authority().ok_or_else(|| bad("has no host"))?;
-    if auth.as_str().contains('@') {
-        return Err(bad("must not carry credentials; use api_key"));
-    }
-    if uri.query().is_some() || raw.contains('#') {
-        return Err(bad("must not have a query or fragment"));
-    }
-    let host = auth
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    if host.is_empty() {
-        return Err(bad("has no host"));
-    }
-    let default_port = if tls { 443 } else { 80 };
-    let port = auth.port_u16().unwrap_or(default_port);
-    let base_path = uri.path().trim_end_matches('/').to_string();
-    let authority = if port == default_port {
-        auth.host().to_string()
-    } else {
-        format!("{}:{port}", auth.host())
-    };
-    Ok(BackendUrl {
-        tls,
-        host,
-        port,
-        base_path,
-        authority,
-    })
 }
 
 #[cfg(test)]

@@ -35,6 +35,16 @@ pub enum GatewayError {
     UpstreamConnectTimeout,
     #[error("upstream timed out")]
     UpstreamTimeout,
+    #[error("upstream sent no response within the first-byte timeout")]
+    FirstByteTimeout,
+    #[error("upstream stream stalled longer than the idle timeout")]
+    IdleTimeout,
+    #[error("upstream response exceeded the total timeout")]
+    TotalTimeout,
+    #[error("this API key may not choose pool `{0}`")]
+    PoolNotAllowed(String),
+    #[error("every backend that could serve this request answered {0}")]
+    UpstreamStatus(u16),
     #[error("upstream closed the connection before the response completed")]
     UpstreamClosed,
     #[error("upstream sent an invalid response")]
@@ -59,7 +69,15 @@ impl GatewayError {
             Self::UpstreamUnreachable | Self::UpstreamClosed | Self::UpstreamProtocol => {
                 StatusCode::BAD_GATEWAY
             }
-            Self::UpstreamConnectTimeout | Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::UpstreamConnectTimeout
+            | Self::UpstreamTimeout
+            | Self::FirstByteTimeout
+            | Self::IdleTimeout
+            | Self::TotalTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::PoolNotAllowed(_) => StatusCode::FORBIDDEN,
+            Self::UpstreamStatus(code) => {
+                StatusCode::from_u16(*code).unwrap_or(StatusCode::BAD_GATEWAY)
+            }
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -75,11 +93,17 @@ impl GatewayError {
             | Self::InvalidParam { .. }
             | Self::MissingModel
             | Self::UnknownPath { .. }
+            | Self::PoolNotAllowed(_)
             | Self::MethodNotAllowed { .. } => "invalid_request_error",
+            Self::UpstreamStatus(429) => "requests",
             Self::NoBackend(_)
+            | Self::UpstreamStatus(_)
             | Self::UpstreamUnreachable
             | Self::UpstreamConnectTimeout
             | Self::UpstreamTimeout
+            | Self::FirstByteTimeout
+            | Self::IdleTimeout
+            | Self::TotalTimeout
             | Self::UpstreamClosed
             | Self::UpstreamProtocol
             | Self::Internal => "server_error",
@@ -97,7 +121,14 @@ impl GatewayError {
             Self::MethodNotAllowed { .. } => Some("method_not_allowed"),
             Self::NoBackend(_) => Some("no_backend"),
             Self::UpstreamUnreachable => Some("upstream_unreachable"),
-            Self::UpstreamConnectTimeout | Self::UpstreamTimeout => Some("upstream_timeout"),
+            Self::UpstreamConnectTimeout
+            | Self::UpstreamTimeout
+            | Self::FirstByteTimeout
+            | Self::IdleTimeout
+            | Self::TotalTimeout => Some("upstream_timeout"),
+            Self::PoolNotAllowed(_) => Some("pool_not_allowed"),
+            Self::UpstreamStatus(429) => Some("rate_limit_exceeded"),
+            Self::UpstreamStatus(_) => Some("upstream_error"),
             Self::UpstreamClosed => Some("upstream_closed"),
             Self::UpstreamProtocol => Some("upstream_protocol_error"),
             Self::Internal => Some("internal_error"),
@@ -109,6 +140,7 @@ impl GatewayError {
         match self {
             Self::UnknownModel(_) | Self::ModelNotAllowed(_) | Self::MissingModel => Some("model"),
             Self::InvalidParam { param, .. } => Some(param),
+            Self::PoolNotAllowed(_) => Some("x-llmedge-pool"),
             Self::MissingApiKey
             | Self::InvalidApiKey
             | Self::BodyTooLarge { .. }
@@ -119,6 +151,10 @@ impl GatewayError {
             | Self::UpstreamUnreachable
             | Self::UpstreamConnectTimeout
             | Self::UpstreamTimeout
+            | Self::FirstByteTimeout
+            | Self::IdleTimeout
+            | Self::TotalTimeout
+            | Self::UpstreamStatus(_)
             | Self::UpstreamClosed
             | Self::UpstreamProtocol
             | Self::Internal => None,
@@ -142,6 +178,12 @@ impl GatewayError {
             Self::UpstreamUnreachable => "connect_error",
             Self::UpstreamConnectTimeout => "connect_timeout",
             Self::UpstreamTimeout => "read_timeout",
+            Self::FirstByteTimeout => "first_byte_timeout",
+            Self::IdleTimeout => "idle_timeout",
+            Self::TotalTimeout => "total_timeout",
+            Self::PoolNotAllowed(_) => "pool_not_allowed",
+            Self::UpstreamStatus(429) => "status_429",
+            Self::UpstreamStatus(_) => "status_5xx",
             Self::UpstreamClosed => "upstream_closed",
             Self::UpstreamProtocol => "upstream_protocol",
             Self::Internal => "internal",
@@ -155,6 +197,10 @@ impl GatewayError {
             | Self::UpstreamUnreachable
             | Self::UpstreamConnectTimeout
             | Self::UpstreamTimeout
+            | Self::FirstByteTimeout
+            | Self::IdleTimeout
+            | Self::TotalTimeout
+            | Self::UpstreamStatus(_)
             | Self::UpstreamClosed
             | Self::UpstreamProtocol => true,
             Self::MissingApiKey
@@ -167,6 +213,7 @@ impl GatewayError {
             | Self::MissingModel
             | Self::UnknownPath { .. }
             | Self::MethodNotAllowed { .. }
+            | Self::PoolNotAllowed(_)
             | Self::Internal => false,
         }
     }

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod balance;
 pub mod cli;
 pub mod config;
 pub mod errors;
@@ -70,8 +71,19 @@ pub fn add_gateway(server: &mut Server, config: Config) -> Result<Gateway, Start
     proxy.add_tcp(&listen.to_string());
     server.add_service(proxy);
     tracing::info!(listen = %listen, "OpenAI API listening");
+    let monitor = upstream::monitor::Monitor {
+        state: gateway.state.clone(),
+    };
+    server.add_service(pingora::services::background::background_service(
+        "llmedge upstream monitor",
+        monitor,
+    ));
     if let Some(a) = admin {
-        let mut svc = Service::new("llmedge admin".to_string(), admin::AdminApp { metrics });
+        let app = admin::AdminApp {
+            metrics,
+            state: gateway.state.clone(),
+        };
+        let mut svc = Service::new("llmedge admin".to_string(), app);
         svc.add_tcp(&a.to_string());
         server.add_service(svc);
         tracing::info!(admin_listen = %a, "admin (metrics) listening");

@@ -28,8 +28,22 @@ pub struct Metrics {
     pub tokens: IntCounterVec,
     /// `llmedge_upstream_errors_total{pool,reason}`.
     pub upstream_errors: IntCounterVec,
-    /// `llmedge_inflight_requests{pool}`: requests between backend choice and the end.
+    /// `llmedge_inflight_requests{pool}`: requests between routing and the end.
     pub inflight: IntGaugeVec,
+    /// `llmedge_upstream_attempts_total{pool,backend,outcome}`: every attempt, retries included.
+    pub attempts: IntCounterVec,
+    /// `llmedge_retries_total{pool,reason}`: attempts followed by another one.
+    pub retries: IntCounterVec,
+    /// `llmedge_fallbacks_total{route,pool}`: requests moved on to a fallback pool.
+    pub fallbacks: IntCounterVec,
+    /// `llmedge_backend_up{pool,backend}`: 1 when checks pass and the backend is not ejected.
+    pub backend_up: IntGaugeVec,
+    /// `llmedge_backend_inflight{pool,backend}`: this gateway's requests on the backend.
+    pub backend_inflight: IntGaugeVec,
+    /// `llmedge_backend_queue_depth{pool,backend}`: scraped waiting requests (absent = unknown).
+    pub backend_queue: prometheus::GaugeVec,
+    /// `llmedge_backend_kv_cache_usage{pool,backend}`: scraped KV-cache usage, 0..1.
+    pub backend_kv: prometheus::GaugeVec,
     models: ModelLabels,
 }
 
@@ -77,6 +91,64 @@ impl Metrics {
             ),
             &["pool"],
         )?;
+        let backend_labels = &["pool", "backend"];
+        let attempts = IntCounterVec::new(
+            Opts::new(
+                "llmedge_upstream_attempts_total",
+                "Upstream attempts by outcome",
+            ),
+            &["pool", "backend", "outcome"],
+        )?;
+        let retries = IntCounterVec::new(
+            Opts::new(
+                "llmedge_retries_total",
+                "Attempts that were retried, by reason",
+            ),
+            &["pool", "reason"],
+        )?;
+        let fallbacks = IntCounterVec::new(
+            Opts::new(
+                "llmedge_fallbacks_total",
+                "Requests moved on to a fallback pool",
+            ),
+            &["route", "pool"],
+        )?;
+        let backend_up = IntGaugeVec::new(
+            Opts::new(
+                "llmedge_backend_up",
+                "1 when the backend takes new requests",
+            ),
+            backend_labels,
+        )?;
+        let backend_inflight = IntGaugeVec::new(
+            Opts::new(
+                "llmedge_backend_inflight",
+                "This gateway's requests on the backend",
+            ),
+            backend_labels,
+        )?;
+        let backend_queue = prometheus::GaugeVec::new(
+            Opts::new(
+                "llmedge_backend_queue_depth",
+                "Waiting requests the backend reports",
+            ),
+            backend_labels,
+        )?;
+        let backend_kv = prometheus::GaugeVec::new(
+            Opts::new(
+                "llmedge_backend_kv_cache_usage",
+                "KV-cache usage the backend reports",
+            ),
+            backend_labels,
+        )?;
+        for c in [&attempts, &retries, &fallbacks] {
+            registry.register(Box::new(c.clone()))?;
+        }
+        for g in [&backend_up, &backend_inflight] {
+            registry.register(Box::new(g.clone()))?;
+        }
+        registry.register(Box::new(backend_queue.clone()))?;
+        registry.register(Box::new(backend_kv.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(ttft.clone()))?;
@@ -91,6 +163,13 @@ impl Metrics {
             tokens,
             upstream_errors,
             inflight,
+            attempts,
+            retries,
+            fallbacks,
+            backend_up,
+            backend_inflight,
+            backend_queue,
+            backend_kv,
             models: ModelLabels::new(model_label_cap),
         }))
     }
@@ -98,6 +177,33 @@ impl Metrics {
     /// The label value for a client-facing model that matched a route.
     pub fn model_label(&self, model: &str) -> String {
         self.models.admit(model)
+    }
+
+    /// Sets the per-backend gauges from the pools' live state (called at scrape time).
+    pub fn refresh_backends(&self, pools: &[crate::upstream::Pool]) {
+        let now = std::time::Instant::now();
+        for pool in pools {
+            for b in 0..pool.len() {
+                let backend = pool.backend(b).map_or("", |u| u.authority.as_str());
+                let labels = [pool.name(), backend];
+                self.backend_up
+                    .with_label_values(&labels)
+                    .set(i64::from(pool.is_up(b, now)));
+                self.backend_inflight
+                    .with_label_values(&labels)
+                    .set(pool.inflight(b) as i64);
+                match pool.load_signal(b, now) {
+                    Some(l) => {
+                        self.backend_queue.with_label_values(&labels).set(l.waiting);
+                        self.backend_kv.with_label_values(&labels).set(l.kv_usage);
+                    }
+                    None => {
+                        let _absent = self.backend_queue.remove_label_values(&labels);
+                        let _absent = self.backend_kv.remove_label_values(&labels);
+                    }
+                }
+            }
+        }
     }
 
     /// Prometheus text exposition format.

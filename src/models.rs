@@ -3,17 +3,15 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use parking_lot::Mutex;
 use pingora::connectors::http::Connector;
-use pingora::http::RequestHeader;
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::auth::KeyEntry;
 use crate::router;
 use crate::state::Snapshot;
-use crate::upstream::Pool;
+use crate::upstream::{probe, Pool};
 
 const FRESH_FOR: Duration = Duration::from_secs(10);
 /// A pool that failed is not asked again for this long.
@@ -97,14 +95,10 @@ async fn pool_models(snap: &Snapshot, pool_index: usize) -> Vec<String> {
     let Some(pool) = snap.pools.get(pool_index) else {
         return Vec::new();
     };
-    let fetched = match tokio::time::timeout(FETCH_TIMEOUT, fetch(pool)).await {
-        Ok(Ok(ids)) => Some(ids),
-        Ok(Err(why)) => {
+    let fetched = match fetch(pool).await {
+        Ok(ids) => Some(ids),
+        Err(why) => {
             tracing::warn!(pool = %pool.name(), why, "model list unavailable; pool skipped");
-            None
-        }
-        Err(_) => {
-            tracing::warn!(pool = %pool.name(), "model list timed out; pool skipped");
             None
         }
     };
@@ -117,54 +111,20 @@ async fn pool_models(snap: &Snapshot, pool_index: usize) -> Vec<String> {
 
 /// `GET <base>/v1/models` on one backend of the pool, with the pool's key.
 async fn fetch(pool: &Pool) -> Result<Vec<String>, &'static str> {
-    let index = pool.pick();
-    let b = pool.backend(index).ok_or("no backend")?;
-    let addr = pool.resolve(index).await.map_err(|_| "does not resolve")?;
-    let peer = pool.peer(index, addr).map_err(|_| "no peer")?;
-    let connector: Connector = Connector::new(None);
-    let (mut http, _reused) = connector
-        .get_http_session(&peer)
-        .await
-        .map_err(|_| "connect failed")?;
-    let path = format!("{}/v1/models", b.base_path);
-    let mut req = RequestHeader::build("GET", path.as_bytes(), None).map_err(|_| "bad path")?;
-    let headers = [
-        ("host", Some(b.authority.clone())),
-        ("accept", Some("application/json".to_string())),
-        (
-            "authorization",
-            pool.config
-                .api_key
-                .as_ref()
-                .map(|k| format!("Bearer {}", k.expose())),
-        ),
-    ];
-    for (name, value) in headers {
-        if let Some(v) = value {
-            req.insert_header(name, v).map_err(|_| "bad header")?;
-        }
-    }
-    http.write_request_header(Box::new(req))
-        .await
-        .map_err(|_| "write failed")?;
-    http.finish_request_body()
-        .await
-        .map_err(|_| "write failed")?;
-    http.read_response_header()
-        .await
-        .map_err(|_| "no response")?;
-    let status = http.response_header().map_or(0, |h| h.status.as_u16());
+    let connector = Connector::new(None);
+    let backend = pool.pick_any();
+    let (status, body) = probe::get(
+        &connector,
+        pool,
+        backend,
+        "/v1/models",
+        FETCH_TIMEOUT,
+        MAX_LIST_BYTES,
+    )
+    .await?;
     if status != 200 {
         return Err("non-200 answer");
     }
-    let mut body = Vec::new();
-    while let Some(chunk) = http.read_response_body().await.map_err(|_| "read failed")? {
-        body.extend_from_slice(&chunk);
-        if body.len() > MAX_LIST_BYTES {
-            return Err("list too large");
-        }
-    }
-    let list: ModelList =
-        serde_json::from_slice(&Bytes::from(body)).map_err(|_| "not a model list")?;
+    let list: ModelList = serde_json::from_slice(&body).map_err(|_| "not a model list")?;
     Ok(list.data.into_iter().map(|m| m.id).collect())
 }

@@ -1,5 +1,6 @@
 //! `impl ProxyHttp for Gateway`: each phase delegates to one function in `proxy/`.
 
+mod attempt;
 mod ctx;
 mod failure;
 mod log;
@@ -49,10 +50,29 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        request::peer(ctx).await
+        attempt::peer(self, session, ctx).await
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        e: Box<Error>,
+    ) -> Box<Error> {
+        attempt::connect_failed(self, ctx, e)
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        attempt::status_received(self, resp, ctx)
     }
 
     async fn upstream_request_filter(
@@ -92,7 +112,8 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         client_reused: bool,
     ) -> Box<Error> {
-        failure::while_proxy(peer, session, ctx, e, client_reused)
+        let e = e.more_context(format!("peer: {peer}"));
+        attempt::failed_while_proxying(self, session, ctx, e, client_reused)
     }
 
     async fn fail_to_proxy(
@@ -110,6 +131,7 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         request::unwrap_body(session, ctx);
+        attempt::finished(self, ctx);
         log::finish(self, e, ctx);
     }
 }

@@ -7,6 +7,8 @@ pub struct Route {
     pub pool: usize,
     pub pool_name: String,
     pub strip_prefix: bool,
+    /// Pools tried in order when the primary cannot serve.
+    pub fallbacks: Vec<usize>,
 }
 
 /// The route chosen for a client-facing model name.
@@ -91,18 +93,21 @@ mod tests {
                 pool: 0,
                 pool_name: "ollama".into(),
                 strip_prefix: true,
+                fallbacks: vec![],
             },
             Route {
                 prefix: "gpt-".into(),
                 pool: 1,
                 pool_name: "openai".into(),
                 strip_prefix: false,
+                fallbacks: vec![],
             },
             Route {
                 prefix: "gpt-4o".into(),
                 pool: 0,
                 pool_name: "never".into(),
                 strip_prefix: false,
+                fallbacks: vec![],
             },
         ]
     }

@@ -29,6 +29,31 @@ impl Snapshot {
     }
 }
 
+impl Snapshot {
+    /// `/readyz`: 200 when every route has a backend that takes requests (in its pool or a
+    /// fallback), else 503 naming the routes that have none.
+    pub fn readiness(&self) -> (u16, Vec<u8>) {
+        let now = std::time::Instant::now();
+        let unready: Vec<&str> = self
+            .config
+            .routes
+            .iter()
+            .filter(|r| {
+                !std::iter::once(r.pool)
+                    .chain(r.fallbacks.iter().copied())
+                    .filter_map(|p| self.pools.get(p))
+                    .any(|p| p.any_available(now))
+            })
+            .map(|r| r.prefix.as_str())
+            .collect();
+        if unready.is_empty() {
+            return (200, br#"{"status":"ready"}"#.to_vec());
+        }
+        let body = serde_json::json!({"status": "unready", "routes_without_backend": unready});
+        (503, body.to_string().into_bytes())
+    }
+}
+
 /// Shared, swappable state; each request pins one snapshot in `new_ctx`.
 pub type SharedState = Arc<ArcSwap<Snapshot>>;
 

@@ -1,34 +1,77 @@
-//! Upstream pools: backend choice and address resolution, and the `HttpPeer` for a backend.
+//! Upstream pools: per-backend state (in-flight, health, load), selection, resolution, peers.
+
+pub mod health;
+pub mod load;
+pub mod monitor;
+pub mod probe;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use pingora::upstreams::peer::HttpPeer;
 
+use crate::balance::{self, Candidate, Load};
 use crate::config::{BackendUrl, PoolConfig};
 use crate::errors::GatewayError;
+use health::Health;
+use load::Scraped;
 
 /// How long a DNS answer for a backend host is reused.
 const DNS_TTL: Duration = Duration::from_secs(30);
 /// Pooled upstream connections are closed before uvicorn's 5 s keep-alive would close them,
-/// so a reused connection is never raced by the server's own close.
+/// so a reused connection is rarely raced by the server's own close.
 pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+/// A load scrape older than this many scrape intervals is unknown, not zero.
+const STALE_AFTER_INTERVALS: u32 = 3;
+
+/// Runtime state of one backend.
+pub struct BackendState {
+    /// Stable identity for consistent hashing: a hash of the URL.
+    pub id: u64,
+    inflight: Arc<AtomicUsize>,
+    health: Mutex<Health>,
+    load: Mutex<Option<(Instant, Scraped)>>,
+    sent_since_scrape: AtomicUsize,
+}
 
 /// Runtime state of one pool.
 pub struct Pool {
     pub config: PoolConfig,
-    next: AtomicUsize,
+    backends: Vec<BackendState>,
+    seq: AtomicU64,
     dns: Mutex<HashMap<usize, (Instant, SocketAddr)>>,
+}
+
+/// Holds one in-flight slot on a backend; released on drop.
+pub struct BackendGuard(Arc<AtomicUsize>);
+
+impl Drop for BackendGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Pool {
     pub fn new(config: PoolConfig) -> Self {
+        let backends = config
+            .backends
+            .iter()
+            .map(|b| BackendState {
+                id: balance::hash_bytes(format!("{}{}", b.authority, b.base_path).as_bytes()),
+                inflight: Arc::new(AtomicUsize::new(0)),
+                health: Mutex::new(Health::default()),
+                load: Mutex::new(None),
+                sent_since_scrape: AtomicUsize::new(0),
+            })
+            .collect();
         Self {
             config,
-            next: AtomicUsize::new(0),
+            backends,
+            seq: AtomicU64::new(0),
             dns: Mutex::new(HashMap::new()),
         }
     }
@@ -37,13 +80,125 @@ impl Pool {
         &self.config.name
     }
 
-    /// Round robin over the pool's backends.
-    pub fn pick(&self) -> usize {
-        self.next.fetch_add(1, Ordering::Relaxed) % self.config.backends.len().max(1)
+    pub fn len(&self) -> usize {
+        self.backends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.backends.is_empty()
     }
 
     pub fn backend(&self, index: usize) -> Option<&BackendUrl> {
         self.config.backends.get(index)
+    }
+
+    fn active_checks(&self) -> bool {
+        self.config.health.is_some()
+    }
+
+    /// Picks a backend not in `exclude`: a healthy one if any, else (panic mode) one that is
+    /// only passively ejected. Backends that active checks failed or that asked us to back off
+    /// (`Retry-After`) are never picked.
+    pub fn select(&self, exclude: &[usize], key: Option<u64>, now: Instant) -> Option<usize> {
+        let mut cands = self.candidates(exclude, now, false);
+        if cands.is_empty() {
+            cands = self.candidates(exclude, now, true);
+        }
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        balance::select(self.config.balance, &cands, seq, key)
+    }
+
+    /// Whether `select` would find anything.
+    pub fn has_candidate(&self, exclude: &[usize], now: Instant) -> bool {
+        !self.candidates(exclude, now, true).is_empty()
+    }
+
+    fn candidates(&self, exclude: &[usize], now: Instant, panic: bool) -> Vec<Candidate> {
+        let active = self.active_checks();
+        self.backends
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !exclude.contains(i))
+            .filter(|(_, b)| {
+                let h = b.health.lock();
+                if panic {
+                    h.usable_in_panic(now)
+                } else {
+                    h.available(now, active)
+                }
+            })
+            .map(|(i, b)| Candidate {
+                index: i,
+                weight: self.config.backends[i].weight,
+                inflight: b.inflight.load(Ordering::Relaxed),
+                id: b.id,
+                load: self.load_signal(i, now),
+            })
+            .collect()
+    }
+
+    /// The backend's fresh load, or `None` when never scraped, failed, or stale.
+    pub fn load_signal(&self, index: usize, now: Instant) -> Option<Load> {
+        let scrape = self.config.metrics.as_ref()?;
+        let b = self.backends.get(index)?;
+        let (at, s) = (*b.load.lock())?;
+        if now.saturating_duration_since(at) > scrape.interval * STALE_AFTER_INTERVALS {
+            return None;
+        }
+        Some(Load {
+            waiting: s.waiting,
+            running: s.running,
+            kv_usage: s.kv_usage,
+            sent_since_scrape: b.sent_since_scrape.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Any backend, for background fetches that do not need balancing.
+    pub fn pick_any(&self) -> usize {
+        let now = Instant::now();
+        self.select(&[], None, now).unwrap_or(0)
+    }
+
+    /// Marks the start of an attempt on `index`.
+    pub fn begin(&self, index: usize) -> Option<BackendGuard> {
+        let b = self.backends.get(index)?;
+        b.inflight.fetch_add(1, Ordering::Relaxed);
+        b.sent_since_scrape.fetch_add(1, Ordering::Relaxed);
+        Some(BackendGuard(b.inflight.clone()))
+    }
+
+    pub fn inflight(&self, index: usize) -> usize {
+        self.backends
+            .get(index)
+            .map_or(0, |b| b.inflight.load(Ordering::Relaxed))
+    }
+
+    /// Up as `llmedge_backend_up` reports it.
+    pub fn is_up(&self, index: usize, now: Instant) -> bool {
+        let active = self.active_checks();
+        self.backends
+            .get(index)
+            .is_some_and(|b| b.health.lock().up(now, active))
+    }
+
+    /// Whether some backend can take new requests now.
+    pub fn any_available(&self, now: Instant) -> bool {
+        let active = self.active_checks();
+        self.backends
+            .iter()
+            .any(|b| b.health.lock().available(now, active))
+    }
+
+    pub fn with_health<R>(&self, index: usize, f: impl FnOnce(&mut Health) -> R) -> Option<R> {
+        self.backends.get(index).map(|b| f(&mut b.health.lock()))
+    }
+
+    /// Records a scrape; `None` marks the signal unknown.
+    pub fn set_load(&self, index: usize, scraped: Option<Scraped>, now: Instant) {
+        if let Some(b) = self.backends.get(index) {
+            *b.load.lock() = scraped.map(|s| (now, s));
+            b.sent_since_scrape.store(0, Ordering::Relaxed);
+        }
     }
 
     /// Resolves the backend's host, from cache when fresh; IP literals never touch DNS.
@@ -69,58 +224,20 @@ impl Pool {
         Ok(addr)
     }
 
-    /// The peer for a resolved backend, with the pool's timeouts.
+    /// The peer for a resolved backend. Pingora's per-read timeout is only a backstop: the
+    /// first-byte, idle and total limits are enforced per request (see `proxy::preset`).
     pub fn peer(&self, index: usize, addr: SocketAddr) -> Result<HttpPeer, GatewayError> {
         let b = self.backend(index).ok_or(GatewayError::Internal)?;
+        let t = &self.config.timeouts;
         let mut peer = HttpPeer::new(addr, b.tls, b.host.clone());
         let o = &mut peer.options;
-        o.connection_timeout = Some(self.config.connect_timeout);
-        o.total_connection_timeout = Some(self.config.connect_timeout * 2);
-        o.read_timeout = Some(self.config.first_byte_timeout);
+        o.connection_timeout = Some(t.connect);
+        o.total_connection_timeout = Some(t.connect * 2);
+        o.read_timeout = Some(t.first_byte.max(t.idle) + Duration::from_secs(5));
         o.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
         Ok(peer)
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::parse_backend;
-
-    fn pool(urls: &[&str]) -> Pool {
-        Pool::new(PoolConfig {
-            name: "p".into(),
-            backends: urls
-                .iter()
-                .map(|u| parse_backend("b", u).unwrap())
-                .collect(),
-            api_key: None,
-            connect_timeout: Duration::from_millis(100),
-            first_byte_timeout: Duration::from_millis(1000),
-        })
-    }
-
-    #[test]
-    fn round_robin_visits_every_backend() {
-        let p = pool(&[
-            "http://127.0.0.1:1",
-            "http://127.0.0.1:2",
-            "http://127.0.0.1:3",
-        ]);
-        let picks: Vec<usize> = (0..6).map(|_| p.pick()).collect();
-        assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
-    }
-
-    #[tokio::test]
-    async fn ip_literals_resolve_without_dns_and_peers_carry_timeouts() {
-        let p = pool(&["http://[::1]:8000/base"]);
-        let addr = p.resolve(0).await.unwrap();
-        assert_eq!(addr.to_string(), "[::1]:8000");
-        let peer = p.peer(0, addr).unwrap();
-        assert_eq!(
-            peer.options.connection_timeout,
-            Some(Duration::from_millis(100))
-        );
-        assert_eq!(peer.options.idle_timeout, Some(UPSTREAM_IDLE_TIMEOUT));
-    }
-}
+mod tests;

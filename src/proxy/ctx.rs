@@ -4,15 +4,39 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use parking_lot::Mutex;
-use pingora::protocols::http::ServerSession;
+use bytes::Bytes;
 
+use super::preset::{Shared, Slot};
 use crate::auth::Principal;
 use crate::errors::GatewayError;
 use crate::openai::Usage;
 use crate::sse::StreamRewriter;
 use crate::state::Snapshot;
+use crate::upstream::BackendGuard;
 
+/// The attempt plan of one request across its pools.
+#[derive(Default)]
+pub struct Plan {
+    pub chain: Vec<usize>,
+    /// Index into `chain` of the pool being tried.
+    pub pos: usize,
+    /// Attempts made in the current pool, and the backends they used.
+    pub attempts_in_pool: u32,
+    pub tried: Vec<usize>,
+    /// Whether the last failure was a stale pooled connection: retry the same backend once.
+    pub retry_same: bool,
+    /// All attempts, for metrics and backoff.
+    pub attempts: u32,
+    /// The client body and the model name the route gives the upstream (before pool renames).
+    pub client_body: Bytes,
+    pub route_model: String,
+    /// The model name in the body being sent now.
+    pub sent_model: String,
+    /// The raw prompt (`messages`, `prompt` or `input`), for `hash_key: prompt_prefix`.
+    pub prompt: Bytes,
+    /// The last upstream failure, reported if no later attempt succeeds.
+    pub last_error: Option<GatewayError>,
+}
 /// How the response body is treated.
 pub enum ResponseMode {
     /// Errors and anything we do not rewrite go through untouched.
@@ -39,14 +63,20 @@ pub struct RequestCtx {
     pub endpoint: Option<Endpoint>,
     pub client_model: Option<String>,
     pub route: Option<usize>,
+    /// The pool serving the current attempt.
     pub pool: Option<usize>,
     pub backend: Option<usize>,
     pub stream: bool,
     /// The gateway injected `include_usage`, so the usage chunk must not reach the client.
     pub strip_usage: bool,
-    pub body_len: usize,
+    /// Where attempts go: the route's pool then its fallbacks, or the one pinned pool.
+    pub plan: Plan,
+    /// The body and deadline shared with the session wrapper (set once the request is routed).
+    pub shared: Option<Arc<Shared>>,
+    /// The attempt in flight on `backend`, released when it ends.
+    pub attempt: Option<BackendGuard>,
     /// Set while the downstream session is wrapped by `preset::wrap`.
-    pub preset_slot: Option<Arc<Mutex<Option<ServerSession>>>>,
+    pub preset_slot: Option<Slot>,
     pub response: ResponseMode,
     /// Status sent to the client (0 until decided).
     pub status: u16,
@@ -72,7 +102,9 @@ impl RequestCtx {
             backend: None,
             stream: false,
             strip_usage: false,
-            body_len: 0,
+            plan: Plan::default(),
+            shared: None,
+            attempt: None,
             preset_slot: None,
             response: ResponseMode::Passthrough,
             status: 0,

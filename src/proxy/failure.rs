@@ -2,34 +2,14 @@
 
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, Session};
-use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorSource;
 
 use super::ctx::RequestCtx;
-use super::{request, respond, response};
+use super::{attempt, request, respond, response};
 use crate::errors::GatewayError;
 
 /// Status recorded when the client went away before the response finished (nginx's convention).
 pub const CLIENT_CLOSED: u16 = 499;
-
-/// The full body is always replayable (see `preset`), so a request that failed on a pooled
-/// connection the backend had already closed is retried even though it is a POST. Nothing is
-/// retried once a response header arrived: the client may already hold part of the answer.
-pub fn while_proxy(
-    peer: &HttpPeer,
-    session: &Session,
-    ctx: &RequestCtx,
-    e: Box<Error>,
-    client_reused: bool,
-) -> Box<Error> {
-    let mut e = e.more_context(format!("peer: {peer}"));
-    if ctx.status != 0 || session.response_written().is_some() {
-        e.set_retry(false);
-    } else {
-        e.retry.decide_reuse(client_reused);
-    }
-    e
-}
 
 pub async fn respond(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
     request::unwrap_body(session, ctx);
@@ -37,7 +17,9 @@ pub async fn respond(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> 
         error_code: code,
         can_reuse_downstream: false,
     };
-    if matches!(e.esource(), ErrorSource::Downstream) {
+    if let Some(kind) = ctx.shared.as_ref().and_then(|s| s.fired()) {
+        ctx.error = Some(attempt::timeout_error(kind));
+    } else if matches!(e.esource(), ErrorSource::Downstream) {
         ctx.client_gone = true;
         ctx.status = CLIENT_CLOSED;
         return no_reuse(0);

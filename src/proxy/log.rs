@@ -11,10 +11,9 @@ use super::failure::CLIENT_CLOSED;
 use super::Gateway;
 
 pub fn finish(gw: &Gateway, e: Option<&Error>, ctx: &mut RequestCtx) {
-    if let Some(e) = e {
-        if matches!(e.esource(), ErrorSource::Downstream) {
-            ctx.client_gone = true;
-        }
+    let timed_out = ctx.shared.as_ref().and_then(|s| s.fired()).is_some();
+    if e.is_some_and(|e| matches!(e.esource(), ErrorSource::Downstream)) && !timed_out {
+        ctx.client_gone = true;
     }
     let status = if ctx.client_gone {
         CLIENT_CLOSED

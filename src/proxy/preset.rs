@@ -5,9 +5,13 @@
 //! session that delegates everything to the real one but answers `get_retry_buffer()` with our
 //! rewritten body, so every attempt (retries included) sends it whole. See shared/BIGBODY.md.
 //! The inner session is handed back through a shared slot, which avoids an unsafe downcast.
+//!
+//! The wrapper's `read_body_or_idle` is what Pingora polls, for the whole exchange, to notice a
+//! client hang-up; it also enforces the request's upstream deadline (first byte, idle gap, total),
+//! which Pingora's fixed per-read timeout cannot express.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -21,22 +25,71 @@ use pingora::protocols::l4::socket::SocketAddr;
 use pingora::protocols::Digest;
 use pingora::{Error, ErrorType, Result};
 
-type Slot = Arc<Mutex<Option<ServerSession>>>;
+pub type Slot = Arc<Mutex<Option<ServerSession>>>;
+
+/// Which upstream time limit a deadline stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutKind {
+    FirstByte,
+    Idle,
+    Total,
+}
+
+/// The body to send (replaceable when a fallback pool needs another model name) and the
+/// request's current upstream deadline. Shared between the request context and the wrapper.
+pub struct Shared {
+    body: Mutex<Bytes>,
+    deadline: Mutex<(Instant, TimeoutKind)>,
+    fired: Mutex<Option<TimeoutKind>>,
+}
+
+impl Shared {
+    pub fn new(body: Bytes, deadline: Instant) -> Arc<Self> {
+        Arc::new(Self {
+            body: Mutex::new(body),
+            deadline: Mutex::new((deadline, TimeoutKind::Total)),
+            fired: Mutex::new(None),
+        })
+    }
+
+    pub fn set_body(&self, body: Bytes) {
+        *self.body.lock() = body;
+    }
+
+    pub fn body_len(&self) -> usize {
+        self.body.lock().len()
+    }
+
+    /// Arms the deadline: `kind` at `at`, unless the total limit `total_at` comes first.
+    pub fn arm(&self, kind: TimeoutKind, at: Instant, total_at: Instant) {
+        *self.deadline.lock() = if at < total_at {
+            (at, kind)
+        } else {
+            (total_at, TimeoutKind::Total)
+        };
+    }
+
+    /// The limit that ended the request, if one did.
+    pub fn fired(&self) -> Option<TimeoutKind> {
+        *self.fired.lock()
+    }
+}
 
 /// Installed in place of the real downstream session while a request is proxied.
 pub struct PresetBody {
     inner: ServerSession,
-    body: Bytes,
+    shared: Arc<Shared>,
     slot: Slot,
 }
 
-/// Swaps the downstream session for a wrapper that replays `body`; returns the hand-back slot.
-pub fn wrap(downstream: &mut ServerSession, body: Bytes) -> Slot {
+/// Swaps the downstream session for a wrapper that replays the shared body; returns the
+/// hand-back slot.
+pub fn wrap(downstream: &mut ServerSession, shared: Arc<Shared>) -> Slot {
     let slot: Slot = Arc::new(Mutex::new(None));
     let inner = std::mem::replace(downstream, ServerSession::new_custom(Box::new(())));
     *downstream = ServerSession::new_custom(Box::new(PresetBody {
         inner,
-        body,
+        shared,
         slot: slot.clone(),
     }));
     slot
@@ -138,11 +191,25 @@ impl CustomSession for PresetBody {
         self.inner.finish_body().await
     }
     fn is_body_empty(&mut self) -> bool {
-        self.body.is_empty()
+        self.shared.body.lock().is_empty()
     }
     async fn read_body_or_idle(&mut self, _no_body_expected: bool) -> Result<Option<Bytes>> {
-        // the body was read already: this is the real session's disconnect watcher
-        self.inner.read_body_or_idle(true).await
+        // the body was read already: this is the real session's disconnect watcher, raced
+        // against the upstream deadline (re-read after each wake, as filters move it)
+        let shared = self.shared.clone();
+        loop {
+            let (at, _) = *shared.deadline.lock();
+            tokio::select! {
+                r = self.inner.read_body_or_idle(true) => return r,
+                () = tokio::time::sleep_until(at.into()) => {
+                    let (at, kind) = *shared.deadline.lock();
+                    if Instant::now() >= at {
+                        *shared.fired.lock() = Some(kind);
+                        return Error::e_explain(ErrorType::ReadTimedout, "upstream deadline passed");
+                    }
+                }
+            }
+        }
     }
     fn body_bytes_sent(&self) -> usize {
         self.inner.body_bytes_sent()
@@ -170,7 +237,7 @@ impl CustomSession for PresetBody {
         false
     }
     fn get_retry_buffer(&self) -> Option<Bytes> {
-        Some(self.body.clone())
+        Some(self.shared.body.lock().clone())
     }
     async fn finish_custom(&mut self) -> Result<()> {
         Ok(())

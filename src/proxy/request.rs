@@ -4,16 +4,18 @@ use bytes::{Bytes, BytesMut};
 use http::Method;
 use pingora::prelude::*;
 use pingora::proxy::Session;
-use pingora::upstreams::peer::HttpPeer;
 
-use super::ctx::{request_id, Endpoint, InflightGuard, RequestCtx};
-use super::{preset, respond, Gateway};
+use super::ctx::{request_id, Endpoint, InflightGuard, Plan, RequestCtx};
+use super::preset::{self, Shared};
+use super::{attempt, respond, Gateway};
 use crate::errors::GatewayError;
 use crate::openai::{inspect_request, rewrite_request};
 use crate::router;
 
 /// Client headers that carry credentials meant for the gateway, never for an upstream.
 const CLIENT_CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "api-key", "x-api-key"];
+/// A client may pin a pool its key allows with this header.
+pub const PIN_HEADER: &str = "x-llmedge-pool";
 
 pub async fn execute(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
     let req = session.req_header();
@@ -22,7 +24,10 @@ pub async fn execute(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) 
     let path = req.uri.path().to_string();
     let endpoint = match path.as_str() {
         "/healthz" => return respond::json(session, ctx, 200, br#"{"status":"ok"}"#).await,
-        "/readyz" => return respond::json(session, ctx, 200, br#"{"status":"ready"}"#).await,
+        "/readyz" => {
+            let (status, body) = ctx.snap.readiness();
+            return respond::json(session, ctx, status, &body).await;
+        }
         "/v1/models" if method == Method::GET => {
             return list_models(session, ctx).await;
         }
@@ -61,7 +66,7 @@ async fn method_not_allowed(
     respond::error(session, ctx, e).await
 }
 
-/// Authenticates, reads and rewrites the body, and picks the backend.
+/// Authenticates, reads and rewrites the body, and plans where the attempts go.
 async fn prepare(
     gw: &Gateway,
     session: &mut Session,
@@ -83,21 +88,48 @@ async fn prepare(
         return Err(GatewayError::ModelNotAllowed(model));
     }
     let route = &snap.config.routes[resolved.route];
-    let pool = snap.pools.get(route.pool).ok_or(GatewayError::Internal)?;
-    let rewritten = rewrite_request(&obj, &head, resolved.upstream_model);
-    let upstream_body = rewritten.map_or(body.clone(), Bytes::from);
+    let chain = match session.req_header().headers.get(PIN_HEADER) {
+        None => std::iter::once(route.pool)
+            .chain(route.fallbacks.iter().copied())
+            .collect(),
+        Some(v) => {
+            let name = String::from_utf8_lossy(v.as_bytes()).into_owned();
+            match snap.pools.iter().position(|p| p.name() == name) {
+                Some(p) if key.may_pin(p) => vec![p],
+                _ => return Err(GatewayError::PoolNotAllowed(name)),
+            }
+        }
+    };
+    let first = snap.pools.get(chain[0]).ok_or(GatewayError::Internal)?;
+    let sent_model = attempt::pool_model(first, resolved.upstream_model).to_string();
+    let upstream_body = rewrite_request(&obj, &head, &sent_model).map_or(body.clone(), Bytes::from);
+    let prompt = ["messages", "prompt", "input"]
+        .iter()
+        .find_map(|f| obj.get(f))
+        .map_or_else(Bytes::new, |v| body.slice_ref(v.get().as_bytes()));
     drop(obj);
     ctx.route = Some(resolved.route);
-    ctx.pool = Some(route.pool);
-    ctx.backend = Some(pool.pick());
+    ctx.pool = Some(chain[0]);
     ctx.stream = head.stream;
     ctx.strip_usage = head.stream && !head.client_include_usage;
+    ctx.plan = Plan {
+        chain,
+        route_model: resolved.upstream_model.to_string(),
+        sent_model,
+        client_body: body,
+        prompt,
+        ..Plan::default()
+    };
     ctx.client_model = Some(model);
-    ctx.body_len = upstream_body.len();
     ctx.inflight = Some(InflightGuard::new(
-        gw.metrics.inflight.with_label_values(&[pool.name()]),
+        gw.metrics.inflight.with_label_values(&[first.name()]),
     ));
-    ctx.preset_slot = Some(preset::wrap(&mut session.downstream_session, upstream_body));
+    let shared = Shared::new(upstream_body, ctx.start + first.config.timeouts.total);
+    ctx.preset_slot = Some(preset::wrap(
+        &mut session.downstream_session,
+        shared.clone(),
+    ));
+    ctx.shared = Some(shared);
     Ok(())
 }
 
@@ -152,32 +184,6 @@ async fn list_models(session: &mut Session, ctx: &mut RequestCtx) -> Result<bool
     respond::json(session, ctx, 200, &body).await
 }
 
-/// The peer for the chosen backend; resolution failures become OpenAI errors via `fail_to_proxy`.
-pub async fn peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-    let (Some(pool), Some(backend)) = (ctx.pool, ctx.backend) else {
-        return Err(Error::explain(InternalError, "no route chosen"));
-    };
-    let pool = ctx
-        .snap
-        .pools
-        .get(pool)
-        .ok_or_else(|| Error::explain(InternalError, "pool vanished"))?;
-    let addr = match pool.resolve(backend).await {
-        Ok(a) => a,
-        Err(e) => {
-            ctx.error = Some(e);
-            return Err(Error::explain(
-                ConnectNoRoute,
-                "backend host does not resolve",
-            ));
-        }
-    };
-    let peer = pool
-        .peer(backend, addr)
-        .map_err(|_| Error::explain(InternalError, "backend vanished"))?;
-    Ok(Box::new(peer))
-}
-
 /// Strips client credentials, injects the pool's key, and points path and `Host` at the backend.
 pub fn rewrite_upstream_header(
     session: &Session,
@@ -198,11 +204,13 @@ pub fn rewrite_upstream_header(
     for h in CLIENT_CREDENTIAL_HEADERS {
         upstream.remove_header(h);
     }
+    upstream.remove_header(PIN_HEADER);
     // we must read the response to rewrite it, so ask for it uncompressed
     upstream.remove_header("accept-encoding");
     upstream.remove_header("expect");
     upstream.remove_header("transfer-encoding");
-    upstream.insert_header("content-length", ctx.body_len.to_string())?;
+    let body_len = ctx.shared.as_ref().map_or(0, |s| s.body_len());
+    upstream.insert_header("content-length", body_len.to_string())?;
     upstream.insert_header("host", b.authority.as_str())?;
     upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
     if let Some(key) = &pool.config.api_key {

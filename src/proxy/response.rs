@@ -4,6 +4,7 @@ use bytes::Bytes;
 use pingora::prelude::*;
 
 use super::ctx::{Endpoint, RequestCtx, ResponseMode};
+use super::preset::TimeoutKind;
 use crate::openai::rewrite_response_object;
 use crate::sse::StreamRewriter;
 
@@ -13,6 +14,7 @@ const MAX_JSON_BUFFER: usize = 67_108_864; // 64 MiB
 pub fn headers(resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
     ctx.status = resp.status.as_u16();
     ctx.ttfb = Some(ctx.start.elapsed());
+    arm_idle(ctx);
     resp.insert_header("x-request-id", ctx.request_id.as_str())?;
     let ok = resp.status.is_success();
     let encoded = resp.headers.contains_key("content-encoding");
@@ -42,7 +44,21 @@ pub fn headers(resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
     Ok(())
 }
 
+/// From the first response byte on, the limit is the gap to the next chunk (and the total).
+fn arm_idle(ctx: &RequestCtx) {
+    let (Some(shared), Some(pool)) = (&ctx.shared, ctx.pool.and_then(|p| ctx.snap.pools.get(p)))
+    else {
+        return;
+    };
+    let t = &pool.config.timeouts;
+    let now = std::time::Instant::now();
+    shared.arm(TimeoutKind::Idle, now + t.idle, ctx.start + t.total);
+}
+
 pub fn body(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut RequestCtx) {
+    if body.is_some() {
+        arm_idle(ctx);
+    }
     match &mut ctx.response {
         ResponseMode::Passthrough => {}
         ResponseMode::Sse(rw) => {

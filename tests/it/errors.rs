@@ -170,7 +170,11 @@ async fn upstream_down_is_502_and_timeout_is_504() {
         "{m}"
     );
     assert!(
-        m.contains(r#"llmedge_upstream_errors_total{pool="mock",reason="read_timeout"} 1"#),
+        m.contains(r#"llmedge_upstream_errors_total{pool="mock",reason="first_byte_timeout"} 1"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"llmedge_requests_total{pool="mock",route="mock/",status="504"} 1"#),
         "{m}"
     );
     assert!(

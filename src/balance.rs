@@ -1,0 +1,145 @@
+//! Backend selection algorithms over a snapshot of candidates; pure and deterministic given inputs.
+
+use crate::config::Balance;
+
+/// What the selector knows about one usable backend.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Candidate {
+    /// Position of the backend in its pool.
+    pub index: usize,
+    pub weight: u32,
+    /// Requests this gateway has in flight to the backend.
+    pub inflight: usize,
+    /// Stable identity for hashing (derived from the backend URL, not its position).
+    pub id: u64,
+    /// Fresh load from the backend's metrics, if any.
+    pub load: Option<Load>,
+}
+
+/// A scraped load signal plus what the gateway sent since that scrape.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Load {
+    pub waiting: f64,
+    pub running: f64,
+    /// KV-cache usage, 0..=1.
+    pub kv_usage: f64,
+    pub sent_since_scrape: usize,
+}
+
+impl Load {
+    /// Lower is better. A backend with a free slot (nothing queued, cache not full) scores its
+    /// cache fill in `0..1`; a saturated one scores above 1 by the expected queue per running slot,
+    /// so a backend with few slots is avoided once it is full.
+    pub fn score(&self) -> f64 {
+        let queued = self.waiting + self.sent_since_scrape as f64;
+        if queued == 0.0 && self.kv_usage < 0.999 {
+            return self.kv_usage.max(0.0);
+        }
+        1.0 + (queued + 1.0) / self.running.max(1.0)
+    }
+}
+
+/// Picks one candidate. `seq` is a per-pool counter (round robin, tie breaks, random choices);
+/// `key` is the consistent-hash key. Returns the candidate's `index`.
+pub fn select(algo: Balance, cands: &[Candidate], seq: u64, key: Option<u64>) -> Option<usize> {
+    if cands.is_empty() {
+        return None;
+    }
+    match algo {
+        Balance::RoundRobin => round_robin(cands, seq),
+        Balance::LeastOutstanding => least_outstanding(cands, seq),
+        Balance::ConsistentHash => match key {
+            Some(k) => rendezvous(cands, k),
+            None => least_outstanding(cands, seq),
+        },
+        Balance::VllmLoad => {
+            if cands.iter().all(|c| c.load.is_some()) {
+                vllm_load(cands)
+            } else {
+                least_outstanding(cands, seq) // unknown signal: never guess zeros
+            }
+        }
+    }
+}
+
+/// Weighted round robin: the counter walks the cumulative weights.
+fn round_robin(cands: &[Candidate], seq: u64) -> Option<usize> {
+    let total: u64 = cands.iter().map(|c| u64::from(c.weight.max(1))).sum();
+    let mut pos = seq % total;
+    for c in cands {
+        let w = u64::from(c.weight.max(1));
+        if pos < w {
+            return Some(c.index);
+        }
+        pos -= w;
+    }
+    cands.last().map(|c| c.index)
+}
+
+/// Power of two choices on in-flight requests per unit of weight.
+fn least_outstanding(cands: &[Candidate], seq: u64) -> Option<usize> {
+    let n = cands.len();
+    if n <= 2 {
+        return cands
+            .iter()
+            .min_by(|a, b| per_weight(a).total_cmp(&per_weight(b)))
+            .map(|c| c.index);
+    }
+    let r = mix(seq);
+    let a = (r % n as u64) as usize;
+    let mut b = ((r >> 32) % (n as u64 - 1)) as usize;
+    if b >= a {
+        b += 1;
+    }
+    let (ca, cb) = (&cands[a], &cands[b]);
+    Some(if per_weight(cb) < per_weight(ca) {
+        cb.index
+    } else {
+        ca.index
+    })
+}
+
+fn per_weight(c: &Candidate) -> f64 {
+    c.inflight as f64 / f64::from(c.weight.max(1))
+}
+
+/// Weighted rendezvous hashing: each key goes to the backend with the highest score, so a
+/// backend leaving moves only the keys it held.
+fn rendezvous(cands: &[Candidate], key: u64) -> Option<usize> {
+    cands
+        .iter()
+        .map(|c| {
+            let h = mix(key ^ c.id);
+            let u = (h >> 11) as f64 / (1u64 << 53) as f64; // uniform in [0, 1)
+            let score = -f64::from(c.weight.max(1)) / (u.max(f64::MIN_POSITIVE)).ln();
+            (score, c.index)
+        })
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, i)| i)
+}
+
+fn vllm_load(cands: &[Candidate]) -> Option<usize> {
+    cands
+        .iter()
+        .filter_map(|c| Some((c.load?.score(), c.inflight, c.index)))
+        .min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)))
+        .map(|(_, _, i)| i)
+}
+
+/// splitmix64: a fast, well-spread 64-bit mixer.
+pub fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// FNV-1a, for hashing keys and backend identities.
+pub fn hash_bytes(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+mod tests;

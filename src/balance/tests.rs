@@ -1,0 +1,129 @@
+use super::*;
+
+fn cand(index: usize, weight: u32, inflight: usize) -> Candidate {
+    Candidate {
+        index,
+        weight,
+        inflight,
+        id: hash_bytes(format!("backend-{index}").as_bytes()),
+        load: None,
+    }
+}
+
+fn counts(algo: Balance, cands: &[Candidate], n: u64) -> Vec<usize> {
+    let mut c = vec![0; cands.iter().map(|c| c.index).max().unwrap() + 1];
+    for seq in 0..n {
+        c[select(algo, cands, seq, None).unwrap()] += 1;
+    }
+    c
+}
+
+#[test]
+fn weighted_round_robin_follows_weights_exactly() {
+    let cands = [cand(0, 2, 0), cand(1, 1, 0), cand(2, 1, 0)];
+    assert_eq!(counts(Balance::RoundRobin, &cands, 400), [200, 100, 100]);
+    assert_eq!(select(Balance::RoundRobin, &[], 0, None), None);
+}
+
+#[test]
+fn least_outstanding_prefers_idle_backends() {
+    let two = [cand(0, 1, 5), cand(1, 1, 0)];
+    assert_eq!(counts(Balance::LeastOutstanding, &two, 100), [0, 100]);
+    let three = [cand(0, 1, 9), cand(1, 1, 0), cand(2, 1, 9)];
+    let c = counts(Balance::LeastOutstanding, &three, 3000);
+    assert!(
+        c[1] > 1800,
+        "p2c picks the idle one whenever it is drawn: {c:?}"
+    );
+    let weighted = [cand(0, 4, 4), cand(1, 1, 2)];
+    assert_eq!(
+        select(Balance::LeastOutstanding, &weighted, 0, None),
+        Some(0),
+        "4/4 < 2/1"
+    );
+}
+
+#[test]
+fn consistent_hash_is_sticky_and_moves_about_one_nth_when_a_backend_leaves() {
+    let four: Vec<Candidate> = (0..4).map(|i| cand(i, 1, 0)).collect();
+    let three: Vec<Candidate> = four.iter().copied().filter(|c| c.index != 2).collect();
+    let keys: Vec<u64> = (0..4000)
+        .map(|k| hash_bytes(format!("session-{k}").as_bytes()))
+        .collect();
+    let mut moved = 0;
+    let mut per = [0usize; 4];
+    for &k in &keys {
+        let before = select(Balance::ConsistentHash, &four, 0, Some(k)).unwrap();
+        assert_eq!(
+            select(Balance::ConsistentHash, &four, 99, Some(k)),
+            Some(before),
+            "sticky"
+        );
+        per[before] += 1;
+        let after = select(Balance::ConsistentHash, &three, 0, Some(k)).unwrap();
+        if after != before {
+            assert_eq!(before, 2, "only keys of the removed backend move");
+            moved += 1;
+        }
+    }
+    assert!(
+        (800..1200).contains(&moved),
+        "about 1/4 of keys move: {moved}"
+    );
+    assert!(
+        per.iter().all(|&n| (800..1200).contains(&n)),
+        "even spread: {per:?}"
+    );
+}
+
+#[test]
+fn consistent_hash_respects_weights() {
+    let cands = [cand(0, 3, 0), cand(1, 1, 0)];
+    let mut per = [0usize; 2];
+    for k in 0..4000u64 {
+        per[select(Balance::ConsistentHash, &cands, 0, Some(mix(k))).unwrap()] += 1;
+    }
+    assert!((2800..3200).contains(&per[0]), "3:1 weights: {per:?}");
+}
+
+fn loaded(index: usize, waiting: f64, running: f64, kv: f64, sent: usize) -> Candidate {
+    Candidate {
+        load: Some(Load {
+            waiting,
+            running,
+            kv_usage: kv,
+            sent_since_scrape: sent,
+        }),
+        ..cand(index, 1, 0)
+    }
+}
+
+#[test]
+fn vllm_load_prefers_free_slots_then_short_queues_per_slot() {
+    let free = [loaded(0, 0.0, 3.0, 0.75, 0), loaded(1, 0.0, 1.0, 0.25, 0)];
+    assert_eq!(
+        select(Balance::VllmLoad, &free, 0, None),
+        Some(1),
+        "emptiest cache wins"
+    );
+    let full = [loaded(0, 1.0, 4.0, 1.0, 0), loaded(1, 0.0, 1.0, 1.0, 0)];
+    assert_eq!(
+        select(Balance::VllmLoad, &full, 0, None),
+        Some(0),
+        "a 4-slot backend with one queued beats a full 1-slot backend"
+    );
+    let sent = [loaded(0, 0.0, 0.0, 0.0, 3), loaded(1, 0.0, 1.0, 0.5, 0)];
+    assert_eq!(
+        select(Balance::VllmLoad, &sent, 0, None),
+        Some(1),
+        "recent sends count"
+    );
+}
+
+#[test]
+fn vllm_load_without_a_fresh_signal_falls_back_to_least_outstanding() {
+    let mixed = [loaded(0, 0.0, 0.0, 0.0, 0), cand(1, 1, 0)];
+    let mut busy = mixed;
+    busy[0].inflight = 7;
+    assert_eq!(select(Balance::VllmLoad, &busy, 0, None), Some(1));
+}

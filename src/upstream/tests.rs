@@ -1,0 +1,97 @@
+use super::*;
+use crate::config::Config;
+
+fn pool(extra: &str) -> Pool {
+    let yaml = format!(
+        "pools:\n  p:\n    backends: ['http://127.0.0.1:1', 'http://127.0.0.1:2', 'http://[::1]:3/base']\n{extra}\nroutes: [{{prefix: '', pool: p}}]"
+    );
+    let c = Config::from_yaml(&yaml, &|_| None).unwrap();
+    Pool::new(c.pools[0].clone())
+}
+
+#[test]
+fn selection_skips_tried_ejected_and_held_backends() {
+    let p = pool("");
+    let now = Instant::now();
+    assert_eq!(p.select(&[0, 1], None, now), Some(2));
+    p.with_health(2, |h| h.eject(now));
+    assert_eq!(p.select(&[0], None, now), Some(1));
+    assert_eq!(
+        p.select(&[0, 1], None, now),
+        Some(2),
+        "panic mode: an ejected backend is better than none"
+    );
+    p.with_health(2, |h| h.hold(now, Duration::from_secs(5)));
+    assert_eq!(
+        p.select(&[0, 1], None, now),
+        None,
+        "Retry-After is always honoured"
+    );
+    assert!(!p.has_candidate(&[0, 1], now));
+    assert!(p.has_candidate(&[0], now));
+}
+
+#[test]
+fn active_checks_keep_a_failed_backend_out_even_in_panic() {
+    let p = pool("    health: {path: /health, unhealthy_after: 1}");
+    let now = Instant::now();
+    let cfg = p.config.health.clone().unwrap();
+    p.with_health(0, |h| h.on_check(false, now, &cfg));
+    assert!(!p.is_up(0, now));
+    assert_eq!(p.select(&[1, 2], None, now), None);
+    assert!(p.any_available(now));
+}
+
+#[test]
+fn in_flight_guards_count_and_release() {
+    let p = pool("");
+    let g = p.begin(1).unwrap();
+    let g2 = p.begin(1).unwrap();
+    assert_eq!(p.inflight(1), 2);
+    drop(g);
+    drop(g2);
+    assert_eq!(p.inflight(1), 0);
+}
+
+#[test]
+fn load_signal_is_fresh_or_unknown_and_counts_sends_since_the_scrape() {
+    let p = pool("    balance: vllm_load\n    metrics: {interval_ms: 100}");
+    let t0 = Instant::now();
+    assert_eq!(p.load_signal(0, t0), None, "never scraped: unknown");
+    let s = Scraped {
+        waiting: 2.0,
+        running: 1.0,
+        kv_usage: 0.5,
+    };
+    p.set_load(0, Some(s), t0);
+    let _g = p.begin(0);
+    let l = p.load_signal(0, t0).unwrap();
+    assert_eq!((l.waiting, l.sent_since_scrape), (2.0, 1));
+    assert_eq!(
+        p.load_signal(0, t0 + Duration::from_millis(301)),
+        None,
+        "stale after 3 intervals"
+    );
+    p.set_load(0, None, t0);
+    assert_eq!(
+        p.load_signal(0, t0),
+        None,
+        "failed scrape: unknown, not zero"
+    );
+}
+
+#[test]
+fn peers_use_the_pool_timeouts() {
+    let p = pool("    timeouts: {connect_ms: 100, first_byte_ms: 2000, idle_ms: 500}");
+    let peer = p.peer(2, "[::1]:3".parse().unwrap()).unwrap();
+    assert_eq!(
+        peer.options.connection_timeout,
+        Some(Duration::from_millis(100))
+    );
+    assert_eq!(
+        peer.options.read_timeout,
+        Some(Duration::from_millis(7000)),
+        "backstop only"
+    );
+    assert_eq!(peer.options.idle_timeout, Some(UPSTREAM_IDLE_TIMEOUT));
+}
