@@ -96,6 +96,7 @@ fn auth_and_route(c: &mut Criterion) {
             pool: 0,
             pool_name: "x".into(),
             strip_prefix: true,
+            fallbacks: vec![],
         })
         .collect();
     c.bench_function("router_resolve/100_routes_last", |b| {
