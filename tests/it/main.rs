@@ -2,6 +2,7 @@
 #![expect(
     clippy::unwrap_used,
     clippy::expect_used,
+    clippy::panic,
     reason = "test helpers: a failed unwrap is a failed test"
 )]
 
@@ -10,5 +11,6 @@ mod builtin;
 mod chat;
 mod cli;
 mod errors;
+mod fleet;
 mod streaming;
 mod support;

@@ -100,7 +100,7 @@ impl TestGateway {
         std::fs::write(&path, yaml(port, admin)).unwrap();
         let path = path.to_str().unwrap();
         let (child, logs) = spawn_bin(&["--config", path]);
-        let gw = Self {
+        let mut gw = Self {
             port,
             admin,
             child,
@@ -111,8 +111,14 @@ impl TestGateway {
         gw
     }
 
-    async fn wait_ready(&self) {
-        wait_http_ok(&format!("{}/healthz", self.base()), &self.logs).await;
+    async fn wait_ready(&mut self) {
+        let url = format!("{}/healthz", self.base());
+        tokio::select! {
+            () = wait_http_ok(&url, &self.logs) => {}
+            status = self.child.wait() => {
+                panic!("gateway exited ({status:?}) before it was ready:\n{}", self.logs())
+            }
+        }
     }
 
     pub fn base(&self) -> String {

@@ -10,6 +10,7 @@
 //! | `cut` | two SSE events, then the connection is dropped mid-body |
 //! | `endless` | one SSE event every 20 ms until the gateway hangs up (recorded) |
 //! | `slow` | answers after 3 s |
+//! | `stall` | one SSE event, a 3 s pause, then the rest |
 //! | `hold` | never answers; records when the gateway closes the connection (prefill abort) |
 //! | `close-reused` | on a kept-alive connection, reads the request and closes without answering |
 
@@ -49,17 +50,40 @@ struct Shared {
     request_notify: Notify,
     aborted: Mutex<usize>,
     abort_notify: Notify,
+    knobs: Mutex<Knobs>,
+}
+
+/// Per-backend behaviour a test can change while the mock runs.
+#[derive(Debug, Clone)]
+pub struct Knobs {
+    /// Answer every completion request with this status (OpenAI error body, `Retry-After: 7`).
+    pub force_status: Option<u16>,
+    /// `/health` answers 200 when true, 503 when false.
+    pub healthy: bool,
+    /// `/metrics` content as (waiting, running, kv usage); `None` answers 500.
+    pub load: Option<(f64, f64, f64)>,
+}
+
+impl Default for Knobs {
+    fn default() -> Self {
+        Self {
+            force_status: None,
+            healthy: true,
+            load: Some((0.0, 0.0, 0.0)),
+        }
+    }
 }
 
 pub struct MockOpenAi {
     pub addr: std::net::SocketAddr,
     shared: Arc<Shared>,
     task: tokio::task::JoinHandle<()>,
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl Drop for MockOpenAi {
     fn drop(&mut self) {
-        self.task.abort();
+        self.kill();
     }
 }
 
@@ -92,13 +116,39 @@ impl MockOpenAi {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared::default());
-        let s = shared.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((sock, _)) = listener.accept().await {
-                tokio::spawn(serve(sock, s.clone()));
-            }
-        });
-        Self { addr, shared, task }
+        let (stop, task) = accept_loop(listener, shared.clone());
+        Self {
+            addr,
+            shared,
+            task,
+            stop,
+        }
+    }
+
+    /// Stops listening and drops every open connection, as a crashed server would.
+    pub fn kill(&self) {
+        self.task.abort();
+        let _ = self.stop.send(true);
+    }
+
+    /// Listens again on the same address (after `kill`).
+    pub async fn restart(&mut self) {
+        let listener = TcpListener::bind(self.addr).await.unwrap();
+        let (stop, task) = accept_loop(listener, self.shared.clone());
+        self.stop = stop;
+        self.task = task;
+    }
+
+    pub fn knobs(&self, f: impl FnOnce(&mut Knobs)) {
+        f(&mut self.shared.knobs.lock());
+    }
+
+    /// Completion requests received (health checks and scrapes are not counted).
+    pub fn completions(&self) -> usize {
+        self.requests()
+            .iter()
+            .filter(|r| r.method == "POST")
+            .count()
     }
 
     pub fn url(&self) -> String {
@@ -143,12 +193,41 @@ impl MockOpenAi {
     }
 }
 
+fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            let mut stopped = stopped.clone();
+            let s = shared.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = serve(sock, s) => {}
+                    _ = stopped.wait_for(|v| *v) => {}
+                }
+            });
+        }
+    });
+    (stop, task)
+}
+
 async fn serve(mut sock: TcpStream, shared: Arc<Shared>) {
     let mut buf = Vec::new();
     for served in 0.. {
         let Some(req) = read_request(&mut sock, &mut buf).await else {
             return;
         };
+        if req.method == "GET" && !req.path.ends_with("/v1/models") {
+            if !probe_answer(&mut sock, &req, &shared).await {
+                return;
+            }
+            continue;
+        }
         shared.requests.lock().push(req.clone());
         shared.request_notify.notify_waiters();
         if served > 0 && req.body.windows(12).any(|w| w == b"close-reused") {
@@ -224,8 +303,39 @@ async fn write_chunk(sock: &mut TcpStream, data: &[u8]) -> std::io::Result<()> {
 const SSE_HEAD: &[u8] =
     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
 
+/// Health checks and load scrapes, answered from the knobs (not recorded as requests).
+async fn probe_answer(sock: &mut TcpStream, req: &Recorded, shared: &Shared) -> bool {
+    let knobs = shared.knobs.lock().clone();
+    if req.path.ends_with("/health") {
+        let status = if knobs.healthy { 200 } else { 503 };
+        return write_json(sock, status, "", b"{}").await;
+    }
+    if req.path.ends_with("/metrics") {
+        let Some((w, r, kv)) = knobs.load else {
+            return write_json(sock, 500, "", b"{}").await;
+        };
+        let text = format!(
+            "# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{{model_name=\"m\"}} {w}\nvllm:num_requests_running{{model_name=\"m\"}} {r}\nvllm:kv_cache_usage_perc{{model_name=\"m\"}} {kv}\n"
+        );
+        return write_json(sock, 200, "", text.as_bytes()).await;
+    }
+    write_json(sock, 404, "", b"{}").await
+}
+
 /// Answers one request; returns whether the connection may be reused.
 async fn respond(sock: &mut TcpStream, req: &Recorded, shared: &Shared) -> bool {
+    let forced = shared.knobs.lock().force_status;
+    if let Some(code) = forced {
+        let body =
+            json!({"error":{"message":"forced","type":"server_error","param":null,"code":null}});
+        return write_json(
+            sock,
+            code,
+            "retry-after: 7\r\n",
+            body.to_string().as_bytes(),
+        )
+        .await;
+    }
     if req.method == "GET" && req.path.ends_with("/v1/models") {
         let body = json!({"object":"list","data":[{"id":"echo","object":"model"},{"id":"llama3","object":"model"}]});
         return write_json(sock, 200, "", body.to_string().as_bytes()).await;
@@ -280,6 +390,15 @@ async fn respond(sock: &mut TcpStream, req: &Recorded, shared: &Shared) -> bool 
             false // dropped without the terminating chunk
         }
         "endless" => endless(sock, &model, shared).await,
+        "stall" => {
+            let body = sse_body(&model, include_usage, false);
+            let (first, rest) = body.split_at(body.find("\n\n").unwrap() + 2);
+            if write_chunk(sock, first.as_bytes()).await.is_err() {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            finish_sse(sock, rest.as_bytes(), usize::MAX).await
+        }
         "crlf" => {
             finish_sse(
                 sock,

@@ -1,0 +1,514 @@
+//! Fleets: balancing, load-aware choice, health, ejection, retries, fallbacks and timeouts.
+
+use std::time::Duration;
+
+use crate::support::*;
+
+const CHAT: &str = "/v1/chat/completions";
+
+/// A config with the standard keys and the given `pools:` and `routes:` blocks.
+fn fleet(port: u16, admin: u16, pools: &str, routes: &str) -> String {
+    let pin = if pools.contains("  backup:") {
+        "[backup]"
+    } else {
+        "[]"
+    };
+    format!(
+        r#"
+server:
+  listen: "127.0.0.1:{port}"
+  admin_listen: "127.0.0.1:{admin}"
+keys:
+  - key: "{CLIENT_KEY}"
+    tenant: acme
+    user: alice
+  - key: "{LIMITED_KEY}"
+    tenant: beta
+    pools: {pin}
+pools:
+{pools}
+routes:
+{routes}
+"#
+    )
+}
+
+fn backends(mocks: &[&MockOpenAi]) -> String {
+    let urls: Vec<String> = mocks.iter().map(|m| format!("\"{}\"", m.url())).collect();
+    format!("[{}]", urls.join(", "))
+}
+
+async fn chat(gw: &TestGateway, model: &str) -> reqwest::Response {
+    post(
+        gw,
+        CHAT,
+        CLIENT_KEY,
+        &format!(r#"{{"model":"{model}","messages":[]}}"#),
+    )
+    .await
+}
+
+/// Polls the admin metrics until `needle` shows up (scrapes and checks run in the background).
+async fn wait_metric(gw: &TestGateway, needle: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = gw.metrics().await;
+        if m.contains(needle) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {needle} in\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn weighted_round_robin_spreads_by_weight() {
+    let (a, b, c) = (
+        MockOpenAi::start().await,
+        MockOpenAi::start().await,
+        MockOpenAi::start().await,
+    );
+    let pools = format!(
+        "  f:\n    backends:\n      - url: \"{}\"\n        weight: 2\n      - \"{}\"\n      - {{url: \"{}\"}}\n",
+        a.url(),
+        b.url(),
+        c.url()
+    );
+    let gw = TestGateway::start_with(|p, ad| {
+        fleet(
+            p,
+            ad,
+            &pools,
+            "  - {prefix: 'f/', pool: f, strip_prefix: true}",
+        )
+    })
+    .await;
+    for _ in 0..40 {
+        assert_eq!(chat(&gw, "f/echo").await.status(), 200);
+    }
+    assert_eq!(
+        (a.completions(), b.completions(), c.completions()),
+        (20, 10, 10)
+    );
+}
+
+#[tokio::test]
+async fn least_outstanding_sends_new_requests_away_from_a_busy_backend() {
+    let (a, b) = (MockOpenAi::start().await, MockOpenAi::start().await);
+    let pools = format!(
+        "  f:\n    backends: {}\n    balance: least_outstanding\n",
+        backends(&[&a, &b])
+    );
+    let gw = TestGateway::start_with(|p, ad| {
+        fleet(
+            p,
+            ad,
+            &pools,
+            "  - {prefix: 'f/', pool: f, strip_prefix: true}",
+        )
+    })
+    .await;
+    let url = gw.url(CHAT);
+    let held = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(url)
+            .bearer_auth(CLIENT_KEY)
+            .body(r#"{"model":"f/hold","messages":[]}"#)
+            .send()
+            .await
+    });
+    a.wait_requests(1).await; // ties go to the first backend: A now holds one request
+    for _ in 0..6 {
+        assert_eq!(chat(&gw, "f/echo").await.status(), 200);
+    }
+    assert_eq!(
+        (a.completions(), b.completions()),
+        (1, 6),
+        "B is idle, A is not"
+    );
+    held.abort();
+}
+
+#[tokio::test]
+async fn consistent_hash_keeps_sessions_and_moves_only_the_lost_backends_keys() {
+    let mocks = [
+        MockOpenAi::start().await,
+        MockOpenAi::start().await,
+        MockOpenAi::start().await,
+    ];
+    let pools = format!(
+        "  f:\n    backends: {}\n    balance: consistent_hash\n    hash_key: \"header:x-session-id\"\n    retries: 2\n",
+        backends(&[&mocks[0], &mocks[1], &mocks[2]])
+    );
+    let gw = TestGateway::start_with(|p, ad| {
+        fleet(
+            p,
+            ad,
+            &pools,
+            "  - {prefix: 'f/', pool: f, strip_prefix: true}",
+        )
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let send = |session: usize| {
+        let client = client.clone();
+        let url = gw.url(CHAT);
+        async move {
+            let r = client
+                .post(url)
+                .bearer_auth(CLIENT_KEY)
+                .header("x-session-id", format!("conversation-{session}"))
+                .body(format!(
+                    r#"{{"model":"f/echo","messages":[],"user":"s{session}"}}"#
+                ))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        }
+    };
+    let owner = |session: usize| {
+        let tag = format!("\"user\":\"s{session}\"");
+        let hits: Vec<usize> = (0..3)
+            .filter(|&i| {
+                mocks[i]
+                    .requests()
+                    .iter()
+                    .any(|r| String::from_utf8_lossy(&r.body).contains(&tag))
+            })
+            .collect();
+        hits
+    };
+    for s in 0..30 {
+        send(s).await;
+        send(s).await;
+    }
+    let before: Vec<usize> = (0..30)
+        .map(|s| {
+            let o = owner(s);
+            assert_eq!(o.len(), 1, "session {s} stayed on one backend: {o:?}");
+            o[0]
+        })
+        .collect();
+    for i in 0..3 {
+        assert!(
+            before.contains(&i),
+            "every backend owns some sessions: {before:?}"
+        );
+    }
+    mocks[2].kill();
+    for s in 0..30 {
+        send(s).await;
+    }
+    for (s, &was) in before.iter().enumerate() {
+        let now = owner(s);
+        if was != 2 {
+            assert_eq!(
+                now,
+                vec![was],
+                "session {s} on a surviving backend did not move"
+            );
+        } else {
+            assert_eq!(
+                now.len(),
+                2,
+                "session {s} moved to exactly one survivor: {now:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn vllm_load_prefers_the_short_queue_and_falls_back_when_metrics_go_stale() {
+    let (a, b) = (MockOpenAi::start().await, MockOpenAi::start().await);
+    a.knobs(|k| k.load = Some((50.0, 4.0, 1.0)));
+    b.knobs(|k| k.load = Some((0.0, 1.0, 0.2)));
+    let pools = format!(
+        "  f:\n    backends: {}\n    balance: vllm_load\n    metrics: {{path: /metrics, interval_ms: 100}}\n",
+        backends(&[&a, &b])
+    );
+    let gw = TestGateway::start_with(|p, ad| {
+        fleet(
+            p,
+            ad,
+            &pools,
+            "  - {prefix: 'f/', pool: f, strip_prefix: true}",
+        )
+    })
+    .await;
+    let queue = |m: &MockOpenAi, v: &str| {
+        format!(
+            "llmedge_backend_queue_depth{{backend=\"{}\",pool=\"f\"}} {v}",
+            m.addr
+        )
+    };
+    wait_metric(&gw, &queue(&a, "50")).await;
+    wait_metric(&gw, &queue(&b, "0")).await;
+    for _ in 0..5 {
+        assert_eq!(chat(&gw, "f/echo").await.status(), 200);
+    }
+    assert_eq!(
+        (a.completions(), b.completions()),
+        (0, 5),
+        "all to the backend with no queue"
+    );
+
+    a.knobs(|k| k.load = None);
+    b.knobs(|k| k.load = None);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while gw.metrics().await.contains("llmedge_backend_queue_depth{") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "failed scrapes must clear the signal"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    for _ in 0..3 {
+        assert_eq!(chat(&gw, "f/echo").await.status(), 200);
+    }
+    assert_eq!(
+        a.completions(),
+        3,
+        "unknown load: least-outstanding, ties to the first backend"
+    );
+}
+
+#[tokio::test]
+async fn a_killed_backend_is_ejected_without_client_errors_and_taken_back_after_restart() {
+    let a = MockOpenAi::start().await;
+    let mut b = MockOpenAi::start().await;
+    let pools = format!(
+        "  f:\n    backends: {}\n    retries: 1\n    health: {{path: /health, interval_ms: 100, timeout_ms: 100, unhealthy_after: 1, healthy_after: 1}}\n",
+        backends(&[&a, &b])
+    );
+    let gw = TestGateway::start_with(|p, ad| {
+        fleet(
+            p,
+            ad,
+            &pools,
+            "  - {prefix: 'f/', pool: f, strip_prefix: true}",
+        )
+    })
+    .await;
+    assert_eq!(chat(&gw, "f/echo").await.status(), 200);
+    b.kill();
+    for i in 0..10 {
+        assert_eq!(
+            chat(&gw, "f/echo").await.status(),
+            200,
+            "request {i} after the kill"
+        );
+    }
+    let served_by_b = b.completions();
+    assert!(served_by_b <= 1, "B served {served_by_b} before the kill");
+    let up_b = format!("llmedge_backend_up{{backend=\"{}\",pool=\"f\"}}", b.addr);
+    wait_metric(&gw, &format!("{up_b} 0")).await;
+    b.restart().await;
+    wait_metric(&gw, &format!("{up_b} 1")).await;
+    for _ in 0..4 {
+        assert_eq!(chat(&gw, "f/echo").await.status(), 200);
+    }
+    assert!(b.completions() > served_by_b, "B is back in rotation");
+    let m = gw.metrics().await;
+    assert!(
+        m.contains(r#"llmedge_retries_total{pool="f",reason="connect"}"#),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn fallback_pool_serves_with_its_own_model_name_and_key_when_the_primary_is_down() {
+    let backup = MockOpenAi::start().await;
+    let dead = format!("http://127.0.0.1:{}", reserve_port());
+    let pools = format!(
+        "  primary:\n    backends: [\"{dead}\"]\n    retries: 0\n  backup:\n    backends: [\"{}\"]\n    api_key: \"sk-backup-key\"\n    model_map: {{llama3: gpt-4o-mini}}\n",
+        backup.url()
+    );
+    let routes = "  - {prefix: 'llama/', pool: primary, strip_prefix: true, fallbacks: [backup]}";
+    let gw = TestGateway::start_with(|p, ad| fleet(p, ad, &pools, routes)).await;
+    let resp = chat(&gw, "llama/llama3").await;
+    assert_eq!(resp.status(), 200);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(
+        v["model"], "llama/llama3",
+        "the client still sees its own name"
+    );
+    let up = backup.last();
+    assert_eq!(up.json()["model"], "gpt-4o-mini");
+    assert_eq!(up.header("authorization"), Some("Bearer sk-backup-key"));
+    let m = gw.metrics().await;
+    assert!(
+        m.contains(r#"llmedge_fallbacks_total{pool="backup",route="llama/"} 1"#),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn a_backends_429_moves_the_request_and_holds_that_backend() {
+    let (a, b) = (MockOpenAi::start().await, MockOpenAi::start().await);
+    a.knobs(|k| k.force_status = Some(429));
+    let pools = format!(
+        "  f:\n    backends: {}\n    retries: 1\n",
+        backends(&[&a, &b])
+    );
+    let gw = TestGateway::start_with(|p, ad| {
+        fleet(
+            p,
+            ad,
+            &pools,
+            "  - {prefix: 'f/', pool: f, strip_prefix: true}",
+        )
+    })
+    .await;
+    for _ in 0..4 {
+        assert_eq!(chat(&gw, "f/echo").await.status(), 200);
+    }
+    assert_eq!(
+        a.completions(),
+        1,
+        "after its 429, A is left alone for its Retry-After"
+    );
+    assert_eq!(b.completions(), 4);
+
+    b.knobs(|k| k.force_status = Some(429));
+    let resp = chat(&gw, "f/echo").await;
+    assert_eq!(
+        resp.status(),
+        429,
+        "nowhere left: the upstream's answer passes through"
+    );
+    assert_eq!(resp.headers()["retry-after"], "7");
+}
+
+#[tokio::test]
+async fn pinned_pool_needs_the_key_to_allow_it() {
+    let (main, backup) = (MockOpenAi::start().await, MockOpenAi::start().await);
+    let pools = format!(
+        "  main:\n    backends: [\"{}\"]\n  backup:\n    backends: [\"{}\"]\n",
+        main.url(),
+        backup.url()
+    );
+    let gw = TestGateway::start_with(|p, ad| {
+        fleet(
+            p,
+            ad,
+            &pools,
+            "  - {prefix: 'm/', pool: main, strip_prefix: true}",
+        )
+    })
+    .await;
+    let pinned = |key: &'static str, pool: &'static str| {
+        reqwest::Client::new()
+            .post(gw.url(CHAT))
+            .bearer_auth(key)
+            .header("x-llmedge-pool", pool)
+            .body(r#"{"model":"m/echo","messages":[]}"#)
+            .send()
+    };
+    assert_eq!(pinned(LIMITED_KEY, "backup").await.unwrap().status(), 200);
+    assert_eq!(backup.completions(), 1);
+    assert!(
+        backup.last().header("x-llmedge-pool").is_none(),
+        "the pin header stays here"
+    );
+    let (status, v) = error_json(pinned(LIMITED_KEY, "main").await.unwrap()).await;
+    assert_eq!(status, 403);
+    assert_eq!(v["error"]["code"], "pool_not_allowed");
+    assert_eq!(
+        pinned(CLIENT_KEY, "main").await.unwrap().status(),
+        200,
+        "no list: any pool"
+    );
+    assert_eq!(
+        error_json(pinned(CLIENT_KEY, "nope").await.unwrap())
+            .await
+            .0,
+        403
+    );
+}
+
+#[tokio::test]
+async fn readyz_reports_routes_without_a_healthy_backend() {
+    let a = MockOpenAi::start().await;
+    let pools = format!(
+        "  f:\n    backends: [\"{}\"]\n    health: {{path: /health, interval_ms: 100, timeout_ms: 100, unhealthy_after: 1, healthy_after: 1}}\n",
+        a.url()
+    );
+    let gw = TestGateway::start_with(|p, ad| {
+        fleet(
+            p,
+            ad,
+            &pools,
+            "  - {prefix: 'f/', pool: f, strip_prefix: true}",
+        )
+    })
+    .await;
+    assert_eq!(reqwest::get(gw.url("/readyz")).await.unwrap().status(), 200);
+    a.knobs(|k| k.healthy = false);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = reqwest::get(gw.url("/readyz")).await.unwrap();
+        if r.status() == 503 {
+            let v: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(v["routes_without_backend"][0], "f/");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "readyz never turned 503"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let (status, v) = error_json(chat(&gw, "f/echo").await).await;
+    assert_eq!(status, 503, "a backend failed by its checks is never used");
+    assert_eq!(v["error"]["code"], "no_backend");
+    assert_eq!(a.completions(), 0);
+}
+
+async fn stream_error_label(model: &str, timeouts: &str) -> (String, String) {
+    let a = MockOpenAi::start().await;
+    let pools = format!(
+        "  f:\n    backends: [\"{}\"]\n    timeouts: {timeouts}\n",
+        a.url()
+    );
+    let gw = TestGateway::start_with(|p, ad| {
+        fleet(
+            p,
+            ad,
+            &pools,
+            "  - {prefix: 'f/', pool: f, strip_prefix: true}",
+        )
+    })
+    .await;
+    let resp = post(
+        &gw,
+        CHAT,
+        CLIENT_KEY,
+        &format!(r#"{{"model":"f/{model}","stream":true}}"#),
+    )
+    .await;
+    let text = tokio::time::timeout(Duration::from_secs(10), resp.text())
+        .await
+        .unwrap()
+        .unwrap();
+    let line = gw.wait_log(&format!("\"model\":\"f/{model}\"")).await;
+    (text, line)
+}
+
+#[tokio::test]
+async fn idle_and_total_timeouts_end_streams_with_their_own_labels() {
+    let (text, line) = stream_error_label("stall", "{idle_ms: 300}").await;
+    assert!(
+        text.contains("\"content\":\"Hel\""),
+        "the stream had started: {text}"
+    );
+    assert!(text.ends_with("\"code\":\"upstream_timeout\",\"message\":\"upstream stream stalled longer than the idle timeout\",\"param\":null,\"type\":\"server_error\"}}\n\n"), "{text}");
+    assert!(line.contains("\"error\":\"idle_timeout\""), "{line}");
+
+    let (text, line) = stream_error_label("endless", "{total_ms: 400}").await;
+    assert!(text.contains("total timeout"), "{text}");
+    assert!(line.contains("\"error\":\"total_timeout\""), "{line}");
+}
