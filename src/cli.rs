@@ -41,6 +41,9 @@ pub struct MockArgs {
     /// Model ids listed by /v1/models, comma-separated
     #[arg(long, default_value = "llama3,mock-embed", value_delimiter = ',')]
     pub models: Vec<String>,
+    /// Concurrent generations, like a GPU server's batch limit; the rest queue (0 = unlimited)
+    #[arg(long, default_value_t = 0)]
+    pub slots: usize,
     /// Worker threads
     #[arg(long, default_value_t = 2)]
     pub threads: usize,

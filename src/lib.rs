@@ -98,7 +98,7 @@ pub fn add_mock(server: &mut Server, listen: &str, config: MockConfig) -> Result
         reason: "not an IP:port address".into(),
     })?;
     check_bind(addr)?;
-    let mut svc = Service::new("llmedge mock".to_string(), MockApp { config });
+    let mut svc = Service::new("llmedge mock".to_string(), MockApp::new(config));
     svc.add_tcp(listen);
     server.add_service(svc);
     Ok(())

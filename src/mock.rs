@@ -3,7 +3,12 @@
 //! Serves `/v1/chat/completions` and `/v1/completions` (JSON or SSE with a configurable token
 //! count and inter-token delay), `/v1/embeddings`, `/v1/models` and `/health`. Per request,
 //! `x-mock-tokens` and `x-mock-delay-ms` headers override the defaults; `max_tokens` caps output.
+//!
+//! With `slots`, it behaves like a GPU server with a batch limit: at most that many generations
+//! run at once and the rest queue, and `/metrics` reports the queue the way vLLM does
+//! (`vllm:num_requests_waiting`, `vllm:num_requests_running`, `vllm:kv_cache_usage_perc`).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +19,7 @@ use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
 use serde_json::{json, Value};
+use tokio::sync::Semaphore;
 
 const WORDS: [&str; 12] = [
     "Hello",
@@ -36,6 +42,8 @@ pub struct MockConfig {
     pub tokens: usize,
     pub delay: Duration,
     pub models: Vec<String>,
+    /// Concurrent generations; `0` means unlimited.
+    pub slots: usize,
 }
 
 impl Default for MockConfig {
@@ -44,18 +52,88 @@ impl Default for MockConfig {
             tokens: 16,
             delay: Duration::from_millis(20),
             models: vec!["llama3".into(), "mock-embed".into()],
+            slots: 0,
         }
     }
 }
 
 pub struct MockApp {
-    pub config: MockConfig,
+    config: MockConfig,
+    slots: Option<Arc<Semaphore>>,
+    waiting: AtomicUsize,
+    running: AtomicUsize,
 }
 
-/// A reply the mock will write: a whole JSON body, or a list of SSE events with a delay between.
+impl MockApp {
+    pub fn new(config: MockConfig) -> Self {
+        let slots = (config.slots > 0).then(|| Arc::new(Semaphore::new(config.slots)));
+        Self {
+            config,
+            slots,
+            waiting: AtomicUsize::new(0),
+            running: AtomicUsize::new(0),
+        }
+    }
+
+    /// Waits for a generation slot, counting the wait as vLLM's queue.
+    async fn slot(&self) -> Option<Running<'_>> {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let permit = match &self.slots {
+            Some(s) => Some(s.clone().acquire_owned().await.ok()?),
+            None => None,
+        };
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        self.running.fetch_add(1, Ordering::Relaxed);
+        Some(Running {
+            app: self,
+            _permit: permit,
+        })
+    }
+
+    fn metrics(&self) -> Vec<u8> {
+        let running = self.running.load(Ordering::Relaxed);
+        let kv = if self.config.slots > 0 {
+            running as f64 / self.config.slots as f64
+        } else {
+            0.0
+        };
+        format!(
+            "# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{{model_name=\"mock\"}} {}\n# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{{model_name=\"mock\"}} {running}\n# TYPE vllm:kv_cache_usage_perc gauge\nvllm:kv_cache_usage_perc{{model_name=\"mock\"}} {kv}\n",
+            self.waiting.load(Ordering::Relaxed)
+        )
+        .into_bytes()
+    }
+}
+
+/// A generation in progress; frees its slot when dropped (also when the client leaves).
+struct Running<'a> {
+    app: &'a MockApp,
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.app.running.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A reply the mock will write: a whole JSON body (after `generate` of simulated work, in a
+/// slot), or a list of SSE events with a delay between them (in a slot).
 enum Reply {
-    Json(u16, Vec<u8>),
+    Json {
+        status: u16,
+        body: Vec<u8>,
+        generate: Option<Duration>,
+    },
     Stream(Vec<String>, Duration),
+}
+
+fn json_reply(status: u16, body: Vec<u8>) -> Reply {
+    Reply::Json {
+        status,
+        body,
+        generate: None,
+    }
 }
 
 #[async_trait]
@@ -77,7 +155,15 @@ impl HttpServerApp for MockApp {
         }
         let reply = self.reply(&session, &body);
         match reply {
-            Reply::Json(status, json) => {
+            Reply::Json {
+                status,
+                body: json,
+                generate,
+            } => {
+                if let Some(work) = generate {
+                    let _running = self.slot().await?;
+                    tokio::time::sleep(work).await;
+                }
                 let mut h = ResponseHeader::build(status, Some(2)).ok()?;
                 h.insert_header("content-type", "application/json").ok()?;
                 h.insert_header("content-length", json.len().to_string())
@@ -89,6 +175,7 @@ impl HttpServerApp for MockApp {
                     .ok()?;
             }
             Reply::Stream(events, delay) => {
+                let _running = self.slot().await?;
                 let mut h = ResponseHeader::build(200, Some(2)).ok()?;
                 h.insert_header("content-type", "text/event-stream").ok()?;
                 h.insert_header("transfer-encoding", "chunked").ok()?;
@@ -126,20 +213,21 @@ impl MockApp {
         let path = req.uri.path();
         if req.method == http::Method::GET {
             return match path {
-                "/v1/models" => Reply::Json(200, models(&self.config.models)),
-                "/health" | "/" => Reply::Json(200, br#"{"status":"ok"}"#.to_vec()),
+                "/v1/models" => json_reply(200, models(&self.config.models)),
+                "/health" | "/" => json_reply(200, br#"{"status":"ok"}"#.to_vec()),
+                "/metrics" => json_reply(200, self.metrics()),
                 _ => not_found(),
             };
         }
         let Ok(v) = serde_json::from_slice::<Value>(body) else {
             let e = json!({"error": {"message": "invalid JSON", "type": "invalid_request_error", "param": null, "code": null}});
-            return Reply::Json(400, e.to_string().into_bytes());
+            return json_reply(400, e.to_string().into_bytes());
         };
         let prompt_tokens = (body.len() as u64 / 4).max(1);
         match path {
             "/v1/chat/completions" => completion(&v, tokens, delay, prompt_tokens, true),
             "/v1/completions" => completion(&v, tokens, delay, prompt_tokens, false),
-            "/v1/embeddings" => Reply::Json(200, embeddings(&v, prompt_tokens)),
+            "/v1/embeddings" => json_reply(200, embeddings(&v, prompt_tokens)),
             _ => not_found(),
         }
     }
@@ -147,7 +235,7 @@ impl MockApp {
 
 fn not_found() -> Reply {
     let e = json!({"error": {"message": "not found", "type": "invalid_request_error", "param": null, "code": "unknown_url"}});
-    Reply::Json(404, e.to_string().into_bytes())
+    json_reply(404, e.to_string().into_bytes())
 }
 
 fn models(ids: &[String]) -> Vec<u8> {
@@ -184,7 +272,11 @@ fn completion(v: &Value, tokens: usize, delay: Duration, prompt: u64, chat: bool
         };
         let body = json!({"id": id, "object": object, "created": 0, "model": model,
                           "choices": [choice], "usage": usage});
-        return Reply::Json(200, body.to_string().into_bytes());
+        return Reply::Json {
+            status: 200,
+            body: body.to_string().into_bytes(),
+            generate: Some(delay * n as u32),
+        };
     }
     let include_usage = v["stream_options"]["include_usage"].as_bool() == Some(true);
     let object = if chat {

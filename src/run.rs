@@ -57,12 +57,14 @@ fn mock(args: MockArgs) -> i32 {
         tokens,
         delay_ms,
         models,
+        slots,
         threads,
     } = args;
     let cfg = MockConfig {
         tokens,
         delay: Duration::from_millis(delay_ms),
         models,
+        slots,
     };
     let mut server = crate::new_server(threads);
     if let Err(e) = crate::add_mock(&mut server, &listen, cfg) {

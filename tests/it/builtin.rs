@@ -130,3 +130,53 @@ async fn demo_answers_the_curl_lines_it_prints() {
         .unwrap();
     assert!(metrics.contains("llmedge_requests_total"), "{metrics}");
 }
+
+#[tokio::test]
+async fn builtin_mock_with_slots_queues_and_reports_like_vllm() {
+    let listen = format!("127.0.0.1:{}", reserve_port());
+    let (_mock, logs) = spawn_bin(&[
+        "mock",
+        "--listen",
+        &listen,
+        "--tokens",
+        "10",
+        "--delay-ms",
+        "40",
+        "--slots",
+        "1",
+    ]);
+    wait_http_ok(&format!("http://{listen}/health"), &logs).await;
+    let client = reqwest::Client::new();
+    let streams: Vec<_> = (0..3)
+        .map(|_| {
+            let req = client
+                .post(format!("http://{listen}/v1/chat/completions"))
+                .body(r#"{"model":"m","stream":true,"messages":[]}"#)
+                .send();
+            tokio::spawn(async move { req.await.unwrap().text().await.unwrap() })
+        })
+        .collect();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let m = reqwest::get(format!("http://{listen}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if m.contains("vllm:num_requests_waiting{model_name=\"mock\"} 2")
+            && m.contains("vllm:num_requests_running{model_name=\"mock\"} 1")
+            && m.contains("vllm:kv_cache_usage_perc{model_name=\"mock\"} 1")
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "one slot, two queued: {m}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    for s in streams {
+        assert!(s.await.unwrap().ends_with("data: [DONE]\n\n"));
+    }
+}
