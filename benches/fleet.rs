@@ -169,6 +169,15 @@ fn machine() -> String {
     format!("{cores} cores, {cpu}")
 }
 
+fn today() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%d"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown date".into())
+}
+
 fn commit() -> String {
     Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
@@ -283,9 +292,10 @@ fn main() {
         let table = report(&outcomes);
         eprintln!("{table}");
         let body = format!(
-            "## Fleet routing (issue 3)\n\nCommand: `cargo bench --bench fleet`. Machine: {}. Commit: {}. Date: measured at bench time, {} rounds x {} s per policy, interleaved.\n\nFleet: 2 fast backends (4 slots, {FAST_DELAY_MS} ms/token) + 1 slow backend (1 slot, {SLOW_DELAY_MS} ms/token), {TOKENS} tokens per completion, {CLIENTS} closed-loop streaming clients, load scraped every 100 ms. TTFT = time to the first SSE event, measured by the client through the gateway.\n\n{table}\n",
+            "## Fleet routing (issue 3)\n\nCommand: `cargo bench --bench fleet`. Machine: {}. Commit: {}. Date: {}. {} rounds x {} s per policy, interleaved.\n\nFleet: 2 fast backends (4 slots, {FAST_DELAY_MS} ms/token) + 1 slow backend (1 slot, {SLOW_DELAY_MS} ms/token), {TOKENS} tokens per completion, {CLIENTS} closed-loop streaming clients, load scraped every 100 ms. TTFT = time to the first SSE event, measured by the client through the gateway.\n\n{table}\n",
             machine(),
             commit(),
+            today(),
             ROUNDS,
             RUN.as_secs()
         );

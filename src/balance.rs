@@ -24,18 +24,21 @@ pub struct Load {
     /// KV-cache usage, 0..=1.
     pub kv_usage: f64,
     pub sent_since_scrape: usize,
+    /// Typical time a request holds a slot on this backend (seconds), as this gateway measured.
+    pub service_secs: f64,
 }
 
 impl Load {
     /// Lower is better. A backend with a free slot (nothing queued, cache not full) scores its
-    /// cache fill in `0..1`; a saturated one scores above 1 by the expected queue per running slot,
-    /// so a backend with few slots is avoided once it is full.
+    /// cache fill in `0..1`; a saturated one scores above 1 by the expected wait for a slot:
+    /// the queue ahead, per running slot, times how long a request holds a slot there. So a
+    /// backend with few or slow slots is avoided once it is full.
     pub fn score(&self) -> f64 {
         let queued = self.waiting + self.sent_since_scrape as f64;
         if queued == 0.0 && self.kv_usage < 0.999 {
             return self.kv_usage.max(0.0);
         }
-        1.0 + (queued + 1.0) / self.running.max(1.0)
+        1.0 + (queued + 1.0) / self.running.max(1.0) * self.service_secs.max(0.001)
     }
 }
 

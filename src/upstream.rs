@@ -25,8 +25,10 @@ const DNS_TTL: Duration = Duration::from_secs(30);
 /// Pooled upstream connections are closed before uvicorn's 5 s keep-alive would close them,
 /// so a reused connection is rarely raced by the server's own close.
 pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
-/// A load scrape older than this many scrape intervals is unknown, not zero.
+/// A load scrape older than this many scrape intervals (and [`MIN_STALE_AFTER`]) is unknown,
+/// not zero.
 const STALE_AFTER_INTERVALS: u32 = 3;
+const MIN_STALE_AFTER: Duration = Duration::from_secs(1);
 
 /// Runtime state of one backend.
 pub struct BackendState {
@@ -36,7 +38,14 @@ pub struct BackendState {
     health: Mutex<Health>,
     load: Mutex<Option<(Instant, Scraped)>>,
     sent_since_scrape: AtomicUsize,
+    /// EWMA of how long successful requests held the backend, in seconds.
+    service: Mutex<Option<f64>>,
 }
+
+/// Weight of the newest sample in the service-time average.
+const SERVICE_EWMA_ALPHA: f64 = 0.2;
+/// Assumed slot holding time before the first request on a backend finished.
+const DEFAULT_SERVICE_SECS: f64 = 1.0;
 
 /// Runtime state of one pool.
 pub struct Pool {
@@ -66,6 +75,7 @@ impl Pool {
                 health: Mutex::new(Health::default()),
                 load: Mutex::new(None),
                 sent_since_scrape: AtomicUsize::new(0),
+                service: Mutex::new(None),
             })
             .collect();
         Self {
@@ -142,7 +152,8 @@ impl Pool {
         let scrape = self.config.metrics.as_ref()?;
         let b = self.backends.get(index)?;
         let (at, s) = (*b.load.lock())?;
-        if now.saturating_duration_since(at) > scrape.interval * STALE_AFTER_INTERVALS {
+        let stale_after = (scrape.interval * STALE_AFTER_INTERVALS).max(MIN_STALE_AFTER);
+        if now.saturating_duration_since(at) > stale_after {
             return None;
         }
         Some(Load {
@@ -150,7 +161,17 @@ impl Pool {
             running: s.running,
             kv_usage: s.kv_usage,
             sent_since_scrape: b.sent_since_scrape.load(Ordering::Relaxed),
+            service_secs: b.service.lock().unwrap_or(DEFAULT_SERVICE_SECS),
         })
+    }
+
+    /// Records how long a successful request held the backend.
+    pub fn observe_service(&self, index: usize, held: Duration) {
+        if let Some(b) = self.backends.get(index) {
+            let x = held.as_secs_f64();
+            let mut s = b.service.lock();
+            *s = Some(s.map_or(x, |old| old + SERVICE_EWMA_ALPHA * (x - old)));
+        }
     }
 
     /// Any backend, for background fetches that do not need balancing.

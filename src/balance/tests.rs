@@ -93,6 +93,7 @@ fn loaded(index: usize, waiting: f64, running: f64, kv: f64, sent: usize) -> Can
             running,
             kv_usage: kv,
             sent_since_scrape: sent,
+            service_secs: 1.0,
         }),
         ..cand(index, 1, 0)
     }
@@ -117,6 +118,19 @@ fn vllm_load_prefers_free_slots_then_short_queues_per_slot() {
         select(Balance::VllmLoad, &sent, 0, None),
         Some(1),
         "recent sends count"
+    );
+}
+
+#[test]
+fn vllm_load_weighs_queues_by_how_long_slots_are_held() {
+    let mut fast = loaded(0, 3.0, 4.0, 1.0, 0);
+    let mut slow = loaded(1, 0.0, 1.0, 1.0, 0);
+    fast.load.as_mut().unwrap().service_secs = 0.4;
+    slow.load.as_mut().unwrap().service_secs = 1.6;
+    assert_eq!(
+        select(Balance::VllmLoad, &[fast, slow], 0, None),
+        Some(0),
+        "3 queued on 4 fast slots (0.4 s wait) beat 1 slow slot (1.6 s wait)"
     );
 }
 

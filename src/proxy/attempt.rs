@@ -60,6 +60,7 @@ pub async fn peer(gw: &Gateway, session: &Session, ctx: &mut RequestCtx) -> Resu
     ctx.pool = Some(p);
     ctx.backend = Some(b);
     ctx.attempt = pool.begin(b);
+    ctx.plan.attempt_start = Some(Instant::now());
     if let Some(shared) = &ctx.shared {
         let t = &pool.config.timeouts;
         let now = Instant::now();
@@ -335,6 +336,9 @@ pub fn finished(gw: &Gateway, ctx: &RequestCtx) {
     }
     if (200..300).contains(&ctx.status) {
         pool.with_health(b, |h| h.on_success());
+        if let Some(t) = ctx.plan.attempt_start {
+            pool.observe_service(b, t.elapsed());
+        }
     }
     let outcome = match ctx.status {
         200..=399 => "ok",

@@ -27,6 +27,8 @@ pub struct Plan {
     pub retry_same: bool,
     /// All attempts, for metrics and backoff.
     pub attempts: u32,
+    /// When the current attempt was dispatched.
+    pub attempt_start: Option<Instant>,
     /// The client body and the model name the route gives the upstream (before pool renames).
     pub client_body: Bytes,
     pub route_model: String,

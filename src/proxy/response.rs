@@ -59,6 +59,10 @@ pub fn body(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut RequestCtx)
     if body.is_some() {
         arm_idle(ctx);
     }
+    if end_of_stream {
+        // the backend is done with this request before the client sees its last byte
+        ctx.attempt = None;
+    }
     match &mut ctx.response {
         ResponseMode::Passthrough => {}
         ResponseMode::Sse(rw) => {

@@ -84,7 +84,7 @@ async fn scrape_loop(snap: Arc<Snapshot>, connector: Arc<Connector>, p: usize, b
     let Some(cfg) = pool.config.metrics.clone() else {
         return;
     };
-    let timeout = cfg.interval.max(Duration::from_millis(200));
+    let timeout = cfg.interval.max(Duration::from_secs(1));
     loop {
         let scraped =
             match probe::get(&connector, pool, b, &cfg.path, timeout, MAX_METRICS_BODY).await {

@@ -55,7 +55,7 @@ fn in_flight_guards_count_and_release() {
 
 #[test]
 fn load_signal_is_fresh_or_unknown_and_counts_sends_since_the_scrape() {
-    let p = pool("    balance: vllm_load\n    metrics: {interval_ms: 100}");
+    let p = pool("    balance: vllm_load\n    metrics: {interval_ms: 500}");
     let t0 = Instant::now();
     assert_eq!(p.load_signal(0, t0), None, "never scraped: unknown");
     let s = Scraped {
@@ -68,9 +68,19 @@ fn load_signal_is_fresh_or_unknown_and_counts_sends_since_the_scrape() {
     let l = p.load_signal(0, t0).unwrap();
     assert_eq!((l.waiting, l.sent_since_scrape), (2.0, 1));
     assert_eq!(
-        p.load_signal(0, t0 + Duration::from_millis(301)),
+        p.load_signal(0, t0 + Duration::from_millis(1501)),
         None,
         "stale after 3 intervals"
+    );
+    assert!(p.load_signal(0, t0 + Duration::from_millis(1499)).is_some());
+    assert_eq!(l.service_secs, 1.0, "no request finished yet");
+    p.observe_service(0, Duration::from_millis(500));
+    p.observe_service(0, Duration::from_millis(1500));
+    let l = p.load_signal(0, t0).unwrap();
+    assert!(
+        (l.service_secs - 0.7).abs() < 1e-9,
+        "ewma: {}",
+        l.service_secs
     );
     p.set_load(0, None, t0);
     assert_eq!(

@@ -38,14 +38,32 @@ fn backends(mocks: &[&MockOpenAi]) -> String {
     format!("[{}]", urls.join(", "))
 }
 
-async fn chat(gw: &TestGateway, model: &str) -> reqwest::Response {
-    post(
-        gw,
-        CHAT,
-        CLIENT_KEY,
-        &format!(r#"{{"model":"{model}","messages":[]}}"#),
-    )
-    .await
+/// A fully read response, so the gateway has finished with the request when it returns.
+struct Reply {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: bytes::Bytes,
+}
+
+impl Reply {
+    fn status(&self) -> u16 {
+        self.status
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+async fn chat(gw: &TestGateway, model: &str) -> Reply {
+    let body = format!(r#"{{"model":"{model}","messages":[]}}"#);
+    let r = post(gw, CHAT, CLIENT_KEY, &body).await;
+    let (status, headers) = (r.status().as_u16(), r.headers().clone());
+    Reply {
+        status,
+        headers,
+        body: r.bytes().await.unwrap(),
+    }
 }
 
 /// Polls the admin metrics until `needle` shows up (scrapes and checks run in the background).
@@ -93,6 +111,12 @@ async fn weighted_round_robin_spreads_by_weight() {
         (a.completions(), b.completions(), c.completions()),
         (20, 10, 10)
     );
+    gw.wait_log("\"request_id\"").await;
+    let lines = gw.logs();
+    assert!(
+        !lines.contains("\"status\":499"),
+        "a keep-alive client that sends its next request at once is not a hang-up:\n{lines}"
+    );
 }
 
 #[tokio::test]
@@ -124,10 +148,15 @@ async fn least_outstanding_sends_new_requests_away_from_a_busy_backend() {
     for _ in 0..6 {
         assert_eq!(chat(&gw, "f/echo").await.status(), 200);
     }
+    let seen: Vec<String> = a
+        .requests()
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect();
     assert_eq!(
         (a.completions(), b.completions()),
         (1, 6),
-        "B is idle, A is not"
+        "B is idle, A is not: {seen:?}"
     );
     held.abort();
 }
@@ -331,7 +360,7 @@ async fn fallback_pool_serves_with_its_own_model_name_and_key_when_the_primary_i
     let gw = TestGateway::start_with(|p, ad| fleet(p, ad, &pools, routes)).await;
     let resp = chat(&gw, "llama/llama3").await;
     assert_eq!(resp.status(), 200);
-    let v: serde_json::Value = resp.json().await.unwrap();
+    let v = resp.json();
     assert_eq!(
         v["model"], "llama/llama3",
         "the client still sees its own name"
@@ -380,7 +409,7 @@ async fn a_backends_429_moves_the_request_and_holds_that_backend() {
         429,
         "nowhere left: the upstream's answer passes through"
     );
-    assert_eq!(resp.headers()["retry-after"], "7");
+    assert_eq!(resp.headers["retry-after"], "7");
 }
 
 #[tokio::test]
@@ -462,7 +491,8 @@ async fn readyz_reports_routes_without_a_healthy_backend() {
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    let (status, v) = error_json(chat(&gw, "f/echo").await).await;
+    let resp = post(&gw, CHAT, CLIENT_KEY, r#"{"model":"f/echo","messages":[]}"#).await;
+    let (status, v) = error_json(resp).await;
     assert_eq!(status, 503, "a backend failed by its checks is never used");
     assert_eq!(v["error"]["code"], "no_backend");
     assert_eq!(a.completions(), 0);
@@ -511,4 +541,47 @@ async fn idle_and_total_timeouts_end_streams_with_their_own_labels() {
     let (text, line) = stream_error_label("endless", "{total_ms: 400}").await;
     assert!(text.contains("total timeout"), "{text}");
     assert!(line.contains("\"error\":\"total_timeout\""), "{line}");
+}
+
+#[tokio::test]
+async fn connect_timeout_has_its_own_label_and_moves_on() {
+    use tokio::net::{TcpSocket, TcpStream};
+    // a listener that never accepts, with its accept queue full: further SYNs go unanswered
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = sock.local_addr().unwrap();
+    let _blackhole = sock.listen(0).unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(s)) =
+            tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await
+        {
+            fillers.push(s);
+        }
+    }
+    let good = MockOpenAi::start().await;
+    let pools = format!(
+        "  f:\n    backends: [\"http://{addr}\", \"{}\"]\n    retries: 1\n    timeouts: {{connect_ms: 200}}\n",
+        good.url()
+    );
+    let gw = TestGateway::start_with(|p, ad| {
+        fleet(
+            p,
+            ad,
+            &pools,
+            "  - {prefix: 'f/', pool: f, strip_prefix: true}",
+        )
+    })
+    .await;
+    assert_eq!(
+        chat(&gw, "f/echo").await.status(),
+        200,
+        "the first attempt times out, the retry lands"
+    );
+    let m = gw.metrics().await;
+    assert!(
+        m.contains(&format!("llmedge_upstream_attempts_total{{backend=\"{addr}\",outcome=\"connect_timeout\",pool=\"f\"}} 1")),
+        "{m}"
+    );
+    assert_eq!(good.completions(), 1);
 }
