@@ -84,6 +84,8 @@ fn auth_and_route(c: &mut Criterion) {
             },
             models: None,
             pools: None,
+            limits: Default::default(),
+            budget: Default::default(),
         })
         .collect();
     let store = KeyStore::new(entries);

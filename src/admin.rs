@@ -22,7 +22,9 @@ impl ServeHttp for AdminApp {
         let req = session.req_header();
         let (status, ctype, body) = match req.uri.path() {
             "/metrics" => {
-                self.metrics.refresh_backends(&self.state.load().pools);
+                let snap = self.state.load();
+                self.metrics.refresh_backends(&snap.pools);
+                self.metrics.refresh_budgets(&snap.governor);
                 (200, "text/plain; version=0.0.4", self.metrics.encode())
             }
             "/healthz" => (200, "application/json", br#"{"status":"ok"}"#.to_vec()),

@@ -28,6 +28,8 @@ pub struct KeyEntry {
     pub models: Option<Vec<Glob>>,
     /// Pools this key may pin with `x-llmedge-pool` (indices); `None` allows every pool.
     pub pools: Option<Vec<usize>>,
+    pub limits: crate::config::Limits,
+    pub budget: crate::config::Budget,
 }
 
 impl KeyEntry {
@@ -114,6 +116,8 @@ mod tests {
                 },
                 models: Some(vec![Glob::new("ollama/*"), Glob::new("gpt-4o*")]),
                 pools: Some(vec![1]),
+                limits: Default::default(),
+                budget: Default::default(),
             },
             KeyEntry {
                 digest: secret::digest(b"sk-b"),
@@ -124,6 +128,8 @@ mod tests {
                 },
                 models: None,
                 pools: None,
+                limits: Default::default(),
+                budget: Default::default(),
             },
         ])
     }

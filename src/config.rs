@@ -1,5 +1,6 @@
 //! The YAML file schema and its validation into a typed [`Config`]; no Pingora types here.
 
+pub mod limits;
 pub mod pool;
 pub mod secret;
 
@@ -11,6 +12,8 @@ use serde::Deserialize;
 use crate::auth::{KeyEntry, Principal};
 use crate::errors::ConfigError;
 use crate::router::{Glob, Route};
+pub use limits::{Budget, Limits, Price, StateConfig};
+use limits::{RawBudget, RawLimits, RawState, RawTenant};
 use pool::RawPool;
 pub use pool::{
     parse_backend, BackendUrl, Balance, HashKey, HealthConfig, PoolConfig, ScrapeConfig, Timeouts,
@@ -22,6 +25,8 @@ const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 const DEFAULT_THREADS: usize = 2;
 const DEFAULT_MAX_BODY_BYTES: usize = 33_554_432; // 32 MiB
 const MAX_MAX_BODY_BYTES: usize = 1_073_741_824; // 1 GiB
+/// Completion tokens reserved for a request that sets no `max_tokens`.
+const DEFAULT_MAX_TOKENS: u64 = 4_096;
 const MAX_CONFIG_BYTES: usize = 16_777_216; // 16 MiB
 
 // === file schema ===
@@ -39,6 +44,12 @@ struct RawConfig {
     routes: Vec<RawRoute>,
     #[serde(default)]
     default_model: Option<String>,
+    #[serde(default)]
+    tenants: BTreeMap<String, RawTenant>,
+    #[serde(default)]
+    pricing: Option<serde_yaml::Mapping>,
+    #[serde(default)]
+    state: Option<RawState>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -52,6 +63,8 @@ struct RawServer {
     threads: usize,
     #[serde(default = "default_max_body_bytes")]
     max_body_bytes: usize,
+    #[serde(default = "default_max_tokens")]
+    default_max_tokens: u64,
 }
 
 impl Default for RawServer {
@@ -61,8 +74,13 @@ impl Default for RawServer {
             admin_listen: default_admin_listen(),
             threads: default_threads(),
             max_body_bytes: default_max_body_bytes(),
+            default_max_tokens: default_max_tokens(),
         }
     }
+}
+
+fn default_max_tokens() -> u64 {
+    DEFAULT_MAX_TOKENS
 }
 
 fn default_listen() -> String {
@@ -89,6 +107,10 @@ struct RawKey {
     models: Option<Vec<String>>,
     #[serde(default)]
     pools: Option<Vec<String>>,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    budget: RawBudget,
 }
 
 #[derive(Debug, Deserialize)]
@@ -111,6 +133,17 @@ pub struct Config {
     pub pools: Vec<PoolConfig>,
     pub routes: Vec<Route>,
     pub default_model: Option<String>,
+    pub tenants: Vec<TenantConfig>,
+    pub pricing: Vec<(Glob, Price)>,
+    pub state: Option<StateConfig>,
+}
+
+/// A tenant's shared limits and budget (`tenants.<name>`).
+#[derive(Debug, Clone)]
+pub struct TenantConfig {
+    pub name: String,
+    pub limits: Limits,
+    pub budget: Budget,
 }
 
 #[derive(Debug, Clone)]
@@ -119,6 +152,7 @@ pub struct ServerConfig {
     pub admin_listen: Option<SocketAddr>,
     pub threads: usize,
     pub max_body_bytes: usize,
+    pub default_max_tokens: u64,
 }
 
 impl Config {
@@ -218,12 +252,24 @@ impl RawConfig {
                 ));
             }
         }
+        let mut tenants = Vec::with_capacity(self.tenants.len());
+        for (name, t) in self.tenants {
+            let base = format!("tenants.{name}");
+            tenants.push(TenantConfig {
+                limits: t.limits.validate(&format!("{base}.limits"))?,
+                budget: t.budget.validate(&format!("{base}.budget"))?,
+                name,
+            });
+        }
         Ok(Config {
             server,
             keys,
             pools,
             routes,
             default_model: self.default_model,
+            tenants,
+            pricing: limits::parse_pricing(self.pricing)?,
+            state: self.state.map(RawState::validate).transpose()?,
         })
     }
 }
@@ -261,6 +307,7 @@ impl RawServer {
             admin_listen,
             threads: self.threads,
             max_body_bytes: self.max_body_bytes,
+            default_max_tokens: self.default_max_tokens,
         })
     }
 }
@@ -323,7 +370,11 @@ fn validate_keys(
                 Some(idx)
             }
         };
+        let limits = k.limits.validate(&format!("keys[{i}].limits"))?;
+        let budget = k.budget.validate(&format!("keys[{i}].budget"))?;
         keys.push(KeyEntry {
+            limits,
+            budget,
             pools,
             digest,
             principal: Principal {

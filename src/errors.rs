@@ -45,6 +45,24 @@ pub enum GatewayError {
     PoolNotAllowed(String),
     #[error("every backend that could serve this request answered {0}")]
     UpstreamStatus(u16),
+    #[error(
+        "rate limit reached for {scope} on {what}: limit {limit}; please try again in {retry}"
+    )]
+    RateLimited {
+        /// `requests` (rpm, concurrency) or `tokens` (tpm): OpenAI's error type.
+        kind: &'static str,
+        what: &'static str,
+        scope: String,
+        limit: u64,
+        retry: String,
+        retry_after_ms: u64,
+    },
+    #[error("you exceeded your current quota: the {window} budget of {scope} (${limit}) is spent")]
+    QuotaExceeded {
+        window: &'static str,
+        scope: String,
+        limit: String,
+    },
     #[error("upstream closed the connection before the response completed")]
     UpstreamClosed,
     #[error("upstream sent an invalid response")]
@@ -75,6 +93,7 @@ impl GatewayError {
             | Self::IdleTimeout
             | Self::TotalTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::PoolNotAllowed(_) => StatusCode::FORBIDDEN,
+            Self::RateLimited { .. } | Self::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::UpstreamStatus(code) => {
                 StatusCode::from_u16(*code).unwrap_or(StatusCode::BAD_GATEWAY)
             }
@@ -96,6 +115,8 @@ impl GatewayError {
             | Self::PoolNotAllowed(_)
             | Self::MethodNotAllowed { .. } => "invalid_request_error",
             Self::UpstreamStatus(429) => "requests",
+            Self::RateLimited { kind, .. } => kind,
+            Self::QuotaExceeded { .. } => "insufficient_quota",
             Self::NoBackend(_)
             | Self::UpstreamStatus(_)
             | Self::UpstreamUnreachable
@@ -127,7 +148,8 @@ impl GatewayError {
             | Self::IdleTimeout
             | Self::TotalTimeout => Some("upstream_timeout"),
             Self::PoolNotAllowed(_) => Some("pool_not_allowed"),
-            Self::UpstreamStatus(429) => Some("rate_limit_exceeded"),
+            Self::UpstreamStatus(429) | Self::RateLimited { .. } => Some("rate_limit_exceeded"),
+            Self::QuotaExceeded { .. } => Some("insufficient_quota"),
             Self::UpstreamStatus(_) => Some("upstream_error"),
             Self::UpstreamClosed => Some("upstream_closed"),
             Self::UpstreamProtocol => Some("upstream_protocol_error"),
@@ -155,6 +177,8 @@ impl GatewayError {
             | Self::IdleTimeout
             | Self::TotalTimeout
             | Self::UpstreamStatus(_)
+            | Self::RateLimited { .. }
+            | Self::QuotaExceeded { .. }
             | Self::UpstreamClosed
             | Self::UpstreamProtocol
             | Self::Internal => None,
@@ -184,6 +208,8 @@ impl GatewayError {
             Self::PoolNotAllowed(_) => "pool_not_allowed",
             Self::UpstreamStatus(429) => "status_429",
             Self::UpstreamStatus(_) => "status_5xx",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::QuotaExceeded { .. } => "insufficient_quota",
             Self::UpstreamClosed => "upstream_closed",
             Self::UpstreamProtocol => "upstream_protocol",
             Self::Internal => "internal",
@@ -214,6 +240,8 @@ impl GatewayError {
             | Self::UnknownPath { .. }
             | Self::MethodNotAllowed { .. }
             | Self::PoolNotAllowed(_)
+            | Self::RateLimited { .. }
+            | Self::QuotaExceeded { .. }
             | Self::Internal => false,
         }
     }

@@ -8,8 +8,10 @@ pub mod admin;
 pub mod auth;
 pub mod balance;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod errors;
+pub mod limits;
 pub mod metrics;
 pub mod mock;
 pub mod models;
@@ -71,6 +73,25 @@ pub fn add_gateway(server: &mut Server, config: Config) -> Result<Gateway, Start
     proxy.add_tcp(&listen.to_string());
     server.add_service(proxy);
     tracing::info!(listen = %listen, "OpenAI API listening");
+    if let Some(st) = &gateway.state.load().config.state {
+        let store = limits::persist::FileStore {
+            path: st.path.clone(),
+        };
+        let snap = gateway.state.load();
+        match limits::persist::CounterStore::load(&store) {
+            Ok(Some(saved)) => snap.governor.import(&saved, &snap.key_ids),
+            Ok(None) => {}
+            Err(e) => return Err(StartupError::Other(format!("state.path: {e}"))),
+        }
+        server.add_service(pingora::services::background::background_service(
+            "llmedge counters",
+            limits::flush::Flusher {
+                state: gateway.state.clone(),
+                store: Box::new(store),
+                every: st.flush,
+            },
+        ));
+    }
     let monitor = upstream::monitor::Monitor {
         state: gateway.state.clone(),
     };

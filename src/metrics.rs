@@ -44,6 +44,13 @@ pub struct Metrics {
     pub backend_queue: prometheus::GaugeVec,
     /// `llmedge_backend_kv_cache_usage{pool,backend}`: scraped KV-cache usage, 0..1.
     pub backend_kv: prometheus::GaugeVec,
+    /// `llmedge_ratelimited_total{tenant,limit}`, limit = rpm | tpm | concurrency | budget_day |
+    /// budget_month.
+    pub ratelimited: IntCounterVec,
+    /// `llmedge_spend_usd_total{tenant,model}`: settled cost at the configured prices.
+    pub spend: prometheus::CounterVec,
+    /// `llmedge_budget_remaining_usd{tenant,window}`, window = day | month.
+    pub budget_remaining: prometheus::GaugeVec,
     models: ModelLabels,
 }
 
@@ -141,7 +148,30 @@ impl Metrics {
             ),
             backend_labels,
         )?;
-        for c in [&attempts, &retries, &fallbacks] {
+        let ratelimited = IntCounterVec::new(
+            Opts::new(
+                "llmedge_ratelimited_total",
+                "Requests refused by a limit or budget",
+            ),
+            &["tenant", "limit"],
+        )?;
+        let spend = prometheus::CounterVec::new(
+            Opts::new(
+                "llmedge_spend_usd_total",
+                "Spend in USD at the configured prices",
+            ),
+            &["tenant", "model"],
+        )?;
+        let budget_remaining = prometheus::GaugeVec::new(
+            Opts::new(
+                "llmedge_budget_remaining_usd",
+                "What is left of each tenant budget",
+            ),
+            &["tenant", "window"],
+        )?;
+        registry.register(Box::new(spend.clone()))?;
+        registry.register(Box::new(budget_remaining.clone()))?;
+        for c in [&attempts, &retries, &fallbacks, &ratelimited] {
             registry.register(Box::new(c.clone()))?;
         }
         for g in [&backend_up, &backend_inflight] {
@@ -170,6 +200,9 @@ impl Metrics {
             backend_inflight,
             backend_queue,
             backend_kv,
+            ratelimited,
+            spend,
+            budget_remaining,
             models: ModelLabels::new(model_label_cap),
         }))
     }
@@ -203,6 +236,15 @@ impl Metrics {
                     }
                 }
             }
+        }
+    }
+
+    /// Sets the budget gauges from the governor (called at scrape time).
+    pub fn refresh_budgets(&self, governor: &crate::limits::Governor) {
+        for (tenant, window, usd) in governor.budget_remaining() {
+            self.budget_remaining
+                .with_label_values(&[tenant.as_str(), window])
+                .set(usd);
         }
     }
 

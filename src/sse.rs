@@ -29,6 +29,7 @@ pub struct StreamRewriter {
     strip_injected_usage: bool,
     usage: Option<Usage>,
     seen_choice: bool,
+    choice_events: u64,
     done: bool,
     events: u64,
     oversize_flushes: u64,
@@ -44,6 +45,7 @@ impl StreamRewriter {
             strip_injected_usage,
             usage: None,
             seen_choice: false,
+            choice_events: 0,
             done: false,
             events: 0,
             oversize_flushes: 0,
@@ -58,6 +60,11 @@ impl StreamRewriter {
     /// Whether `data: [DONE]` was seen.
     pub fn is_done(&self) -> bool {
         self.done
+    }
+
+    /// Events that carried a choice: about one token each, what a cut stream is charged.
+    pub fn choice_events(&self) -> u64 {
+        self.choice_events
     }
 
     /// Whether any event reached the client side of the rewriter.
@@ -187,6 +194,7 @@ impl StreamRewriter {
         }
         if r.has_choices {
             self.seen_choice = true;
+            self.choice_events += 1;
         }
     }
 }

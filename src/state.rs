@@ -1,11 +1,14 @@
 //! The immutable snapshot a request runs against: config, keys, pools and the models cache.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
 use crate::auth::KeyStore;
+use crate::clock::SystemClock;
 use crate::config::Config;
+use crate::limits::Governor;
 use crate::models::ModelsCache;
 use crate::upstream::Pool;
 
@@ -14,17 +17,28 @@ pub struct Snapshot {
     pub keys: KeyStore,
     pub pools: Vec<Pool>,
     pub models: ModelsCache,
+    pub governor: Governor,
+    /// Stable, non-secret identities of keys for the state file (a prefix of the key digest).
+    pub key_ids: HashMap<usize, String>,
 }
 
 impl Snapshot {
     pub fn new(config: Config) -> Self {
         let keys = KeyStore::new(config.keys.clone());
         let pools = config.pools.iter().cloned().map(Pool::new).collect();
+        let governor = Governor::new(&config, Arc::new(SystemClock));
+        let key_ids = config
+            .keys
+            .iter()
+            .map(|k| (k.principal.key_index, hex::encode(&k.digest[..8])))
+            .collect();
         Self {
             config,
             keys,
             pools,
             models: ModelsCache::default(),
+            governor,
+            key_ids,
         }
     }
 }

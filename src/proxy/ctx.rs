@@ -9,6 +9,7 @@ use bytes::Bytes;
 use super::preset::{Shared, Slot};
 use crate::auth::Principal;
 use crate::errors::GatewayError;
+use crate::limits::{Admitted, RateHeaders};
 use crate::openai::Usage;
 use crate::sse::StreamRewriter;
 use crate::state::Snapshot;
@@ -88,6 +89,11 @@ pub struct RequestCtx {
     pub ttft: Option<Duration>,
     pub usage: Option<Usage>,
     pub inflight: Option<InflightGuard>,
+    /// Limits and budget reserved at admission, settled in `logging`.
+    pub admitted: Option<Admitted>,
+    /// `x-ratelimit-*` values for the response, and the wait a refusal announces.
+    pub rate_headers: Option<RateHeaders>,
+    pub prompt_estimate: u64,
 }
 
 impl RequestCtx {
@@ -116,6 +122,9 @@ impl RequestCtx {
             ttft: None,
             usage: None,
             inflight: None,
+            admitted: None,
+            rate_headers: None,
+            prompt_estimate: 0,
         }
     }
 

@@ -6,9 +6,10 @@ use pingora::prelude::*;
 use pingora::ErrorSource;
 use serde_json::json;
 
-use super::ctx::RequestCtx;
+use super::ctx::{RequestCtx, ResponseMode};
 use super::failure::CLIENT_CLOSED;
 use super::Gateway;
+use crate::openai::Usage;
 
 pub fn finish(gw: &Gateway, e: Option<&Error>, ctx: &mut RequestCtx) {
     let timed_out = ctx.shared.as_ref().and_then(|s| s.fired()).is_some();
@@ -43,6 +44,7 @@ pub fn finish(gw: &Gateway, e: Option<&Error>, ctx: &mut RequestCtx) {
             .inc();
     }
     let model_label = ctx.client_model.as_deref().map(|mdl| m.model_label(mdl));
+    settle(gw, ctx, model_label.as_deref());
     if let (Some(u), Some(p), Some(model)) = (ctx.usage, &ctx.principal, &model_label) {
         m.tokens
             .with_label_values(&[&*p.tenant, model.as_str(), "prompt"])
@@ -53,6 +55,33 @@ pub fn finish(gw: &Gateway, e: Option<&Error>, ctx: &mut RequestCtx) {
     }
     drop(ctx.inflight.take());
     access_line(ctx, status, elapsed, &route, &pool);
+}
+
+/// Replaces the admission reservation by what was used: the upstream's usage, or for a stream
+/// cut short, the prompt estimate and one token per streamed choice.
+fn settle(gw: &Gateway, ctx: &mut RequestCtx, model_label: Option<&str>) {
+    let Some(adm) = ctx.admitted.take() else {
+        return;
+    };
+    let used = ctx.usage.unwrap_or_else(|| match &ctx.response {
+        ResponseMode::Sse(rw) if rw.choice_events() > 0 => Usage {
+            prompt_tokens: ctx.prompt_estimate,
+            completion_tokens: rw.choice_events(),
+            total_tokens: ctx.prompt_estimate + rw.choice_events(),
+            prompt_tokens_details: None,
+        },
+        _ => Usage::default(),
+    });
+    if ctx.usage.is_none() && used.completion_tokens > 0 {
+        ctx.usage = Some(used); // reported as what was charged
+    }
+    let cost = ctx.snap.governor.settle(&adm, used);
+    if let (Some(p), Some(model), true) = (&ctx.principal, model_label, cost > 0.0) {
+        gw.metrics
+            .spend
+            .with_label_values(&[&*p.tenant, model])
+            .inc_by(cost);
+    }
 }
 
 fn access_line(
@@ -69,7 +98,7 @@ fn access_line(
         .and_then(|(p, b)| ctx.snap.pools.get(p)?.backend(b))
         .map(|b| b.authority.as_str());
     let line = json!({
-        "ts": chrono_like_now(),
+        "ts": crate::clock::rfc3339(crate::clock::Clock::now_ms(&crate::clock::SystemClock)),
         "request_id": ctx.request_id,
         "tenant": ctx.principal.as_ref().map(|p| &*p.tenant),
         "user": ctx.principal.as_ref().map(|p| &*p.user),
@@ -91,47 +120,4 @@ fn access_line(
     let mut out = std::io::stdout().lock();
     // a full or closed stdout must not take the request path down with it
     let _ignored = writeln!(out, "{line}");
-}
-
-/// RFC 3339 UTC timestamp with milliseconds, without a date crate.
-fn chrono_like_now() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = now.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, mo, d) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        now.subsec_millis()
-    )
-}
-
-/// Howard Hinnant's days-to-civil algorithm.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn civil_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(20_414), (2025, 11, 22));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-    }
 }

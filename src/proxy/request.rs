@@ -8,7 +8,9 @@ use pingora::proxy::Session;
 use super::ctx::{request_id, Endpoint, InflightGuard, Plan, RequestCtx};
 use super::preset::{self, Shared};
 use super::{attempt, respond, Gateway};
+use crate::auth::KeyEntry;
 use crate::errors::GatewayError;
+use crate::limits::Ask;
 use crate::openai::{inspect_request, rewrite_request};
 use crate::router;
 
@@ -107,7 +109,17 @@ async fn prepare(
         .iter()
         .find_map(|f| obj.get(f))
         .map_or_else(Bytes::new, |v| body.slice_ref(v.get().as_bytes()));
+    let max_completion = match ctx.endpoint {
+        Some(Endpoint::Embeddings) => 0,
+        _ => ["max_completion_tokens", "max_tokens"]
+            .iter()
+            .find_map(|f| obj.get(f)?.get().parse::<u64>().ok())
+            .unwrap_or(snap.config.server.default_max_tokens),
+    };
     drop(obj);
+    // characters/4 of the prompt's JSON text: cheap, and over- rather than under-estimates
+    ctx.prompt_estimate = (prompt.len() as u64).div_ceil(4);
+    admit(gw, ctx, key, &model, max_completion)?;
     ctx.route = Some(resolved.route);
     ctx.pool = Some(chain[0]);
     ctx.stream = head.stream;
@@ -131,6 +143,37 @@ async fn prepare(
     ));
     ctx.shared = Some(shared);
     Ok(())
+}
+
+/// Reserves the request against every limit and budget of its key and tenant.
+fn admit(
+    gw: &Gateway,
+    ctx: &mut RequestCtx,
+    key: &KeyEntry,
+    model: &str,
+    completion: u64,
+) -> Result<(), GatewayError> {
+    let ask = Ask {
+        key,
+        model,
+        prompt: ctx.prompt_estimate,
+        completion,
+    };
+    match ctx.snap.governor.admit(&ask) {
+        Ok(adm) => {
+            ctx.rate_headers = Some(adm.headers);
+            ctx.admitted = Some(adm);
+            Ok(())
+        }
+        Err(denied) => {
+            gw.metrics
+                .ratelimited
+                .with_label_values(&[&*key.principal.tenant, denied.kind.label()])
+                .inc();
+            ctx.rate_headers = Some(denied.headers);
+            Err(denied.to_error())
+        }
+    }
 }
 
 /// Reads the whole body, refusing it as soon as it passes `max` bytes.

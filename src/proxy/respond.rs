@@ -5,6 +5,7 @@ use pingora::proxy::Session;
 
 use super::ctx::RequestCtx;
 use crate::errors::GatewayError;
+use crate::limits::fmt_reset;
 
 /// Sends an OpenAI-shaped error and records it on the context; returns `Ok(true)` (handled).
 pub async fn error(session: &mut Session, ctx: &mut RequestCtx, e: GatewayError) -> Result<bool> {
@@ -40,10 +41,43 @@ pub async fn write(
     if status == 401 {
         resp.insert_header("www-authenticate", "Bearer")?;
     }
+    rate_headers(&mut resp, ctx)?;
+    match &ctx.error {
+        Some(GatewayError::RateLimited { retry_after_ms, .. }) => {
+            // OpenAI's SDKs read retry-after-ms first, then retry-after (whole seconds)
+            resp.insert_header(
+                "retry-after",
+                retry_after_ms.div_ceil(1000).max(1).to_string(),
+            )?;
+            resp.insert_header("retry-after-ms", retry_after_ms.to_string())?;
+        }
+        Some(GatewayError::QuotaExceeded { .. }) => {
+            // retrying cannot help until the window turns; the SDKs honour this header
+            resp.insert_header("x-should-retry", "false")?;
+        }
+        _ => {}
+    }
     ctx.status = status;
     session.write_response_header(Box::new(resp), false).await?;
     session
         .write_response_body(Some(bytes::Bytes::copy_from_slice(body)), true)
         .await?;
+    Ok(())
+}
+
+/// OpenAI's `x-ratelimit-*` headers for the limits that apply to this request.
+pub fn rate_headers(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
+    let Some(h) = ctx.rate_headers else {
+        return Ok(());
+    };
+    for (suffix, trio) in [("requests", h.requests), ("tokens", h.tokens)] {
+        let Some(t) = trio else { continue };
+        resp.insert_header(format!("x-ratelimit-limit-{suffix}"), t.limit.to_string())?;
+        resp.insert_header(
+            format!("x-ratelimit-remaining-{suffix}"),
+            t.remaining.to_string(),
+        )?;
+        resp.insert_header(format!("x-ratelimit-reset-{suffix}"), fmt_reset(t.reset))?;
+    }
     Ok(())
 }

@@ -16,6 +16,7 @@ pub fn headers(resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
     ctx.ttfb = Some(ctx.start.elapsed());
     arm_idle(ctx);
     resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+    super::respond::rate_headers(resp, ctx)?;
     let ok = resp.status.is_success();
     let encoded = resp.headers.contains_key("content-encoding");
     let ctype = resp

@@ -1,0 +1,116 @@
+//! A sliding-window counter over one-minute buckets.
+
+use std::time::Duration;
+
+const MINUTE_MS: u64 = 60_000;
+
+/// Counts in the current and the previous minute. The estimate of the last 60 s is the current
+/// minute plus the previous one weighted by the part of it still inside the window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Window {
+    pub minute: u64,
+    pub prev: f64,
+    pub curr: f64,
+}
+
+impl Window {
+    fn roll(&mut self, now_ms: u64) {
+        let m = now_ms / MINUTE_MS;
+        if m == self.minute {
+            return;
+        }
+        self.prev = if m == self.minute + 1 { self.curr } else { 0.0 };
+        self.curr = 0.0;
+        self.minute = m;
+    }
+
+    fn fraction_left(now_ms: u64) -> f64 {
+        1.0 - (now_ms % MINUTE_MS) as f64 / MINUTE_MS as f64
+    }
+
+    pub fn estimate(&mut self, now_ms: u64) -> f64 {
+        self.roll(now_ms);
+        self.prev * Self::fraction_left(now_ms) + self.curr
+    }
+
+    /// Adds `v` (negative to give back an unused reservation).
+    pub fn add(&mut self, now_ms: u64, v: f64) {
+        self.roll(now_ms);
+        self.curr = (self.curr + v).max(0.0);
+    }
+
+    /// How long until `cost` more fits under `limit`.
+    pub fn wait_for(&mut self, now_ms: u64, limit: f64, cost: f64) -> Duration {
+        self.roll(now_ms);
+        let room = limit - cost;
+        if self.prev * Self::fraction_left(now_ms) + self.curr <= room {
+            return Duration::ZERO;
+        }
+        let into = (now_ms % MINUTE_MS) as f64;
+        let to_next = MINUTE_MS as f64 - into;
+        // within this minute the previous bucket decays: prev * (1 - t/60s) + curr <= room
+        if self.curr <= room && self.prev > 0.0 {
+            let t = (1.0 - (room - self.curr) / self.prev) * MINUTE_MS as f64;
+            return Duration::from_millis((t - into).max(1.0).ceil() as u64);
+        }
+        if room <= 0.0 {
+            return Duration::from_millis((to_next + MINUTE_MS as f64) as u64);
+        }
+        // next minute, this minute's count becomes the decaying previous bucket
+        let t = if self.curr > 0.0 {
+            (1.0 - room / self.curr).max(0.0) * MINUTE_MS as f64
+        } else {
+            0.0
+        };
+        Duration::from_millis((to_next + t).ceil() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn estimate_slides_instead_of_resetting() {
+        let mut w = Window::default();
+        let t0 = 10 * MINUTE_MS;
+        w.add(t0, 60.0);
+        assert_eq!(w.estimate(t0 + 59_999), 60.0);
+        assert!(
+            (w.estimate(t0 + MINUTE_MS) - 60.0).abs() < 1e-9,
+            "no reset at the edge"
+        );
+        assert!(
+            (w.estimate(t0 + MINUTE_MS + 30_000) - 30.0).abs() < 1e-9,
+            "half decayed"
+        );
+        assert_eq!(
+            w.estimate(t0 + 3 * MINUTE_MS),
+            0.0,
+            "two minutes later: gone"
+        );
+    }
+
+    #[test]
+    fn wait_for_predicts_when_the_estimate_fits() {
+        let mut w = Window::default();
+        let t0 = 10 * MINUTE_MS;
+        w.add(t0, 10.0);
+        assert_eq!(w.wait_for(t0, 11.0, 1.0), Duration::ZERO);
+        let wait = w.wait_for(t0, 10.0, 1.0);
+        let later = t0 + wait.as_millis() as u64;
+        assert!(
+            w.estimate(later) + 1.0 <= 10.0 + 1e-9,
+            "fits after the wait"
+        );
+        assert!(w.estimate(later - 50) + 1.0 > 10.0, "and not much before");
+    }
+
+    #[test]
+    fn giving_back_never_goes_negative() {
+        let mut w = Window::default();
+        w.add(0, 5.0);
+        w.add(0, -10.0);
+        assert_eq!(w.estimate(0), 0.0);
+    }
+}
