@@ -3,10 +3,14 @@
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use llmedge::auth::{KeyEntry, KeyStore, Principal};
+use llmedge::clock::SystemClock;
 use llmedge::config::secret::digest;
+use llmedge::limits::{Ask, Governor};
+use llmedge::openai::Usage;
 use llmedge::openai::{inspect_request, rewrite_request};
 use llmedge::router::{resolve, Route};
 use llmedge::sse::StreamRewriter;
+use std::sync::Arc;
 
 fn stream(events: usize) -> Vec<u8> {
     let mut s = String::new();
@@ -106,5 +110,44 @@ fn auth_and_route(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, sse, request, auth_and_route);
+fn limits(c: &mut Criterion) {
+    let mut yaml = String::from(
+        "pools: {p: {backends: ['http://h']}}\nroutes: [{prefix: '', pool: p}]\n\
+         pricing: {'m*': {input: 2.5, output: 10}}\n\
+         tenants: {t: {limits: {rpm: 1000000000, tpm: 1000000000000}, budget: {usd_per_day: 1000000}}}\nkeys:\n",
+    );
+    for i in 0..10_000 {
+        yaml.push_str(&format!(
+            "  - {{key: sk-{i}, tenant: t, limits: {{rpm: 1000000, tpm: 1000000000, models: {{'m*': {{tpm: 1000000000}}}}}}, budget: {{usd_per_day: 1000}}}}\n"
+        ));
+    }
+    let config = llmedge::config::Config::from_yaml(&yaml, &|_| None)
+        .unwrap_or_else(|_| std::process::abort());
+    let g = Governor::new(&config, Arc::new(SystemClock));
+    let mut i = 0usize;
+    c.bench_function("limits/admit_and_settle_10k_keys", |b| {
+        b.iter(|| {
+            i = (i + 7919) % 10_000;
+            let ask = Ask {
+                key: &config.keys[i],
+                model: "m1",
+                prompt: 100,
+                completion: 200,
+            };
+            if let Ok(adm) = g.admit(black_box(&ask)) {
+                black_box(g.settle(
+                    &adm,
+                    Usage {
+                        prompt_tokens: 90,
+                        completion_tokens: 150,
+                        total_tokens: 240,
+                        prompt_tokens_details: None,
+                    },
+                ));
+            }
+        })
+    });
+}
+
+criterion_group!(benches, sse, request, auth_and_route, limits);
 criterion_main!(benches);

@@ -12,5 +12,6 @@ mod chat;
 mod cli;
 mod errors;
 mod fleet;
+mod limits;
 mod streaming;
 mod support;

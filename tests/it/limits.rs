@@ -1,0 +1,269 @@
+//! Rate limits, token limits, concurrency and budgets, through the real gateway.
+
+use std::time::{Duration, Instant};
+
+use async_openai::types::chat::CreateChatCompletionRequest;
+use serde_json::json;
+
+use crate::support::*;
+
+const CHAT: &str = "/v1/chat/completions";
+
+fn limited(port: u16, admin: u16, upstream: &str, extra: &str, key_extra: &str) -> String {
+    format!(
+        r#"
+server:
+  listen: "127.0.0.1:{port}"
+  admin_listen: "127.0.0.1:{admin}"
+keys:
+  - key: "{CLIENT_KEY}"
+    tenant: acme
+    user: alice
+{key_extra}
+pools:
+  mock:
+    backends: ["{upstream}"]
+routes:
+  - prefix: "mock/"
+    pool: mock
+    strip_prefix: true
+pricing:
+  "mock/*": {{input: 1000.0, output: 1000.0}}
+{extra}
+"#
+    )
+}
+
+async fn send(gw: &TestGateway, body: &str) -> (u16, reqwest::header::HeaderMap, String) {
+    let r = post(gw, CHAT, CLIENT_KEY, body).await;
+    let (s, h) = (r.status().as_u16(), r.headers().clone());
+    (s, h, r.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn rpm_admits_exactly_the_limit_under_concurrent_load() {
+    let mock = MockOpenAi::start().await;
+    let gw = TestGateway::start_with(|p, a| limited(p, a, &mock.url(), "", "    limits: {rpm: 5}"))
+        .await;
+    let tasks: Vec<_> = (0..12)
+        .map(|_| {
+            let url = gw.url(CHAT);
+            tokio::spawn(async move {
+                let r = reqwest::Client::new()
+                    .post(url)
+                    .bearer_auth(CLIENT_KEY)
+                    .body(r#"{"model":"mock/echo","messages":[]}"#)
+                    .send()
+                    .await
+                    .unwrap();
+                let (s, h) = (r.status().as_u16(), r.headers().clone());
+                (s, h, r.text().await.unwrap())
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        let (status, headers, body) = t.await.unwrap();
+        assert_eq!(headers["x-ratelimit-limit-requests"], "5");
+        if status == 200 {
+            ok += 1;
+            continue;
+        }
+        assert_eq!(status, 429);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["error"]["type"], "requests");
+        assert_eq!(v["error"]["code"], "rate_limit_exceeded");
+        assert_eq!(headers["x-ratelimit-remaining-requests"], "0");
+        let wait: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=120).contains(&wait), "Retry-After in seconds: {wait}");
+        assert!(headers.contains_key("retry-after-ms"));
+    }
+    assert_eq!(ok, 5, "exactly the configured number");
+    assert_eq!(
+        mock.completions(),
+        5,
+        "refused requests never reach the upstream"
+    );
+    let m = gw.metrics().await;
+    assert!(
+        m.contains(r#"llmedge_ratelimited_total{limit="rpm",tenant="acme"} 7"#),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn token_limits_reserve_at_admission_and_settle_to_reported_usage() {
+    let mock = MockOpenAi::start().await;
+    let gw =
+        TestGateway::start_with(|p, a| limited(p, a, &mock.url(), "", "    limits: {tpm: 100}"))
+            .await;
+    // prompt estimate: `[]` is 2 characters -> 1 token; max_tokens 20: reserves 21
+    let body = r#"{"model":"mock/echo","stream":true,"max_tokens":20,"messages":[]}"#;
+    let (status, h, text) = send(&gw, body).await;
+    assert_eq!(status, 200);
+    assert!(text.ends_with("data: [DONE]\n\n"));
+    assert_eq!(h["x-ratelimit-limit-tokens"], "100");
+    assert_eq!(h["x-ratelimit-remaining-tokens"], "79", "100 - 21 reserved");
+    gw.wait_log("\"stream\":true").await;
+    // the stream reported 14 tokens (11 + 3): the next request sees 100 - 14 - 21
+    let (_, h, _) = send(&gw, body).await;
+    assert_eq!(h["x-ratelimit-remaining-tokens"], "65");
+    let big = r#"{"model":"mock/echo","max_tokens":1000,"messages":[]}"#;
+    let (status, h, text) = send(&gw, big).await;
+    assert_eq!(status, 429, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["error"]["type"], "tokens");
+    assert!(h.contains_key("x-ratelimit-reset-tokens"));
+}
+
+#[tokio::test]
+async fn a_stream_cut_by_the_client_is_charged_what_was_streamed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mock = MockOpenAi::start().await;
+    let gw = TestGateway::start_with(|p, a| limited(p, a, &mock.url(), "", "")).await;
+    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+        .await
+        .unwrap();
+    let body = r#"{"model":"mock/endless","stream":true,"messages":[]}"#;
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {CLIENT_KEY}\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    sock.write_all(req.as_bytes()).await.unwrap();
+    let mut got = String::new();
+    let mut buf = [0u8; 4096];
+    while got.matches("\"content\":\"tok\"").count() < 3 {
+        let n = sock.read(&mut buf).await.unwrap();
+        assert!(n > 0);
+        got.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    drop(sock);
+    let line = gw.wait_log("\"model\":\"mock/endless\"").await;
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["status"], 499);
+    let charged = v["completion_tokens"].as_u64().unwrap();
+    assert!(charged >= 3, "every streamed token is charged: {line}");
+    let m = gw.metrics().await;
+    assert!(
+        m.contains("llmedge_spend_usd_total{model=\"mock/endless\",tenant=\"acme\"}"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn budget_stops_the_tenant_at_the_right_cent_and_survives_a_restart() {
+    let mock = MockOpenAi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    // each request: worst case (1 + 5 tokens) x $0.001 = $0.006; real use 11 + 1 = $0.012
+    let extra = format!(
+        "tenants:\n  acme:\n    budget: {{usd_per_day: 0.05}}\nstate:\n  path: \"{}\"\n  flush_ms: 50\n",
+        state.display()
+    );
+    let body = r#"{"model":"mock/echo","max_tokens":5,"messages":[]}"#;
+    let gw = TestGateway::start_with(|p, a| limited(p, a, &mock.url(), &extra, "")).await;
+    for i in 0..2 {
+        assert_eq!(send(&gw, body).await.0, 200, "request {i}");
+    }
+    gw.wait_log("\"completion_tokens\":1").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let saved = std::fs::read_to_string(&state).unwrap_or_default();
+        if saved.contains("0.024") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "spend never reached the state file: {saved}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(gw.stop().await);
+
+    let gw = TestGateway::start_with(|p, a| limited(p, a, &mock.url(), &extra, "")).await;
+    for i in 0..2 {
+        assert_eq!(
+            send(&gw, body).await.0,
+            200,
+            "request {i} after the restart"
+        );
+    }
+    let (status, h, text) = send(&gw, body).await;
+    assert_eq!(
+        status, 429,
+        "$0.048 spent, $0.006 more would pass $0.05: {text}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["error"]["code"], "insufficient_quota");
+    assert_eq!(v["error"]["type"], "insufficient_quota");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("daily budget of tenant acme"));
+    assert_eq!(h["x-should-retry"], "false");
+    let m = gw.metrics().await;
+    assert!(
+        m.contains(r#"llmedge_budget_remaining_usd{tenant="acme",window="day"} 0.002"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"llmedge_ratelimited_total{limit="budget_day",tenant="acme"} 1"#),
+        "{m}"
+    );
+    assert_eq!(mock.completions(), 4);
+}
+
+#[tokio::test]
+async fn concurrency_limit_and_the_sdk_honouring_retry_after() {
+    let mock = MockOpenAi::start().await;
+    let gw = TestGateway::start_with(|p, a| {
+        limited(
+            p,
+            a,
+            &mock.url(),
+            "tenants:\n  acme:\n    limits: {concurrency: 1}\n",
+            "",
+        )
+    })
+    .await;
+    let url = gw.url(CHAT);
+    let held = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(url)
+            .bearer_auth(CLIENT_KEY)
+            .body(r#"{"model":"mock/hold","messages":[]}"#)
+            .send()
+            .await
+    });
+    mock.wait_requests(1).await;
+    let client = openai_client(&gw, CLIENT_KEY); // async-openai retries 429s by Retry-After
+    let req: CreateChatCompletionRequest =
+        serde_json::from_value(json!({"model": "mock/echo", "messages": []})).unwrap();
+    let start = Instant::now();
+    let call = tokio::spawn(async move { client.chat().create(req).await });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gw
+        .metrics()
+        .await
+        .contains(r#"llmedge_ratelimited_total{limit="concurrency",tenant="acme"} 1"#)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the SDK's first try must be refused"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    held.abort(); // the held request ends; its concurrency slot is released
+    gw.wait_log("\"model\":\"mock/hold\"").await;
+    let resp = call.await.unwrap().expect("the SDK's retry succeeds");
+    assert_eq!(resp.model, "mock/echo");
+    assert!(
+        start.elapsed() >= Duration::from_millis(900),
+        "it waited for Retry-After: 1"
+    );
+    let m = gw.metrics().await;
+    assert!(
+        m.contains(r#"llmedge_ratelimited_total{limit="concurrency",tenant="acme"} 1"#),
+        "one refusal, no hammering: {m}"
+    );
+}
