@@ -130,20 +130,21 @@ pub struct Ask<'a> {
 /// An admitted request's reservations, released by [`Governor::settle`].
 #[derive(Debug)]
 pub struct Admitted {
-    tenant: Arc<str>,
+    /// Position of the tenant, and of the key among the tenant's keys.
+    tenant: usize,
     key: usize,
-    /// (scope, model-slot index) pairs that counted this request.
-    slots: Vec<(ScopeId, Option<usize>)>,
+    slots: Slots,
     tokens: u64,
     usd: f64,
     price: Option<Price>,
     pub headers: RateHeaders,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 enum ScopeId {
+    #[default]
     Tenant,
-    Key(usize),
+    Key,
 }
 
 #[derive(Debug, Default)]
@@ -177,11 +178,15 @@ struct Scope {
 #[derive(Debug, Default)]
 struct TenantState {
     tenant: Scope,
-    keys: HashMap<usize, Scope>,
+    /// This tenant's keys, and their `key_index` in the config.
+    keys: Vec<Scope>,
+    key_index: Vec<usize>,
 }
 
 pub struct Governor {
-    tenants: HashMap<Arc<str>, Mutex<TenantState>>,
+    tenants: Vec<(Arc<str>, Mutex<TenantState>)>,
+    /// For each `key_index`: its tenant's position and its position among the tenant's keys.
+    key_pos: Vec<(usize, usize)>,
     pricing: Vec<(Glob, Price)>,
     clock: Arc<dyn Clock>,
 }
@@ -211,26 +216,39 @@ fn scope(name: String, limits: &Limits, budget: Budget) -> Scope {
 
 impl Governor {
     pub fn new(config: &Config, clock: Arc<dyn Clock>) -> Self {
-        let mut tenants: HashMap<Arc<str>, TenantState> = HashMap::new();
+        let mut tenants: Vec<(Arc<str>, TenantState)> = Vec::new();
+        let position = |tenants: &mut Vec<(Arc<str>, TenantState)>, name: &str| {
+            tenants
+                .iter()
+                .position(|(n, _)| &**n == name)
+                .unwrap_or_else(|| {
+                    let mut st = TenantState::default();
+                    st.tenant.name = format!("tenant {name}");
+                    tenants.push((name.into(), st));
+                    tenants.len() - 1
+                })
+        };
         for t in &config.tenants {
-            let state = tenants.entry(t.name.as_str().into()).or_default();
-            state.tenant = scope(format!("tenant {}", t.name), &t.limits, t.budget);
+            let i = position(&mut tenants, &t.name);
+            tenants[i].1.tenant = scope(format!("tenant {}", t.name), &t.limits, t.budget);
         }
+        let mut key_pos = vec![(0, 0); config.keys.len()];
         for k in &config.keys {
-            let state = tenants.entry(k.principal.tenant.clone()).or_default();
-            if state.tenant.name.is_empty() {
-                state.tenant.name = format!("tenant {}", k.principal.tenant);
-            }
+            let i = position(&mut tenants, &k.principal.tenant);
+            let st = &mut tenants[i].1;
             let name = format!("key {}", k.principal.key_index);
-            state
-                .keys
-                .insert(k.principal.key_index, scope(name, &k.limits, k.budget));
+            st.keys.push(scope(name, &k.limits, k.budget));
+            st.key_index.push(k.principal.key_index);
+            if let Some(p) = key_pos.get_mut(k.principal.key_index) {
+                *p = (i, st.keys.len() - 1);
+            }
         }
         Self {
             tenants: tenants
                 .into_iter()
-                .map(|(k, v)| (k, Mutex::new(v)))
+                .map(|(n, st)| (n, Mutex::new(st)))
                 .collect(),
+            key_pos,
             pricing: config.pricing.clone(),
             clock,
         }
@@ -246,32 +264,34 @@ impl Governor {
 
     /// Checks every limit and budget that applies, then reserves them all, or refuses.
     pub fn admit(&self, ask: &Ask<'_>) -> Result<Admitted, Denied> {
-        let tenant = ask.key.principal.tenant.clone();
-        let key = ask.key.principal.key_index;
         let price = self.price(ask.model);
         let usd = price.map_or(0.0, |p| cost_of(&p, ask.prompt, ask.completion, 0));
         let tokens = ask.prompt + ask.completion;
-        let Some(state) = self.tenants.get(&tenant) else {
-            let headers = RateHeaders::default();
-            return Ok(Admitted {
-                tenant,
-                key,
-                slots: Vec::new(),
-                tokens,
-                usd,
-                price,
-                headers,
-            });
+        let (tenant, key) = self
+            .key_pos
+            .get(ask.key.principal.key_index)
+            .copied()
+            .unwrap_or((usize::MAX, 0));
+        let mut adm = Admitted {
+            tenant,
+            key,
+            slots: Slots::default(),
+            tokens,
+            usd,
+            price,
+            headers: RateHeaders::default(),
+        };
+        let Some((_, state)) = self.tenants.get(tenant) else {
+            return Ok(adm);
         };
         let now = self.clock.now_ms();
+        let cal = Calendar::at(now);
         let mut st = state.lock();
         let st = &mut *st;
-        let mut slots = Vec::with_capacity(4);
-        let mut headers = RateHeaders::default();
-        for (id, sc) in [
-            (ScopeId::Tenant, &mut st.tenant),
-            (ScopeId::Key(key), st.keys.entry(key).or_default()),
-        ] {
+        let Some(key_scope) = st.keys.get_mut(key) else {
+            return Ok(adm);
+        };
+        for (id, sc) in [(ScopeId::Tenant, &mut st.tenant), (ScopeId::Key, key_scope)] {
             let model_slot = sc.models.iter().position(|(g, _)| g.matches(ask.model));
             // the scope's own slot (`None`), then its matching per-model slot
             for which in std::iter::once(None).chain(model_slot.map(Some)) {
@@ -279,14 +299,14 @@ impl Governor {
                     None => &mut sc.base,
                     Some(i) => &mut sc.models[i].1,
                 };
-                check_slot(s, &sc.name, tokens, now, &mut headers)?;
-                slots.push((id, which));
+                check_slot(s, &sc.name, tokens, now, &mut adm.headers)?;
+                adm.slots.push((id, which));
             }
-            check_budget(sc, usd, now, &mut headers)?;
+            check_budget(sc, usd, &cal, &adm.headers)?;
         }
         // every check passed: commit the whole reservation
-        for &(id, which) in &slots {
-            let sc = scope_mut(st, id);
+        for (id, which) in adm.slots.iter() {
+            let sc = scope_mut(st, id, key);
             let s = match which {
                 None => &mut sc.base,
                 Some(i) => &mut sc.models[i].1,
@@ -295,18 +315,10 @@ impl Governor {
             s.tokens.add(now, tokens as f64);
             s.inflight += 1;
         }
-        for id in [ScopeId::Tenant, ScopeId::Key(key)] {
-            scope_mut(st, id).reserved_usd += usd;
+        for id in [ScopeId::Tenant, ScopeId::Key] {
+            scope_mut(st, id, key).reserved_usd += usd;
         }
-        Ok(Admitted {
-            tenant,
-            key,
-            slots,
-            tokens,
-            usd,
-            price,
-            headers,
-        })
+        Ok(adm)
     }
 
     /// Replaces the reservation by what the request really used; returns its cost in USD.
@@ -318,14 +330,18 @@ impl Governor {
                 .unwrap_or(0);
             cost_of(&p, used.prompt_tokens, used.completion_tokens, cached)
         });
-        let Some(state) = self.tenants.get(&adm.tenant) else {
+        let Some((_, state)) = self.tenants.get(adm.tenant) else {
             return cost;
         };
         let now = self.clock.now_ms();
+        let cal = Calendar::at(now);
         let actual = (used.prompt_tokens + used.completion_tokens) as f64;
         let mut st = state.lock();
-        for &(id, which) in &adm.slots {
-            let sc = scope_mut(&mut st, id);
+        if st.keys.get(adm.key).is_none() {
+            return cost;
+        }
+        for (id, which) in adm.slots.iter() {
+            let sc = scope_mut(&mut st, id, adm.key);
             let s = match which {
                 None => &mut sc.base,
                 Some(i) => &mut sc.models[i].1,
@@ -333,10 +349,10 @@ impl Governor {
             s.tokens.add(now, actual - adm.tokens as f64);
             s.inflight = s.inflight.saturating_sub(1);
         }
-        for id in [ScopeId::Tenant, ScopeId::Key(adm.key)] {
-            let sc = scope_mut(&mut st, id);
+        for id in [ScopeId::Tenant, ScopeId::Key] {
+            let sc = scope_mut(&mut st, id, adm.key);
             sc.reserved_usd = (sc.reserved_usd - adm.usd).max(0.0);
-            roll_spend(sc, now);
+            roll_spend(sc, &cal);
             sc.day.usd += cost;
             sc.month.usd += cost;
         }
@@ -345,12 +361,12 @@ impl Governor {
 
     /// `(tenant, window, remaining USD)` for every tenant budget, for the metrics gauge.
     pub fn budget_remaining(&self) -> Vec<(String, &'static str, f64)> {
-        let now = self.clock.now_ms();
+        let cal = Calendar::at(self.clock.now_ms());
         let mut out = Vec::new();
         for (name, state) in &self.tenants {
             let mut st = state.lock();
             let sc = &mut st.tenant;
-            roll_spend(sc, now);
+            roll_spend(sc, &cal);
             if let Some(b) = sc.budget.usd_per_day {
                 out.push((name.to_string(), "day", (b - sc.day.usd).max(0.0)));
             }
@@ -370,7 +386,7 @@ impl Governor {
                 format!("tenant:{name}"),
                 persist::ScopeFile::from_scope(&st.tenant),
             );
-            for (k, sc) in &st.keys {
+            for (k, sc) in st.key_index.iter().zip(&st.keys) {
                 if let Some(id) = key_ids.get(k) {
                     scopes.insert(format!("key:{id}"), persist::ScopeFile::from_scope(sc));
                 }
@@ -386,7 +402,10 @@ impl Governor {
             if let Some(f) = file.scopes.get(&format!("tenant:{name}")) {
                 f.apply(&mut st.tenant);
             }
-            for (k, sc) in st.keys.iter_mut() {
+            let TenantState {
+                keys, key_index, ..
+            } = &mut *st;
+            for (k, sc) in key_index.iter().zip(keys.iter_mut()) {
                 if let Some(f) = key_ids
                     .get(k)
                     .and_then(|id| file.scopes.get(&format!("key:{id}")))
@@ -398,10 +417,49 @@ impl Governor {
     }
 }
 
-fn scope_mut(st: &mut TenantState, id: ScopeId) -> &mut Scope {
+fn scope_mut(st: &mut TenantState, id: ScopeId, key: usize) -> &mut Scope {
     match id {
         ScopeId::Tenant => &mut st.tenant,
-        ScopeId::Key(k) => st.keys.entry(k).or_default(),
+        ScopeId::Key => st.keys.get_mut(key).unwrap_or(&mut st.tenant),
+    }
+}
+
+/// UTC calendar facts for one instant, computed once per admission.
+struct Calendar {
+    day: u64,
+    month: u64,
+    until_day: u64,
+    until_month: u64,
+}
+
+impl Calendar {
+    fn at(now: u64) -> Self {
+        Self {
+            day: clock::day_id(now),
+            month: clock::month_id(now),
+            until_day: clock::until_next_day(now),
+            until_month: clock::until_next_month(now),
+        }
+    }
+}
+
+/// The (scope, model slot) pairs a request counted in: at most two per scope.
+#[derive(Debug, Default)]
+struct Slots {
+    items: [(ScopeId, Option<usize>); 4],
+    len: usize,
+}
+
+impl Slots {
+    fn push(&mut self, item: (ScopeId, Option<usize>)) {
+        if let Some(slot) = self.items.get_mut(self.len) {
+            *slot = item;
+            self.len += 1;
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (ScopeId, Option<usize>)> + '_ {
+        self.items[..self.len].iter().copied()
     }
 }
 
@@ -459,8 +517,8 @@ fn merge(slot: &mut Option<HeaderTrio>, t: HeaderTrio) {
     }
 }
 
-fn roll_spend(sc: &mut Scope, now: u64) {
-    let (d, m) = (clock::day_id(now), clock::month_id(now));
+fn roll_spend(sc: &mut Scope, cal: &Calendar) {
+    let (d, m) = (cal.day, cal.month);
     if sc.day.window != d {
         sc.day = Spend {
             window: d,
@@ -475,20 +533,23 @@ fn roll_spend(sc: &mut Scope, now: u64) {
     }
 }
 
-fn check_budget(sc: &mut Scope, usd: f64, now: u64, h: &mut RateHeaders) -> Result<(), Denied> {
-    roll_spend(sc, now);
+fn check_budget(sc: &mut Scope, usd: f64, cal: &Calendar, h: &RateHeaders) -> Result<(), Denied> {
+    if sc.budget.is_empty() {
+        return Ok(());
+    }
+    roll_spend(sc, cal);
     let checks = [
         (
             LimitKind::BudgetDay,
             sc.budget.usd_per_day,
             sc.day.usd,
-            clock::until_next_day(now),
+            cal.until_day,
         ),
         (
             LimitKind::BudgetMonth,
             sc.budget.usd_per_month,
             sc.month.usd,
-            clock::until_next_month(now),
+            cal.until_month,
         ),
     ];
     for (kind, budget, spent, reset_ms) in checks {
