@@ -42,6 +42,9 @@ pub fn new_server(threads: usize) -> Server {
         ..ServerConf::default()
     };
     conf.graceful_shutdown_timeout_seconds = Some(5);
+    // attempts are bounded by each pool's `retries` and the route's fallbacks; Pingora's own cap
+    // (16 by default) must not cut a longer chain short
+    conf.max_retries = 64;
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     server

@@ -266,7 +266,7 @@ impl Governor {
     pub fn admit(&self, ask: &Ask<'_>) -> Result<Admitted, Denied> {
         let price = self.price(ask.model);
         let usd = price.map_or(0.0, |p| cost_of(&p, ask.prompt, ask.completion, 0));
-        let tokens = ask.prompt + ask.completion;
+        let tokens = ask.prompt.saturating_add(ask.completion);
         let (tenant, key) = self
             .key_pos
             .get(ask.key.principal.key_index)
@@ -335,7 +335,7 @@ impl Governor {
         };
         let now = self.clock.now_ms();
         let cal = Calendar::at(now);
-        let actual = (used.prompt_tokens + used.completion_tokens) as f64;
+        let actual = used.prompt_tokens.saturating_add(used.completion_tokens) as f64;
         let mut st = state.lock();
         if st.keys.get(adm.key).is_none() {
             return cost;

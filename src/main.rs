@@ -6,6 +6,11 @@ use tracing_subscriber::EnvFilter;
 fn main() {
     // Pingora logs through the `log` crate; tracing-subscriber's log bridge collects it too
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Pingora's debug logs print whole upstream request headers, including the pool's key
+    let filter = ["pingora_proxy=info", "pingora_core=info"]
+        .iter()
+        .filter_map(|d| d.parse().ok())
+        .fold(filter, EnvFilter::add_directive);
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

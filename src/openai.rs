@@ -214,8 +214,8 @@ pub fn rewrite_request(
     }
     let model_json = json_string(upstream_model);
     let mut extra: Vec<(&str, &str)> = Vec::new();
-    if head.model.is_none() {
-        extra.push(("model", &model_json));
+    if !obj.has("model") {
+        extra.push(("model", &model_json)); // a `"model": null` is rewritten in place instead
     }
     let has_opts = obj.get("stream_options").is_some_and(|v| v.get() != "null");
     if usage_changes && !has_opts {

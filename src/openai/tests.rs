@@ -146,3 +146,9 @@ fn non_objects_pass_through_untouched() {
         ChunkRewrite::default()
     );
 }
+
+#[test]
+fn null_model_is_replaced_not_duplicated() {
+    let (_, out) = rewrite(r#"{"model":null,"input":"x"}"#, "llama3");
+    assert_eq!(out.unwrap(), r#"{"model":"llama3","input":"x"}"#);
+}

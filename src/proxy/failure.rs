@@ -62,6 +62,7 @@ pub fn classify(e: &Error) -> GatewayError {
             GatewayError::UpstreamClosed
         }
         InvalidHTTPHeader | H1Error | InvalidH2 => GatewayError::UpstreamProtocol,
+        HTTPStatus(code) => GatewayError::UpstreamStatus(*code),
         _ => match e.esource() {
             ErrorSource::Upstream => GatewayError::UpstreamProtocol,
             _ => GatewayError::Internal,

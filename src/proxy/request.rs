@@ -14,8 +14,18 @@ use crate::limits::Ask;
 use crate::openai::{inspect_request, rewrite_request};
 use crate::router;
 
-/// Client headers that carry credentials meant for the gateway, never for an upstream.
-const CLIENT_CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "api-key", "x-api-key"];
+/// Client headers that carry credentials or billing choices meant for the gateway, never for an
+/// upstream that is called with the pool's own key.
+const CLIENT_CREDENTIAL_HEADERS: [&str; 6] = [
+    "authorization",
+    "api-key",
+    "x-api-key",
+    "openai-organization",
+    "openai-project",
+    "cookie",
+];
+/// No request reserves more completion tokens than this, whatever `max_tokens` says.
+const MAX_COMPLETION_RESERVE: u64 = 10_000_000;
 /// A client may pin a pool its key allows with this header.
 pub const PIN_HEADER: &str = "x-llmedge-pool";
 
@@ -90,13 +100,16 @@ async fn prepare(
         return Err(GatewayError::ModelNotAllowed(model));
     }
     let route = &snap.config.routes[resolved.route];
-    let chain = match session.req_header().headers.get(PIN_HEADER) {
-        None => std::iter::once(route.pool)
-            .chain(route.fallbacks.iter().copied())
-            .collect(),
+    let route_chain = std::iter::once(route.pool).chain(route.fallbacks.iter().copied());
+    let chain: Vec<usize> = match session.req_header().headers.get(PIN_HEADER) {
+        None => route_chain.collect(),
+        // a pin chooses among the pools that serve this model, never around the route
         Some(v) => {
             let name = String::from_utf8_lossy(v.as_bytes()).into_owned();
-            match snap.pools.iter().position(|p| p.name() == name) {
+            let pinned = route_chain
+                .clone()
+                .find(|&p| snap.pools.get(p).is_some_and(|pool| pool.name() == name));
+            match pinned {
                 Some(p) if key.may_pin(p) => vec![p],
                 _ => return Err(GatewayError::PoolNotAllowed(name)),
             }
@@ -114,7 +127,8 @@ async fn prepare(
         _ => ["max_completion_tokens", "max_tokens"]
             .iter()
             .find_map(|f| obj.get(f)?.get().parse::<u64>().ok())
-            .unwrap_or(snap.config.server.default_max_tokens),
+            .unwrap_or(snap.config.server.default_max_tokens)
+            .min(MAX_COMPLETION_RESERVE),
     };
     drop(obj);
     // characters/4 of the prompt's JSON text: cheap, and over- rather than under-estimates
@@ -248,8 +262,9 @@ pub fn rewrite_upstream_header(
         upstream.remove_header(h);
     }
     upstream.remove_header(PIN_HEADER);
-    // we must read the response to rewrite it, so ask for it uncompressed
-    upstream.remove_header("accept-encoding");
+    // we must read the response to rewrite it, so ask for it uncompressed (an absent
+    // Accept-Encoding would allow any encoding, RFC 9110 section 12.5.3)
+    upstream.insert_header("accept-encoding", "identity")?;
     upstream.remove_header("expect");
     upstream.remove_header("transfer-encoding");
     let body_len = ctx.shared.as_ref().map_or(0, |s| s.body_len());

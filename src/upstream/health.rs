@@ -98,12 +98,13 @@ impl Health {
 pub fn parse_retry_after(v: Option<&[u8]>) -> Option<Duration> {
     let s = std::str::from_utf8(v?).ok()?.trim();
     if let Ok(secs) = s.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+        return Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER));
     }
-    s.parse::<f64>()
+    let secs = s
+        .parse::<f64>()
         .ok()
-        .filter(|f| f.is_finite() && *f >= 0.0)
-        .map(Duration::from_secs_f64)
+        .filter(|f| f.is_finite() && *f >= 0.0)?;
+    Some(Duration::try_from_secs_f64(secs).map_or(MAX_RETRY_AFTER, |d| d.min(MAX_RETRY_AFTER)))
 }
 
 #[cfg(test)]
@@ -194,6 +195,11 @@ mod tests {
         assert_eq!(
             parse_retry_after(Some(b"Wed, 21 Oct 2015 07:28:00 GMT")),
             None
+        );
+        assert_eq!(
+            parse_retry_after(Some(b"1e20")),
+            Some(MAX_RETRY_AFTER),
+            "no panic, capped"
         );
     }
 }

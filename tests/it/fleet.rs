@@ -415,20 +415,15 @@ async fn a_backends_429_moves_the_request_and_holds_that_backend() {
 #[tokio::test]
 async fn pinned_pool_needs_the_key_to_allow_it() {
     let (main, backup) = (MockOpenAi::start().await, MockOpenAi::start().await);
+    let other = MockOpenAi::start().await;
     let pools = format!(
-        "  main:\n    backends: [\"{}\"]\n  backup:\n    backends: [\"{}\"]\n",
+        "  main:\n    backends: [\"{}\"]\n  backup:\n    backends: [\"{}\"]\n  other:\n    backends: [\"{}\"]\n",
         main.url(),
-        backup.url()
+        backup.url(),
+        other.url()
     );
-    let gw = TestGateway::start_with(|p, ad| {
-        fleet(
-            p,
-            ad,
-            &pools,
-            "  - {prefix: 'm/', pool: main, strip_prefix: true}",
-        )
-    })
-    .await;
+    let routes = "  - {prefix: 'm/', pool: main, strip_prefix: true, fallbacks: [backup]}\n  - {prefix: 'o/', pool: other}";
+    let gw = TestGateway::start_with(|p, ad| fleet(p, ad, &pools, routes)).await;
     let pinned = |key: &'static str, pool: &'static str| {
         reqwest::Client::new()
             .post(gw.url(CHAT))
@@ -457,6 +452,9 @@ async fn pinned_pool_needs_the_key_to_allow_it() {
             .0,
         403
     );
+    let (status, _) = error_json(pinned(CLIENT_KEY, "other").await.unwrap()).await;
+    assert_eq!(status, 403, "a pin cannot send a model around its route");
+    assert_eq!(other.completions(), 0);
 }
 
 #[tokio::test]
