@@ -45,6 +45,8 @@ pub enum GatewayError {
     PoolNotAllowed(String),
     #[error("every backend that could serve this request answered {0}")]
     UpstreamStatus(u16),
+    #[error("the upstream provider rejected the gateway's credentials")]
+    UpstreamAuth,
     #[error(
         "rate limit reached for {scope} on {what}: limit {limit}; please try again in {retry}"
     )]
@@ -84,9 +86,10 @@ impl GatewayError {
             }
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::NoBackend(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::UpstreamUnreachable | Self::UpstreamClosed | Self::UpstreamProtocol => {
-                StatusCode::BAD_GATEWAY
-            }
+            Self::UpstreamUnreachable
+            | Self::UpstreamClosed
+            | Self::UpstreamProtocol
+            | Self::UpstreamAuth => StatusCode::BAD_GATEWAY,
             Self::UpstreamConnectTimeout
             | Self::UpstreamTimeout
             | Self::FirstByteTimeout
@@ -119,6 +122,7 @@ impl GatewayError {
             Self::QuotaExceeded { .. } => "insufficient_quota",
             Self::NoBackend(_)
             | Self::UpstreamStatus(_)
+            | Self::UpstreamAuth
             | Self::UpstreamUnreachable
             | Self::UpstreamConnectTimeout
             | Self::UpstreamTimeout
@@ -151,6 +155,7 @@ impl GatewayError {
             Self::UpstreamStatus(429) | Self::RateLimited { .. } => Some("rate_limit_exceeded"),
             Self::QuotaExceeded { .. } => Some("insufficient_quota"),
             Self::UpstreamStatus(_) => Some("upstream_error"),
+            Self::UpstreamAuth => Some("upstream_auth_failed"),
             Self::UpstreamClosed => Some("upstream_closed"),
             Self::UpstreamProtocol => Some("upstream_protocol_error"),
             Self::Internal => Some("internal_error"),
@@ -177,6 +182,7 @@ impl GatewayError {
             | Self::IdleTimeout
             | Self::TotalTimeout
             | Self::UpstreamStatus(_)
+            | Self::UpstreamAuth
             | Self::RateLimited { .. }
             | Self::QuotaExceeded { .. }
             | Self::UpstreamClosed
@@ -208,6 +214,7 @@ impl GatewayError {
             Self::PoolNotAllowed(_) => "pool_not_allowed",
             Self::UpstreamStatus(429) => "status_429",
             Self::UpstreamStatus(_) => "status_5xx",
+            Self::UpstreamAuth => "upstream_auth",
             Self::RateLimited { .. } => "rate_limited",
             Self::QuotaExceeded { .. } => "insufficient_quota",
             Self::UpstreamClosed => "upstream_closed",
@@ -227,6 +234,7 @@ impl GatewayError {
             | Self::IdleTimeout
             | Self::TotalTimeout
             | Self::UpstreamStatus(_)
+            | Self::UpstreamAuth
             | Self::UpstreamClosed
             | Self::UpstreamProtocol => true,
             Self::MissingApiKey

@@ -135,6 +135,8 @@ pub struct Admitted {
     key: usize,
     slots: Slots,
     tokens: u64,
+    /// When the reservation was made (ms), so settlement adjusts that minute's bucket.
+    at: u64,
     usd: f64,
     price: Option<Price>,
     pub headers: RateHeaders,
@@ -272,11 +274,13 @@ impl Governor {
             .get(ask.key.principal.key_index)
             .copied()
             .unwrap_or((usize::MAX, 0));
+        let now = self.clock.now_ms();
         let mut adm = Admitted {
             tenant,
             key,
             slots: Slots::default(),
             tokens,
+            at: now,
             usd,
             price,
             headers: RateHeaders::default(),
@@ -284,7 +288,6 @@ impl Governor {
         let Some((_, state)) = self.tenants.get(tenant) else {
             return Ok(adm);
         };
-        let now = self.clock.now_ms();
         let cal = Calendar::at(now);
         let mut st = state.lock();
         let st = &mut *st;
@@ -346,7 +349,7 @@ impl Governor {
                 None => &mut sc.base,
                 Some(i) => &mut sc.models[i].1,
             };
-            s.tokens.add(now, actual - adm.tokens as f64);
+            s.tokens.adjust_at(now, adm.at, actual - adm.tokens as f64);
             s.inflight = s.inflight.saturating_sub(1);
         }
         for id in [ScopeId::Tenant, ScopeId::Key] {

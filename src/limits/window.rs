@@ -39,6 +39,18 @@ impl Window {
         self.curr = (self.curr + v).max(0.0);
     }
 
+    /// Adjusts the bucket of the minute that started at `at_ms` (a reservation being settled):
+    /// the current or previous minute; older buckets have left the window already.
+    pub fn adjust_at(&mut self, now_ms: u64, at_ms: u64, v: f64) {
+        self.roll(now_ms);
+        let m = at_ms / MINUTE_MS;
+        if m == self.minute {
+            self.curr = (self.curr + v).max(0.0);
+        } else if m + 1 == self.minute {
+            self.prev = (self.prev + v).max(0.0);
+        }
+    }
+
     /// How long until `cost` more fits under `limit`.
     pub fn wait_for(&mut self, now_ms: u64, limit: f64, cost: f64) -> Duration {
         self.roll(now_ms);
@@ -104,6 +116,23 @@ mod tests {
             "fits after the wait"
         );
         assert!(w.estimate(later - 50) + 1.0 > 10.0, "and not much before");
+    }
+
+    #[test]
+    fn settlement_lands_in_the_reservations_minute() {
+        let mut w = Window::default();
+        let t0 = 10 * MINUTE_MS + 50_000;
+        w.add(t0, 1000.0);
+        let later = t0 + 20_000; // the next minute
+        w.add(later, 500.0); // someone else's tokens
+        w.adjust_at(later, t0, -900.0);
+        assert_eq!(
+            (w.prev, w.curr),
+            (100.0, 500.0),
+            "the refund leaves others' counts alone"
+        );
+        w.adjust_at(later + 2 * MINUTE_MS, t0, -50.0);
+        assert_eq!(w.estimate(later + 2 * MINUTE_MS), 0.0, "too old to matter");
     }
 
     #[test]

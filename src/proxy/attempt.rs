@@ -34,56 +34,57 @@ pub fn pool_model<'a>(pool: &'a Pool, route_model: &'a str) -> &'a str {
         .map_or(route_model, String::as_str)
 }
 
-/// Picks the backend for the next attempt; called by `upstream_peer` before every connect.
+/// Picks the backend for the next attempt; called by `upstream_peer` before every connect. A
+/// backend whose host does not resolve counts as a failed attempt and the plan moves on.
 pub async fn peer(gw: &Gateway, session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-    ctx.attempt = None;
-    let now = Instant::now();
-    let Some((p, b)) = next_target(gw, session, ctx, now) else {
-        let e = ctx
-            .plan
-            .last_error
-            .take()
-            .unwrap_or_else(|| GatewayError::NoBackend(ctx.pool_name().to_string()));
-        ctx.error = Some(e);
-        return Err(Error::explain(ConnectNoRoute, "no backend left to try"));
-    };
-    if ctx.plan.attempts > 0 {
-        tokio::time::sleep(backoff(ctx.plan.attempts, ctx.start)).await;
-    }
-    ctx.plan.attempts += 1;
-    let snap = ctx.snap.clone();
-    let pool = snap
-        .pools
-        .get(p)
-        .ok_or_else(|| Error::explain(InternalError, "pool vanished"))?;
-    set_body_for(pool, ctx)?;
-    ctx.pool = Some(p);
-    ctx.backend = Some(b);
-    ctx.attempt = pool.begin(b);
-    ctx.plan.attempt_start = Some(Instant::now());
-    if let Some(shared) = &ctx.shared {
-        let t = &pool.config.timeouts;
-        let now = Instant::now();
-        shared.arm(
-            TimeoutKind::FirstByte,
-            now + t.first_byte,
-            ctx.start + t.total,
-        );
-    }
-    let addr = match pool.resolve(b).await {
-        Ok(a) => a,
-        Err(e) => {
-            ctx.plan.last_error = Some(e);
-            return Err(Error::explain(
-                ConnectNoRoute,
-                "backend host does not resolve",
-            ));
+    loop {
+        ctx.attempt = None;
+        let Some((p, b)) = next_target(gw, session, ctx, Instant::now()) else {
+            let e = ctx
+                .plan
+                .last_error
+                .take()
+                .unwrap_or_else(|| GatewayError::NoBackend(ctx.pool_name().to_string()));
+            ctx.error = Some(e);
+            return Err(Error::explain(ConnectNoRoute, "no backend left to try"));
+        };
+        if ctx.plan.attempts > 0 {
+            tokio::time::sleep(backoff(ctx.plan.attempts, ctx.start)).await;
         }
-    };
-    let peer = pool
-        .peer(b, addr)
-        .map_err(|_| Error::explain(InternalError, "backend vanished"))?;
-    Ok(Box::new(peer))
+        ctx.plan.attempts += 1;
+        let snap = ctx.snap.clone();
+        let pool = snap
+            .pools
+            .get(p)
+            .ok_or_else(|| Error::explain(InternalError, "pool vanished"))?;
+        set_body_for(pool, ctx)?;
+        ctx.pool = Some(p);
+        ctx.backend = Some(b);
+        let addr = match pool.resolve(b).await {
+            Ok(a) => a,
+            Err(e) => {
+                record(gw, ctx, e.label());
+                eject(ctx);
+                ctx.plan.last_error = Some(e);
+                continue;
+            }
+        };
+        ctx.attempt = pool.begin(b);
+        ctx.plan.attempt_start = Some(Instant::now());
+        if let Some(shared) = &ctx.shared {
+            let t = &pool.config.timeouts;
+            let now = Instant::now();
+            shared.arm(
+                TimeoutKind::FirstByte,
+                now + t.first_byte,
+                ctx.start + t.total,
+            );
+        }
+        let peer = pool
+            .peer(b, addr)
+            .map_err(|_| Error::explain(InternalError, "backend vanished"))?;
+        return Ok(Box::new(peer));
+    }
 }
 
 /// Walks the plan: the same backend after a stale pooled connection, else a fresh backend of
@@ -282,6 +283,16 @@ pub fn status_received(gw: &Gateway, resp: &ResponseHeader, ctx: &mut RequestCtx
     let Some((pool, b)) = current(ctx) else {
         return Ok(());
     };
+    if matches!(code, 401 | 403) {
+        // the upstream refused the pool's credentials: not the client's fault, and its message
+        // may quote part of the pool key
+        tracing::warn!(pool = %pool.name(), status = code, "upstream rejected the pool credentials");
+        record(gw, ctx, "status_4xx");
+        ctx.plan.last_error = Some(GatewayError::UpstreamAuth);
+        let mut e = Error::explain(HTTPStatus(502), "upstream rejected the pool credentials");
+        e.set_retry(has_next(ctx, now));
+        return Err(e);
+    }
     match code {
         429 => {
             let after = parse_retry_after(resp.headers.get("retry-after").map(|v| v.as_bytes()));

@@ -94,6 +94,8 @@ pub struct RequestCtx {
     /// `x-ratelimit-*` values for the response, and the wait a refusal announces.
     pub rate_headers: Option<RateHeaders>,
     pub prompt_estimate: u64,
+    /// Completion tokens reserved at admission.
+    pub completion_reserve: u64,
 }
 
 impl RequestCtx {
@@ -125,6 +127,7 @@ impl RequestCtx {
             admitted: None,
             rate_headers: None,
             prompt_estimate: 0,
+            completion_reserve: 0,
         }
     }
 

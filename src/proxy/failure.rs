@@ -24,7 +24,13 @@ pub async fn respond(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> 
         ctx.status = CLIENT_CLOSED;
         return no_reuse(0);
     }
-    let gerr = ctx.error.clone().unwrap_or_else(|| classify(e));
+    // a status the gateway turned into an error carries its reason in the plan
+    let planned = matches!(e.etype(), HTTPStatus(_)).then(|| ctx.plan.last_error.clone());
+    let gerr = ctx
+        .error
+        .clone()
+        .or(planned.flatten())
+        .unwrap_or_else(|| classify(e));
     tracing::debug!(request_id = %ctx.request_id, error = %e, label = gerr.label(), "proxy failed");
     if session.response_written().is_some() {
         // headers are gone: a stream gets a final error event, anything else is cut off

@@ -63,13 +63,19 @@ fn settle(gw: &Gateway, ctx: &mut RequestCtx, model_label: Option<&str>) {
     let Some(adm) = ctx.admitted.take() else {
         return;
     };
+    let estimate = |completion: u64| Usage {
+        prompt_tokens: ctx.prompt_estimate,
+        completion_tokens: completion,
+        total_tokens: ctx.prompt_estimate + completion,
+        prompt_tokens_details: None,
+    };
+    let dispatched = ctx.plan.attempt_start.is_some();
+    let answered = (200..300).contains(&ctx.status);
     let used = ctx.usage.unwrap_or_else(|| match &ctx.response {
-        ResponseMode::Sse(rw) if rw.choice_events() > 0 => Usage {
-            prompt_tokens: ctx.prompt_estimate,
-            completion_tokens: rw.choice_events(),
-            total_tokens: ctx.prompt_estimate + rw.choice_events(),
-            prompt_tokens_details: None,
-        },
+        ResponseMode::Sse(rw) if rw.choice_events() > 0 => estimate(rw.choice_events()),
+        // the upstream worked (or may still be working) and said nothing about usage:
+        // charge the reservation rather than nothing
+        _ if dispatched && (answered || ctx.client_gone) => estimate(ctx.completion_reserve),
         _ => Usage::default(),
     });
     if ctx.usage.is_none() && used.completion_tokens > 0 {

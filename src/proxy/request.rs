@@ -133,6 +133,7 @@ async fn prepare(
     drop(obj);
     // characters/4 of the prompt's JSON text: cheap, and over- rather than under-estimates
     ctx.prompt_estimate = (prompt.len() as u64).div_ceil(4);
+    ctx.completion_reserve = max_completion;
     admit(gw, ctx, key, &model, max_completion)?;
     ctx.route = Some(resolved.route);
     ctx.pool = Some(chain[0]);
@@ -150,6 +151,9 @@ async fn prepare(
     ctx.inflight = Some(InflightGuard::new(
         gw.metrics.inflight.with_label_values(&[first.name()]),
     ));
+    // a client that stops reading must not hold its slots forever: each write to it may take
+    // at most the pool's idle limit
+    session.set_write_timeout(Some(first.config.timeouts.idle));
     let shared = Shared::new(upstream_body, ctx.start + first.config.timeouts.total);
     ctx.preset_slot = Some(preset::wrap(
         &mut session.downstream_session,

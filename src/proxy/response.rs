@@ -8,6 +8,9 @@ use super::preset::TimeoutKind;
 use crate::openai::rewrite_response_object;
 use crate::sse::StreamRewriter;
 
+/// Upstream response headers that describe the provider account, not the client's request.
+const UPSTREAM_PRIVATE_HEADERS: [&str; 3] = ["set-cookie", "openai-organization", "openai-project"];
+
 /// JSON bodies above this are forwarded unmodified instead of being buffered further.
 const MAX_JSON_BUFFER: usize = 67_108_864; // 64 MiB
 
@@ -15,6 +18,19 @@ pub fn headers(resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
     ctx.status = resp.status.as_u16();
     ctx.ttfb = Some(ctx.start.elapsed());
     arm_idle(ctx);
+    // the provider account's cookies, organisation and rate limits are not the client's
+    for h in UPSTREAM_PRIVATE_HEADERS {
+        resp.remove_header(h);
+    }
+    let upstream_limits: Vec<_> = resp
+        .headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-ratelimit-"))
+        .cloned()
+        .collect();
+    for h in upstream_limits {
+        resp.remove_header(&h);
+    }
     resp.insert_header("x-request-id", ctx.request_id.as_str())?;
     super::respond::rate_headers(resp, ctx)?;
     let ok = resp.status.is_success();

@@ -280,3 +280,47 @@ async fn post_on_a_pooled_connection_the_backend_closed_is_retried() {
         "sent twice, body replayed"
     );
 }
+
+#[tokio::test]
+async fn upstream_rejecting_the_pool_key_is_a_502_that_quotes_nothing() {
+    let mock = MockOpenAi::start().await;
+    mock.knobs(|k| k.force_status = Some(401));
+    let gw = TestGateway::start(&mock).await;
+    let (status, v) =
+        error_json(post(&gw, CHAT, CLIENT_KEY, r#"{"model":"mock/echo"}"#).await).await;
+    assert_eq!(status, 502, "the client's own key is fine: not a 401");
+    assert_eq!(v["error"]["code"], "upstream_auth_failed");
+    assert!(
+        !v.to_string().contains("forced"),
+        "the upstream's message is not passed on"
+    );
+}
+
+#[tokio::test]
+async fn provider_account_headers_do_not_cross_the_gateway() {
+    let mock = MockOpenAi::start().await;
+    let gw = TestGateway::start(&mock).await;
+    let resp = reqwest::Client::new()
+        .post(gw.url(CHAT))
+        .bearer_auth(CLIENT_KEY)
+        .header("openai-organization", "org-client-picks")
+        .header("openai-project", "proj-x")
+        .header("cookie", "client=1")
+        .body(r#"{"model":"mock/account-headers","messages":[]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    for h in [
+        "set-cookie",
+        "openai-organization",
+        "x-ratelimit-limit-requests",
+    ] {
+        assert!(!resp.headers().contains_key(h), "{h} reached the client");
+    }
+    let up = mock.last();
+    for h in ["openai-organization", "openai-project", "cookie"] {
+        assert!(up.header(h).is_none(), "{h} reached the upstream");
+    }
+    assert_eq!(up.header("accept-encoding"), Some("identity"));
+}

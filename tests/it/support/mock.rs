@@ -10,6 +10,7 @@
 //! | `cut` | two SSE events, then the connection is dropped mid-body |
 //! | `endless` | one SSE event every 20 ms until the gateway hangs up (recorded) |
 //! | `slow` | answers after 3 s |
+//! | `account-headers` | a JSON answer with the provider account's cookie, organisation and limits |
 //! | `stall` | one SSE event, a 3 s pause, then the rest |
 //! | `hold` | never answers; records when the gateway closes the connection (prefill abort) |
 //! | `close-reused` | on a kept-alive connection, reads the request and closes without answering |
@@ -351,6 +352,12 @@ async fn respond(sock: &mut TcpStream, req: &Recorded, shared: &Shared) -> bool 
             return write_json(sock, 429, extra, body.to_string().as_bytes()).await;
         }
         "slow" => tokio::time::sleep(Duration::from_secs(3)).await,
+        "account-headers" => {
+            let extra = "set-cookie: session=provider\r\nopenai-organization: org-provider\r\nx-ratelimit-limit-requests: 9999\r\n";
+            let body =
+                json!({"id":"c","object":"chat.completion","created":1,"model":model,"choices":[]});
+            return write_json(sock, 200, extra, body.to_string().as_bytes()).await;
+        }
         "hold" => {
             let mut probe = [0u8; 1];
             let closed = tokio::time::timeout(Duration::from_secs(30), sock.read(&mut probe)).await;
