@@ -4,7 +4,6 @@ use std::io::Write;
 
 use pingora::prelude::*;
 use pingora::ErrorSource;
-use serde_json::json;
 
 use super::ctx::{RequestCtx, ResponseMode};
 use super::failure::CLIENT_CLOSED;
@@ -90,6 +89,29 @@ fn settle(gw: &Gateway, ctx: &mut RequestCtx, model_label: Option<&str>) {
     }
 }
 
+/// One access-log line; field order is the documented one.
+#[derive(serde::Serialize)]
+struct AccessLine<'a> {
+    ts: String,
+    request_id: &'a str,
+    tenant: Option<&'a str>,
+    user: Option<&'a str>,
+    key: Option<usize>,
+    model: Option<&'a str>,
+    route: &'a str,
+    pool: &'a str,
+    backend: Option<&'a str>,
+    stream: bool,
+    status: u16,
+    error: Option<&'static str>,
+    ttfb_ms: Option<f64>,
+    ttft_ms: Option<f64>,
+    duration_ms: f64,
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    cached_tokens: Option<u64>,
+}
+
 fn access_line(
     ctx: &RequestCtx,
     status: u16,
@@ -98,32 +120,37 @@ fn access_line(
     pool: &str,
 ) {
     let ms = |d: std::time::Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
-    let backend = ctx
-        .pool
-        .zip(ctx.backend)
-        .and_then(|(p, b)| ctx.snap.pools.get(p)?.backend(b))
-        .map(|b| b.authority.as_str());
-    let line = json!({
-        "ts": crate::clock::rfc3339(crate::clock::Clock::now_ms(&crate::clock::SystemClock)),
-        "request_id": ctx.request_id,
-        "tenant": ctx.principal.as_ref().map(|p| &*p.tenant),
-        "user": ctx.principal.as_ref().map(|p| &*p.user),
-        "key": ctx.principal.as_ref().map(|p| p.key_index),
-        "model": ctx.client_model,
-        "route": route,
-        "pool": pool,
-        "backend": backend,
-        "stream": ctx.stream,
-        "status": status,
-        "error": ctx.error.as_ref().map(|e| e.label()),
-        "ttfb_ms": ctx.ttfb.map(ms),
-        "ttft_ms": ctx.ttft.map(ms),
-        "duration_ms": ms(elapsed),
-        "prompt_tokens": ctx.usage.map(|u| u.prompt_tokens),
-        "completion_tokens": ctx.usage.map(|u| u.completion_tokens),
-        "cached_tokens": ctx.usage.and_then(|u| u.prompt_tokens_details?.cached_tokens),
-    });
-    let mut out = std::io::stdout().lock();
-    // a full or closed stdout must not take the request path down with it
-    let _ignored = writeln!(out, "{line}");
+    let line = AccessLine {
+        ts: crate::clock::rfc3339(crate::clock::Clock::now_ms(&crate::clock::SystemClock)),
+        request_id: &ctx.request_id,
+        tenant: ctx.principal.as_ref().map(|p| &*p.tenant),
+        user: ctx.principal.as_ref().map(|p| &*p.user),
+        key: ctx.principal.as_ref().map(|p| p.key_index),
+        model: ctx.client_model.as_deref(),
+        route,
+        pool,
+        backend: ctx
+            .pool
+            .zip(ctx.backend)
+            .and_then(|(p, b)| ctx.snap.pools.get(p)?.backend(b))
+            .map(|b| b.authority.as_str()),
+        stream: ctx.stream,
+        status,
+        error: ctx.error.as_ref().map(|e| e.label()),
+        ttfb_ms: ctx.ttfb.map(ms),
+        ttft_ms: ctx.ttft.map(ms),
+        duration_ms: ms(elapsed),
+        prompt_tokens: ctx.usage.map(|u| u.prompt_tokens),
+        completion_tokens: ctx.usage.map(|u| u.completion_tokens),
+        cached_tokens: ctx
+            .usage
+            .and_then(|u| u.prompt_tokens_details?.cached_tokens),
+    };
+    let mut buf = Vec::with_capacity(512);
+    if serde_json::to_writer(&mut buf, &line).is_err() {
+        return;
+    }
+    buf.push(b'\n');
+    // one write per line; a full or closed stdout must not take the request path down with it
+    let _ignored = std::io::stdout().lock().write_all(&buf);
 }
