@@ -583,3 +583,21 @@ async fn connect_timeout_has_its_own_label_and_moves_on() {
     );
     assert_eq!(good.completions(), 1);
 }
+
+#[tokio::test]
+async fn a_retried_attempt_resends_a_large_body_byte_for_byte() {
+    let (a, b) = (MockOpenAi::start().await, MockOpenAi::start().await);
+    a.knobs(|k| k.force_status = Some(503));
+    let pools = format!("  f:\n    backends: {}\n    retries: 1\n", backends(&[&a, &b]));
+    let gw = TestGateway::start_with(|p, ad| {
+        fleet(p, ad, &pools, "  - {prefix: 'f/', pool: f, strip_prefix: true}")
+    })
+    .await;
+    let filler = "r".repeat(1 << 20);
+    let tail = format!(r#""messages":[{{"role":"user","content":"{filler}"}}]"#);
+    let resp = post(&gw, CHAT, CLIENT_KEY, &format!(r#"{{"model":"f/echo",{tail}}}"#)).await;
+    assert_eq!(resp.status(), 200, "A's 503 moved the request to B");
+    let expected = format!(r#"{{"model":"echo",{tail}}}"#);
+    assert!(a.last().body == expected.as_bytes(), "first attempt got the whole body");
+    assert!(b.last().body == expected.as_bytes(), "the retry got it again, byte for byte");
+}
