@@ -7,9 +7,11 @@
 //! per policy, in interleaved rounds. TTFT is the time to the first SSE event.
 
 #![expect(clippy::print_stderr, reason = "a benchmark reports to the terminal")]
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
+
+use common::{fail, port, wait_ok, Proc};
 
 use futures::StreamExt;
 
@@ -22,46 +24,8 @@ const ROUNDS: usize = 2;
 const POLICIES: [&str; 3] = ["round_robin", "least_outstanding", "vllm_load"];
 const KEY: &str = "sk-bench";
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| fail(&format!("no free port: {e}")))
-}
-
-fn fail(msg: &str) -> ! {
-    eprintln!("fleet bench: {msg}");
-    std::process::exit(1)
-}
-
 fn spawn(args: &[&str]) -> Proc {
-    Command::new(env!("CARGO_BIN_EXE_llmedge"))
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map(Proc)
-        .unwrap_or_else(|e| fail(&format!("cannot start llmedge: {e}")))
-}
-
-async fn wait_ok(url: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if reqwest::get(url).await.is_ok_and(|r| r.status() == 200) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    fail(&format!("{url} never answered"));
+    common::spawn(env!("CARGO_BIN_EXE_llmedge"), args)
 }
 
 fn mock(listen: &str, slots: &str, delay: &str) -> Proc {
@@ -156,37 +120,6 @@ async fn run_policy(policy: &'static str, backends: &[String]) -> Outcome {
     }
 }
 
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("{cores} cores, {cpu}")
-}
-
-fn today() -> String {
-    Command::new("date")
-        .args(["-u", "+%Y-%m-%d"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown date".into())
-}
-
-fn commit() -> String {
-    Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".into())
-}
-
 fn report(outcomes: &[Outcome]) -> String {
     let mut s = String::new();
     s.push_str("| policy | requests | req/s | TTFT p50 | TTFT p90 | TTFT p99 | p99 vs round_robin |\n|---|---|---|---|---|---|---|\n");
@@ -237,25 +170,6 @@ fn report(outcomes: &[Outcome]) -> String {
     s
 }
 
-fn write_section(body: &str) {
-    const BEGIN: &str = "<!-- fleet:begin -->";
-    const END: &str = "<!-- fleet:end -->";
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/RESULTS.md");
-    let old = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmark results\n".into());
-    let section = format!("{BEGIN}\n{body}{END}\n");
-    let new = match (old.find(BEGIN), old.find(END)) {
-        (Some(a), Some(b)) if b > a => format!(
-            "{}{section}{}",
-            &old[..a],
-            &old[b + END.len()..].trim_start_matches('\n')
-        ),
-        _ => format!("{old}\n{section}"),
-    };
-    if let Err(e) = std::fs::write(path, new) {
-        fail(&format!("cannot write {path}: {e}"));
-    }
-}
-
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo test --benches` lists benches; nothing to list here
@@ -292,13 +206,11 @@ fn main() {
         let table = report(&outcomes);
         eprintln!("{table}");
         let body = format!(
-            "## Fleet routing (issue 3)\n\nCommand: `cargo bench --bench fleet`. Machine: {}. Commit: {}. Date: {}. {} rounds x {} s per policy, interleaved.\n\nFleet: 2 fast backends (4 slots, {FAST_DELAY_MS} ms/token) + 1 slow backend (1 slot, {SLOW_DELAY_MS} ms/token), {TOKENS} tokens per completion, {CLIENTS} closed-loop streaming clients, load scraped every 100 ms. TTFT = time to the first SSE event, measured by the client through the gateway.\n\n{table}\n",
-            machine(),
-            commit(),
-            today(),
+            "## Fleet routing (issue 3)\n\nCommand: `cargo bench --bench fleet`. {} {} rounds x {} s per policy, interleaved.\n\nFleet: 2 fast backends (4 slots, {FAST_DELAY_MS} ms/token) + 1 slow backend (1 slot, {SLOW_DELAY_MS} ms/token), {TOKENS} tokens per completion, {CLIENTS} closed-loop streaming clients, load scraped every 100 ms. TTFT = time to the first SSE event, measured by the client through the gateway.\n\n{table}\n",
+            common::provenance(),
             ROUNDS,
             RUN.as_secs()
         );
-        write_section(&body);
+        common::write_section("fleet", &body);
     });
 }

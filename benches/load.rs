@@ -7,47 +7,19 @@
 
 #![expect(clippy::print_stderr, reason = "a benchmark reports to the terminal")]
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use parking_lot::Mutex;
 
+use common::{fail, port, spawn, wait_ok};
+
 const KEY: &str = "sk-load";
 const SMALL_BODY: &str = r#"{"model":"mock/llama3","max_tokens":16,"messages":[{"role":"user","content":"Say hello."}]}"#;
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn fail(msg: &str) -> ! {
-    eprintln!("load bench: {msg}");
-    std::process::exit(1)
-}
-
-fn port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| fail(&format!("no free port: {e}")))
-}
-
-fn spawn(cmd: &str, args: &[&str]) -> Proc {
-    Command::new(cmd)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map(Proc)
-        .unwrap_or_else(|e| fail(&format!("cannot start {cmd}: {e}")))
-}
 
 fn ensure_nginx() -> Option<String> {
     let find = || {
@@ -64,20 +36,6 @@ fn ensure_nginx() -> Option<String> {
         .args(["install", "-y", "-qq", "nginx"])
         .status();
     find()
-}
-
-async fn wait_ok(url: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if reqwest::get(url)
-            .await
-            .is_ok_and(|r| r.status().as_u16() < 500)
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    fail(&format!("{url} never answered"));
 }
 
 /// CPU seconds and RSS (bytes) of a process and its direct children (nginx workers).
@@ -675,48 +633,15 @@ impl Report {
 }
 
 fn write_section(body: &str) {
-    const BEGIN: &str = "<!-- load:begin -->";
-    const END: &str = "<!-- load:end -->";
-    let machine = {
-        let cpu = std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|c| {
-                c.lines()
-                    .find(|l| l.starts_with("model name"))
-                    .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-            })
-            .unwrap_or_default();
-        format!(
-            "{} cores, {cpu}",
-            std::thread::available_parallelism().map_or(0, |n| n.get())
-        )
-    };
-    let run = |cmd: &str, args: &[&str]| {
-        Command::new(cmd)
-            .args(args)
-            .output()
-            .ok()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default()
-    };
+    let nginx = std::process::Command::new("sh")
+        .args(["-c", "nginx -v 2>&1 | cut -d/ -f2"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
     let header = format!(
-        "## End-to-end load (issue 5)\n\nCommand: `cargo bench --bench load`. Machine: {machine} (load generator, mock upstream, nginx and llmedge share it). Commit: {}. Date: {}. nginx {}: `proxy_pass` with keep-alive, `proxy_buffering off`, 2 workers; llmedge: 2 threads, auth, routing with prefix strip, SSE rewrite with usage injection and stripping, limits, pricing and metrics on. Upstream: `llmedge mock`. One interleaved round; a shared 2-core VM, so read ratios and medians.\n\n",
-        run("git", &["rev-parse", "--short", "HEAD"]),
-        run("date", &["-u", "+%Y-%m-%d"]),
-        run("sh", &["-c", "nginx -v 2>&1 | cut -d/ -f2"]),
+        "## End-to-end load (issue 5)\n\nCommand: `cargo bench --bench load`. {} The load generator, mock upstream, nginx and llmedge share the machine. nginx {nginx}: `proxy_pass` with keep-alive, `proxy_buffering off`, 2 workers; llmedge: 2 threads, auth, routing with prefix strip, SSE rewrite with usage injection and stripping, limits, pricing and metrics on. Upstream: `llmedge mock`. One interleaved round; a shared 2-core VM, so read ratios and medians.\n\n",
+        common::provenance()
     );
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/RESULTS.md");
-    let old = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmark results\n".into());
-    let section = format!("{BEGIN}\n{header}{body}{END}\n");
-    let new = match (old.find(BEGIN), old.find(END)) {
-        (Some(a), Some(b)) if b > a => format!(
-            "{}{section}{}",
-            &old[..a],
-            old[b + END.len()..].trim_start_matches('\n')
-        ),
-        _ => format!("{old}\n{section}"),
-    };
-    if let Err(e) = std::fs::write(path, new) {
-        fail(&format!("cannot write {path}: {e}"));
-    }
+    common::write_section("load", &format!("{header}{body}"));
 }

@@ -66,22 +66,6 @@ async fn chat(gw: &TestGateway, model: &str) -> Reply {
     }
 }
 
-/// Polls the admin metrics until `needle` shows up (scrapes and checks run in the background).
-async fn wait_metric(gw: &TestGateway, needle: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let m = gw.metrics().await;
-        if m.contains(needle) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no {needle} in\n{m}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 #[tokio::test]
 async fn weighted_round_robin_spreads_by_weight() {
     let (a, b, c) = (
@@ -135,15 +119,7 @@ async fn least_outstanding_sends_new_requests_away_from_a_busy_backend() {
         )
     })
     .await;
-    let url = gw.url(CHAT);
-    let held = tokio::spawn(async move {
-        reqwest::Client::new()
-            .post(url)
-            .bearer_auth(CLIENT_KEY)
-            .body(r#"{"model":"f/hold","messages":[]}"#)
-            .send()
-            .await
-    });
+    let held = gw.post_in_background(r#"{"model":"f/hold","messages":[]}"#);
     a.wait_requests(1).await; // ties go to the first backend: A now holds one request
     for _ in 0..6 {
         assert_eq!(chat(&gw, "f/echo").await.status(), 200);
@@ -274,8 +250,8 @@ async fn vllm_load_prefers_the_short_queue_and_falls_back_when_metrics_go_stale(
             m.addr
         )
     };
-    wait_metric(&gw, &queue(&a, "50")).await;
-    wait_metric(&gw, &queue(&b, "0")).await;
+    gw.wait_metric(&queue(&a, "50")).await;
+    gw.wait_metric(&queue(&b, "0")).await;
     for _ in 0..5 {
         assert_eq!(chat(&gw, "f/echo").await.status(), 200);
     }
@@ -334,9 +310,9 @@ async fn a_killed_backend_is_ejected_without_client_errors_and_taken_back_after_
     let served_by_b = b.completions();
     assert!(served_by_b <= 1, "B served {served_by_b} before the kill");
     let up_b = format!("llmedge_backend_up{{backend=\"{}\",pool=\"f\"}}", b.addr);
-    wait_metric(&gw, &format!("{up_b} 0")).await;
+    gw.wait_metric(&format!("{up_b} 0")).await;
     b.restart().await;
-    wait_metric(&gw, &format!("{up_b} 1")).await;
+    gw.wait_metric(&format!("{up_b} 1")).await;
     for _ in 0..4 {
         assert_eq!(chat(&gw, "f/echo").await.status(), 200);
     }
@@ -588,16 +564,36 @@ async fn connect_timeout_has_its_own_label_and_moves_on() {
 async fn a_retried_attempt_resends_a_large_body_byte_for_byte() {
     let (a, b) = (MockOpenAi::start().await, MockOpenAi::start().await);
     a.knobs(|k| k.force_status = Some(503));
-    let pools = format!("  f:\n    backends: {}\n    retries: 1\n", backends(&[&a, &b]));
+    let pools = format!(
+        "  f:\n    backends: {}\n    retries: 1\n",
+        backends(&[&a, &b])
+    );
     let gw = TestGateway::start_with(|p, ad| {
-        fleet(p, ad, &pools, "  - {prefix: 'f/', pool: f, strip_prefix: true}")
+        fleet(
+            p,
+            ad,
+            &pools,
+            "  - {prefix: 'f/', pool: f, strip_prefix: true}",
+        )
     })
     .await;
     let filler = "r".repeat(1 << 20);
     let tail = format!(r#""messages":[{{"role":"user","content":"{filler}"}}]"#);
-    let resp = post(&gw, CHAT, CLIENT_KEY, &format!(r#"{{"model":"f/echo",{tail}}}"#)).await;
+    let resp = post(
+        &gw,
+        CHAT,
+        CLIENT_KEY,
+        &format!(r#"{{"model":"f/echo",{tail}}}"#),
+    )
+    .await;
     assert_eq!(resp.status(), 200, "A's 503 moved the request to B");
     let expected = format!(r#"{{"model":"echo",{tail}}}"#);
-    assert!(a.last().body == expected.as_bytes(), "first attempt got the whole body");
-    assert!(b.last().body == expected.as_bytes(), "the retry got it again, byte for byte");
+    assert!(
+        a.last().body == expected.as_bytes(),
+        "first attempt got the whole body"
+    );
+    assert!(
+        b.last().body == expected.as_bytes(),
+        "the retry got it again, byte for byte"
+    );
 }

@@ -226,33 +226,15 @@ async fn concurrency_limit_and_the_sdk_honouring_retry_after() {
         )
     })
     .await;
-    let url = gw.url(CHAT);
-    let held = tokio::spawn(async move {
-        reqwest::Client::new()
-            .post(url)
-            .bearer_auth(CLIENT_KEY)
-            .body(r#"{"model":"mock/hold","messages":[]}"#)
-            .send()
-            .await
-    });
+    let held = gw.post_in_background(r#"{"model":"mock/hold","messages":[]}"#);
     mock.wait_requests(1).await;
     let client = openai_client(&gw, CLIENT_KEY); // async-openai retries 429s by Retry-After
     let req: CreateChatCompletionRequest =
         serde_json::from_value(json!({"model": "mock/echo", "messages": []})).unwrap();
     let start = Instant::now();
     let call = tokio::spawn(async move { client.chat().create(req).await });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !gw
-        .metrics()
-        .await
-        .contains(r#"llmedge_ratelimited_total{limit="concurrency",tenant="acme"} 1"#)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the SDK's first try must be refused"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    gw.wait_metric(r#"llmedge_ratelimited_total{limit="concurrency",tenant="acme"} 1"#)
+        .await; // the SDK's first try was refused
     held.abort(); // the held request ends; its concurrency slot is released
     gw.wait_log("\"model\":\"mock/hold\"").await;
     let resp = call.await.unwrap().expect("the SDK's retry succeeds");

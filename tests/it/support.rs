@@ -142,6 +142,36 @@ impl TestGateway {
             .unwrap()
     }
 
+    /// Polls the admin metrics until `needle` shows up (scrapes, checks and logging run apart
+    /// from the response the client already has).
+    pub async fn wait_metric(&self, needle: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let m = self.metrics().await;
+            if m.contains(needle) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no {needle} in\n{m}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Sends a chat request in the background (for requests the mock holds open).
+    pub fn post_in_background(&self, body: &'static str) -> tokio::task::JoinHandle<()> {
+        let url = self.url("/v1/chat/completions");
+        tokio::spawn(async move {
+            let _ = reqwest::Client::new()
+                .post(url)
+                .bearer_auth(CLIENT_KEY)
+                .body(body)
+                .send()
+                .await;
+        })
+    }
+
     /// Waits until an access-log line containing `needle` has been written.
     pub async fn wait_log(&self, needle: &str) -> String {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

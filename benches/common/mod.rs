@@ -1,0 +1,103 @@
+//! Helpers shared by the end-to-end benches: child processes, ports, machine facts, and the
+//! sections they write into benches/RESULTS.md.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A child process killed when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn fail(msg: &str) -> ! {
+    eprintln!("bench: {msg}");
+    std::process::exit(1)
+}
+
+pub fn port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| fail(&format!("no free port: {e}")))
+}
+
+pub fn spawn(cmd: &str, args: &[&str]) -> Proc {
+    Command::new(cmd)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(Proc)
+        .unwrap_or_else(|e| fail(&format!("cannot start {cmd}: {e}")))
+}
+
+/// Polls `url` until it answers below 500.
+pub async fn wait_ok(url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if reqwest::get(url)
+            .await
+            .is_ok_and(|r| r.status().as_u16() < 500)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    fail(&format!("{url} never answered"));
+}
+
+fn output(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// "Machine: N cores, CPU model. Commit: abc. Date: YYYY-MM-DD."
+pub fn provenance() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!(
+        "Machine: {cores} cores, {cpu}. Commit: {}. Date: {}.",
+        output("git", &["rev-parse", "--short", "HEAD"]),
+        output("date", &["-u", "+%Y-%m-%d"])
+    )
+}
+
+/// Replaces the `<!-- tag:begin -->` .. `<!-- tag:end -->` section of benches/RESULTS.md.
+pub fn write_section(tag: &str, body: &str) {
+    let (begin, end) = (
+        format!("<!-- {tag}:begin -->"),
+        format!("<!-- {tag}:end -->"),
+    );
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/RESULTS.md");
+    let old = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmark results\n".into());
+    let section = format!("{begin}\n{body}{end}\n");
+    let new = match (old.find(&begin), old.find(&end)) {
+        (Some(a), Some(b)) if b > a => format!(
+            "{}{section}{}",
+            &old[..a],
+            old[b + end.len()..].trim_start_matches('\n')
+        ),
+        _ => format!("{old}\n{section}"),
+    };
+    if let Err(e) = std::fs::write(path, new) {
+        fail(&format!("cannot write {path}: {e}"));
+    }
+}
