@@ -11,109 +11,15 @@ mod window;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use parking_lot::Mutex;
 
 use crate::auth::KeyEntry;
-use crate::clock::{self, Clock};
+use crate::clock::Clock;
 use crate::config::{Budget, Config, Limits, Price};
-use crate::errors::GatewayError;
 use crate::openai::Usage;
 use crate::router::Glob;
 pub use window::Window;
-
-/// Which limit refused a request (also the `limit` label of `llmedge_ratelimited_total`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LimitKind {
-    Rpm,
-    Tpm,
-    Concurrency,
-    BudgetDay,
-    BudgetMonth,
-}
-
-impl LimitKind {
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Rpm => "rpm",
-            Self::Tpm => "tpm",
-            Self::Concurrency => "concurrency",
-            Self::BudgetDay => "budget_day",
-            Self::BudgetMonth => "budget_month",
-        }
-    }
-}
-
-/// A refusal: which limit, on which scope (`tenant acme`, `key 3`), and when to come back.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Denied {
-    pub kind: LimitKind,
-    pub scope: String,
-    pub limit: f64,
-    pub retry_after: Duration,
-    pub headers: RateHeaders,
-}
-
-impl Denied {
-    /// The OpenAI-shaped error for this refusal.
-    pub fn to_error(&self) -> GatewayError {
-        let (kind, what) = match self.kind {
-            LimitKind::Rpm => ("requests", "requests per min (RPM)"),
-            LimitKind::Tpm => ("tokens", "tokens per min (TPM)"),
-            LimitKind::Concurrency => ("requests", "concurrent requests"),
-            LimitKind::BudgetDay | LimitKind::BudgetMonth => {
-                let window = if self.kind == LimitKind::BudgetDay {
-                    "daily"
-                } else {
-                    "monthly"
-                };
-                return GatewayError::QuotaExceeded {
-                    window,
-                    scope: self.scope.clone(),
-                    limit: format!("{:.2}", self.limit),
-                };
-            }
-        };
-        GatewayError::RateLimited {
-            kind,
-            what,
-            scope: self.scope.clone(),
-            limit: self.limit as u64,
-            retry: fmt_reset(self.retry_after),
-            retry_after_ms: self.retry_after.as_millis() as u64,
-        }
-    }
-}
-
-/// A duration as OpenAI writes `x-ratelimit-reset-*`: `20ms`, `1s`, `6m0s`, `1h2m3s`.
-pub fn fmt_reset(d: Duration) -> String {
-    let ms = d.as_millis() as u64;
-    if ms < 1000 {
-        return format!("{ms}ms");
-    }
-    let secs = ms.div_ceil(1000);
-    let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
-    match (h, m) {
-        (0, 0) => format!("{s}s"),
-        (0, _) => format!("{m}m{s}s"),
-        _ => format!("{h}h{m}m{s}s"),
-    }
-}
-
-/// OpenAI's `x-ratelimit-*` values for the most constrained request and token limits.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct RateHeaders {
-    pub requests: Option<HeaderTrio>,
-    pub tokens: Option<HeaderTrio>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct HeaderTrio {
-    pub limit: u64,
-    pub remaining: u64,
-    pub reset: Duration,
-}
 
 /// What a request asks for at admission.
 #[derive(Debug, Clone)]
@@ -427,161 +333,13 @@ fn scope_mut(st: &mut TenantState, id: ScopeId, key: usize) -> &mut Scope {
     }
 }
 
-/// UTC calendar facts for one instant, computed once per admission.
-struct Calendar {
-    day: u64,
-    month: u64,
-    until_day: u64,
-    until_month: u64,
-}
-
-impl Calendar {
-    fn at(now: u64) -> Self {
-        Self {
-            day: clock::day_id(now),
-            month: clock::month_id(now),
-            until_day: clock::until_next_day(now),
-            until_month: clock::until_next_month(now),
-        }
-    }
-}
-
-/// The (scope, model slot) pairs a request counted in: at most two per scope.
-#[derive(Debug, Default)]
-struct Slots {
-    items: [(ScopeId, Option<usize>); 4],
-    len: usize,
-}
-
-impl Slots {
-    fn push(&mut self, item: (ScopeId, Option<usize>)) {
-        if let Some(slot) = self.items.get_mut(self.len) {
-            *slot = item;
-            self.len += 1;
-        }
-    }
-
-    fn iter(&self) -> impl Iterator<Item = (ScopeId, Option<usize>)> + '_ {
-        self.items[..self.len].iter().copied()
-    }
-}
-
-fn check_slot(
-    s: &mut Slot,
-    scope: &str,
-    tokens: u64,
-    now: u64,
-    h: &mut RateHeaders,
-) -> Result<(), Denied> {
-    let deny = |kind, limit: u64, retry_after, headers| Denied {
-        kind,
-        scope: scope.to_string(),
-        limit: limit as f64,
-        retry_after,
-        headers,
-    };
-    if let Some(rpm) = s.rpm {
-        let used = s.requests.estimate(now);
-        let trio = trio(rpm, used + 1.0, s.requests.wait_for(now, rpm as f64, 1.0));
-        merge(&mut h.requests, trio);
-        if used + 1.0 > rpm as f64 {
-            return Err(deny(LimitKind::Rpm, rpm, trio.reset, *h));
-        }
-    }
-    if let Some(tpm) = s.tpm {
-        let used = s.tokens.estimate(now);
-        let cost = tokens as f64;
-        let trio = trio(tpm, used + cost, s.tokens.wait_for(now, tpm as f64, cost));
-        merge(&mut h.tokens, trio);
-        if used + cost > tpm as f64 {
-            return Err(deny(LimitKind::Tpm, tpm, trio.reset, *h));
-        }
-    }
-    if let Some(c) = s.concurrency {
-        if s.inflight + 1 > c {
-            return Err(deny(LimitKind::Concurrency, c, Duration::from_secs(1), *h));
-        }
-    }
-    Ok(())
-}
-
-fn trio(limit: u64, used_after: f64, reset: Duration) -> HeaderTrio {
-    HeaderTrio {
-        limit,
-        remaining: (limit as f64 - used_after).max(0.0).floor() as u64,
-        reset,
-    }
-}
-
-/// Keeps the most constrained trio (fewest remaining).
-fn merge(slot: &mut Option<HeaderTrio>, t: HeaderTrio) {
-    if slot.is_none_or(|old| t.remaining < old.remaining) {
-        *slot = Some(t);
-    }
-}
-
-fn roll_spend(sc: &mut Scope, cal: &Calendar) {
-    let (d, m) = (cal.day, cal.month);
-    if sc.day.window != d {
-        sc.day = Spend {
-            window: d,
-            usd: 0.0,
-        };
-    }
-    if sc.month.window != m {
-        sc.month = Spend {
-            window: m,
-            usd: 0.0,
-        };
-    }
-}
-
-fn check_budget(sc: &mut Scope, usd: f64, cal: &Calendar, h: &RateHeaders) -> Result<(), Denied> {
-    if sc.budget.is_empty() {
-        return Ok(());
-    }
-    roll_spend(sc, cal);
-    let checks = [
-        (
-            LimitKind::BudgetDay,
-            sc.budget.usd_per_day,
-            sc.day.usd,
-            cal.until_day,
-        ),
-        (
-            LimitKind::BudgetMonth,
-            sc.budget.usd_per_month,
-            sc.month.usd,
-            cal.until_month,
-        ),
-    ];
-    for (kind, budget, spent, reset_ms) in checks {
-        let Some(budget) = budget else { continue };
-        // the worst case of this request and of those still running must fit what is left
-        if spent + sc.reserved_usd + usd > budget + 1e-9 {
-            return Err(Denied {
-                kind,
-                scope: sc.name.clone(),
-                limit: budget,
-                retry_after: Duration::from_millis(reset_ms),
-                headers: *h,
-            });
-        }
-    }
-    Ok(())
-}
-
-/// USD for the given token counts at `p` (prices per 1M tokens).
-pub fn cost_of(p: &Price, prompt: u64, completion: u64, cached: u64) -> f64 {
-    let cached = cached.min(prompt);
-    let cached_price = p.cached_input.unwrap_or(p.input);
-    ((prompt - cached) as f64 * p.input
-        + cached as f64 * cached_price
-        + completion as f64 * p.output)
-        / 1_000_000.0
-}
-
+mod check;
 pub mod flush;
+mod refusal;
+
+pub use check::cost_of;
+use check::{check_budget, check_slot, roll_spend, Calendar, Slots};
+pub use refusal::{fmt_reset, Denied, HeaderTrio, LimitKind, RateHeaders};
 pub mod persist;
 
 #[cfg(test)]

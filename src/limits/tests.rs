@@ -1,6 +1,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use super::*;
+use crate::clock;
 use crate::openai::PromptDetails;
 
 struct ManualClock(AtomicU64);
