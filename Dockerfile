@@ -8,7 +8,8 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 RUN mkdir -p src benches tests/it \
  && echo 'fn main() {}' > src/main.rs && echo '' > src/lib.rs \
- && echo 'fn main() {}' > benches/rewrite.rs && echo '' > tests/it/main.rs \
+ && for b in rewrite fleet load; do echo 'fn main() {}' > benches/$b.rs; done \
+ && echo '' > tests/it/main.rs \
  && cargo build --release --locked --bin llmedge \
  && rm -rf src benches tests
 COPY src ./src
