@@ -70,6 +70,7 @@ fn proc_tree(pid: u32) -> (f64, u64) {
 
 /// Samples the RSS of a process tree until stopped; returns the peak.
 struct RssWatch {
+    base: u64,
     peak: Arc<Mutex<u64>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -89,7 +90,14 @@ impl RssWatch {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         });
-        Self { peak, task }
+        let base = pid.map_or(0, |p| proc_tree(p).1);
+        Self { base, peak, task }
+    }
+
+    /// Peak RSS above what the process held when the watch started.
+    fn stop_growth(self) -> u64 {
+        let base = self.base;
+        self.stop().saturating_sub(base)
     }
 
     fn stop(self) -> u64 {
@@ -466,10 +474,10 @@ async fn run() {
         for t in &targets {
             let watch = RssWatch::start(t.pid);
             let mut lat = big_bodies(t, size, 20).await;
-            let rss = watch.stop();
+            let rss = watch.stop_growth();
             let p50 = pct(&mut lat, 0.5);
             eprintln!(
-                "body {} KiB {}: p50 {p50:.2} ms, rss {:.1} MB",
+                "body {} KiB {}: p50 {p50:.2} ms, rss growth {:.1} MB",
                 size / 1024,
                 t.name,
                 mb(rss)
@@ -539,7 +547,7 @@ impl Report {
             };
             s.push_str(&format!("| {name} | {t50:.2} ms | {t99:.2} ms | {g50:.2} ms | {g99:.2} ms | {mn}..{mx} | {err} | {rss} |\n"));
         }
-        s.push_str("\n### 4. Large bodies (20 sequential requests each)\n\n| prompt | target | p50 | added p50 vs direct | peak RSS |\n|---|---|---|---|---|\n");
+        s.push_str("\n### 4. Large bodies (20 sequential requests each)\n\n| prompt | target | p50 | added p50 vs direct | RSS growth over the scenario |\n|---|---|---|---|---|\n");
         for &(size, name, p50, rss, _) in &self.bodies {
             let d = self
                 .bodies
@@ -626,6 +634,12 @@ impl Report {
                 "- 4 MiB prompt adds {:+.2} ms (≤ 5): **{}**\n",
                 l.2 - d.2,
                 verdict(l.2 - d.2 <= 5.0)
+            ));
+            let growth = l.3 as f64 / (4.0 * 1_048_576.0);
+            s.push_str(&format!(
+                "- RSS growth with 4 MiB prompts, one in flight: {:.1} MB = {growth:.1}x the body (≤ 3x): **{}**\n",
+                mb(l.3),
+                verdict(growth <= 3.0)
             ));
         }
         s
