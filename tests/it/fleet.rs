@@ -33,6 +33,19 @@ routes:
     )
 }
 
+/// A gateway with the standard keys, the given pools, and one route `f/` -> pool `f`.
+async fn start_fleet(pools: &str) -> TestGateway {
+    TestGateway::start_with(|p, ad| {
+        fleet(
+            p,
+            ad,
+            pools,
+            "  - {prefix: 'f/', pool: f, strip_prefix: true}",
+        )
+    })
+    .await
+}
+
 fn backends(mocks: &[&MockOpenAi]) -> String {
     let urls: Vec<String> = mocks.iter().map(|m| format!("\"{}\"", m.url())).collect();
     format!("[{}]", urls.join(", "))
@@ -79,15 +92,7 @@ async fn weighted_round_robin_spreads_by_weight() {
         b.url(),
         c.url()
     );
-    let gw = TestGateway::start_with(|p, ad| {
-        fleet(
-            p,
-            ad,
-            &pools,
-            "  - {prefix: 'f/', pool: f, strip_prefix: true}",
-        )
-    })
-    .await;
+    let gw = start_fleet(&pools).await;
     for _ in 0..40 {
         assert_eq!(chat(&gw, "f/echo").await.status(), 200);
     }
@@ -110,15 +115,7 @@ async fn least_outstanding_sends_new_requests_away_from_a_busy_backend() {
         "  f:\n    backends: {}\n    balance: least_outstanding\n",
         backends(&[&a, &b])
     );
-    let gw = TestGateway::start_with(|p, ad| {
-        fleet(
-            p,
-            ad,
-            &pools,
-            "  - {prefix: 'f/', pool: f, strip_prefix: true}",
-        )
-    })
-    .await;
+    let gw = start_fleet(&pools).await;
     let held = gw.post_in_background(r#"{"model":"f/hold","messages":[]}"#);
     a.wait_requests(1).await; // ties go to the first backend: A now holds one request
     for _ in 0..6 {
@@ -148,15 +145,7 @@ async fn consistent_hash_keeps_sessions_and_moves_only_the_lost_backends_keys() 
         "  f:\n    backends: {}\n    balance: consistent_hash\n    hash_key: \"header:x-session-id\"\n    retries: 2\n",
         backends(&[&mocks[0], &mocks[1], &mocks[2]])
     );
-    let gw = TestGateway::start_with(|p, ad| {
-        fleet(
-            p,
-            ad,
-            &pools,
-            "  - {prefix: 'f/', pool: f, strip_prefix: true}",
-        )
-    })
-    .await;
+    let gw = start_fleet(&pools).await;
     let client = reqwest::Client::new();
     let send = |session: usize| {
         let client = client.clone();
@@ -235,15 +224,7 @@ async fn vllm_load_prefers_the_short_queue_and_falls_back_when_metrics_go_stale(
         "  f:\n    backends: {}\n    balance: vllm_load\n    metrics: {{path: /metrics, interval_ms: 100}}\n",
         backends(&[&a, &b])
     );
-    let gw = TestGateway::start_with(|p, ad| {
-        fleet(
-            p,
-            ad,
-            &pools,
-            "  - {prefix: 'f/', pool: f, strip_prefix: true}",
-        )
-    })
-    .await;
+    let gw = start_fleet(&pools).await;
     let queue = |m: &MockOpenAi, v: &str| {
         format!(
             "llmedge_backend_queue_depth{{backend=\"{}\",pool=\"f\"}} {v}",
@@ -289,15 +270,7 @@ async fn a_killed_backend_is_ejected_without_client_errors_and_taken_back_after_
         "  f:\n    backends: {}\n    retries: 1\n    health: {{path: /health, interval_ms: 100, timeout_ms: 100, unhealthy_after: 1, healthy_after: 1}}\n",
         backends(&[&a, &b])
     );
-    let gw = TestGateway::start_with(|p, ad| {
-        fleet(
-            p,
-            ad,
-            &pools,
-            "  - {prefix: 'f/', pool: f, strip_prefix: true}",
-        )
-    })
-    .await;
+    let gw = start_fleet(&pools).await;
     assert_eq!(chat(&gw, "f/echo").await.status(), 200);
     b.kill();
     for i in 0..10 {
@@ -359,15 +332,7 @@ async fn a_backends_429_moves_the_request_and_holds_that_backend() {
         "  f:\n    backends: {}\n    retries: 1\n",
         backends(&[&a, &b])
     );
-    let gw = TestGateway::start_with(|p, ad| {
-        fleet(
-            p,
-            ad,
-            &pools,
-            "  - {prefix: 'f/', pool: f, strip_prefix: true}",
-        )
-    })
-    .await;
+    let gw = start_fleet(&pools).await;
     for _ in 0..4 {
         assert_eq!(chat(&gw, "f/echo").await.status(), 200);
     }
@@ -440,15 +405,7 @@ async fn readyz_reports_routes_without_a_healthy_backend() {
         "  f:\n    backends: [\"{}\"]\n    health: {{path: /health, interval_ms: 100, timeout_ms: 100, unhealthy_after: 1, healthy_after: 1}}\n",
         a.url()
     );
-    let gw = TestGateway::start_with(|p, ad| {
-        fleet(
-            p,
-            ad,
-            &pools,
-            "  - {prefix: 'f/', pool: f, strip_prefix: true}",
-        )
-    })
-    .await;
+    let gw = start_fleet(&pools).await;
     assert_eq!(reqwest::get(gw.url("/readyz")).await.unwrap().status(), 200);
     a.knobs(|k| k.healthy = false);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -478,15 +435,7 @@ async fn stream_error_label(model: &str, timeouts: &str) -> (String, String) {
         "  f:\n    backends: [\"{}\"]\n    timeouts: {timeouts}\n",
         a.url()
     );
-    let gw = TestGateway::start_with(|p, ad| {
-        fleet(
-            p,
-            ad,
-            &pools,
-            "  - {prefix: 'f/', pool: f, strip_prefix: true}",
-        )
-    })
-    .await;
+    let gw = start_fleet(&pools).await;
     let resp = post(
         &gw,
         CHAT,
@@ -538,15 +487,7 @@ async fn connect_timeout_has_its_own_label_and_moves_on() {
         "  f:\n    backends: [\"http://{addr}\", \"{}\"]\n    retries: 1\n    timeouts: {{connect_ms: 200}}\n",
         good.url()
     );
-    let gw = TestGateway::start_with(|p, ad| {
-        fleet(
-            p,
-            ad,
-            &pools,
-            "  - {prefix: 'f/', pool: f, strip_prefix: true}",
-        )
-    })
-    .await;
+    let gw = start_fleet(&pools).await;
     assert_eq!(
         chat(&gw, "f/echo").await.status(),
         200,
@@ -568,15 +509,7 @@ async fn a_retried_attempt_resends_a_large_body_byte_for_byte() {
         "  f:\n    backends: {}\n    retries: 1\n",
         backends(&[&a, &b])
     );
-    let gw = TestGateway::start_with(|p, ad| {
-        fleet(
-            p,
-            ad,
-            &pools,
-            "  - {prefix: 'f/', pool: f, strip_prefix: true}",
-        )
-    })
-    .await;
+    let gw = start_fleet(&pools).await;
     let filler = "r".repeat(1 << 20);
     let tail = format!(r#""messages":[{{"role":"user","content":"{filler}"}}]"#);
     let resp = post(
