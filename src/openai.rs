@@ -4,6 +4,7 @@
 //! change are re-encoded, so every other field (tools, `guided_json`, numbers such as `1e5`)
 //! reaches the other side byte for byte, and no JSON tree is built on the hot path.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::de::{Deserializer, MapAccess, Visitor};
@@ -58,9 +59,9 @@ impl<'a> RawObject<'a> {
 
     /// Writes the object compactly; `edit` returns `Some(replacement)` to change a value,
     /// `Some(None)` to drop the field, `None` to keep the raw value. `extra` fields go last.
-    pub fn write<F>(&self, out: &mut Vec<u8>, mut edit: F, extra: &[(&str, &str)])
+    pub fn write<'e, F>(&self, out: &mut Vec<u8>, mut edit: F, extra: &[(&str, &str)])
     where
-        F: FnMut(&str, &RawValue) -> Option<Option<String>>,
+        F: FnMut(&str, &RawValue) -> Option<Option<Cow<'e, str>>>,
     {
         out.push(b'{');
         let mut first = true;
@@ -94,13 +95,20 @@ impl<'a> RawObject<'a> {
 }
 
 fn write_key(out: &mut Vec<u8>, k: &str) {
-    // serde_json string encoding cannot fail for a &str
-    out.extend_from_slice(json_string(k).as_bytes());
+    // keys are almost always plain ASCII: copy them without an allocation
+    if k.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(k.as_bytes());
+        out.push(b'"');
+    } else {
+        out.extend_from_slice(json_string(k).as_bytes());
+    }
     out.push(b':');
 }
 
+/// A JSON string literal for `s`.
 pub fn json_string(s: &str) -> String {
-    serde_json::Value::String(s.to_string()).to_string()
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_string())
 }
 
 struct FieldsVisitor;
@@ -225,12 +233,14 @@ pub fn rewrite_request(
     obj.write(
         &mut out,
         |k, v| match k {
-            "model" => Some(Some(model_json.clone())),
+            "model" => Some(Some(Cow::Borrowed(model_json.as_str()))),
             "stream_options" if usage_changes && has_opts => {
                 let mut opts: serde_json::Map<String, serde_json::Value> =
                     serde_json::from_str(v.get()).ok()?;
                 opts.insert("include_usage".into(), serde_json::Value::Bool(true));
-                Some(Some(serde_json::Value::Object(opts).to_string()))
+                Some(Some(Cow::Owned(
+                    serde_json::Value::Object(opts).to_string(),
+                )))
             }
             "stream_options" if usage_changes => Some(None),
             _ => None,
@@ -269,6 +279,16 @@ pub fn rewrite_response_object(
     client_model: &str,
     strip_injected_usage: bool,
 ) -> ChunkRewrite {
+    rewrite_response_object_json(input, &json_string(client_model), strip_injected_usage)
+}
+
+/// [`rewrite_response_object`] with the client model already encoded as a JSON string literal
+/// (`"ollama/llama3"` with its quotes), so a stream encodes it once, not per event.
+pub fn rewrite_response_object_json(
+    input: &[u8],
+    model_json: &str,
+    strip_injected_usage: bool,
+) -> ChunkRewrite {
     let Ok(obj) = RawObject::parse(input) else {
         return ChunkRewrite::default();
     };
@@ -286,15 +306,14 @@ pub fn rewrite_response_object(
             has_choices,
         };
     }
-    let model_json = json_string(client_model);
     let model_differs = obj.get("model").is_some_and(|m| m.get() != model_json);
     let null_usage = strip_injected_usage && obj.get("usage").is_some_and(|v| v.get() == "null");
     let bytes = (model_differs || null_usage).then(|| {
-        let mut out = Vec::with_capacity(input.len() + client_model.len());
+        let mut out = Vec::with_capacity(input.len() + model_json.len());
         obj.write(
             &mut out,
             |k, v| match k {
-                "model" => Some(Some(model_json.clone())),
+                "model" => Some(Some(Cow::Borrowed(model_json))),
                 "usage" if strip_injected_usage && v.get() == "null" => Some(None),
                 _ => None,
             },

@@ -5,7 +5,7 @@
 //! line endings (`\n`, `\r\n`, `\r`) are preserved, so the same upstream bytes give the same
 //! client bytes however the network splits them.
 
-use crate::openai::{rewrite_response_object, Usage};
+use crate::openai::{json_string, rewrite_response_object_json, Usage};
 
 /// An event larger than this is forwarded unmodified rather than buffered further.
 pub const MAX_EVENT_BYTES: usize = 8_388_608; // 8 MiB
@@ -25,7 +25,8 @@ pub struct StreamRewriter {
     /// Where the scan for line ends resumes inside `pending`.
     scan: usize,
     line_start: usize,
-    client_model: String,
+    /// The client's model name as a JSON string literal, encoded once per stream.
+    client_model_json: String,
     strip_injected_usage: bool,
     usage: Option<Usage>,
     seen_choice: bool,
@@ -41,7 +42,7 @@ impl StreamRewriter {
             pending: Vec::new(),
             scan: 0,
             line_start: 0,
-            client_model: client_model.to_string(),
+            client_model_json: json_string(client_model),
             strip_injected_usage,
             usage: None,
             seen_choice: false,
@@ -143,7 +144,8 @@ impl StreamRewriter {
         if value == b"[DONE]" {
             self.done = true;
         }
-        let r = rewrite_response_object(value, &self.client_model, self.strip_injected_usage);
+        let r =
+            rewrite_response_object_json(value, &self.client_model_json, self.strip_injected_usage);
         self.observe(&r);
         if r.drop {
             return;
@@ -167,7 +169,11 @@ impl StreamRewriter {
             }
             joined.extend_from_slice(l.value);
         }
-        let r = rewrite_response_object(&joined, &self.client_model, self.strip_injected_usage);
+        let r = rewrite_response_object_json(
+            &joined,
+            &self.client_model_json,
+            self.strip_injected_usage,
+        );
         self.observe(&r);
         if r.drop {
             return;

@@ -152,3 +152,12 @@ fn null_model_is_replaced_not_duplicated() {
     let (_, out) = rewrite(r#"{"model":null,"input":"x"}"#, "llama3");
     assert_eq!(out.unwrap(), r#"{"model":"llama3","input":"x"}"#);
 }
+
+#[test]
+fn keys_that_need_escaping_are_escaped() {
+    let (_, out) = rewrite(r#"{"a\"b\\c\u0001":1,"model":"x"}"#, "y");
+    let out = out.unwrap();
+    assert_eq!(out, r#"{"a\"b\\c\u0001":1,"model":"y"}"#);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["a\"b\\c\u{1}"], 1);
+}
