@@ -530,3 +530,61 @@ async fn a_retried_attempt_resends_a_large_body_byte_for_byte() {
         "the retry got it again, byte for byte"
     );
 }
+
+/// Which of `mocks` received a request whose body contains `tag`.
+fn owners(mocks: &[MockOpenAi], tag: &str) -> Vec<usize> {
+    (0..mocks.len())
+        .filter(|&i| {
+            mocks[i]
+                .requests()
+                .iter()
+                .any(|r| String::from_utf8_lossy(&r.body).contains(tag))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn consistent_hash_by_prompt_prefix_and_by_user() {
+    let mocks = [
+        MockOpenAi::start().await,
+        MockOpenAi::start().await,
+        MockOpenAi::start().await,
+    ];
+    let list = backends(&[&mocks[0], &mocks[1], &mocks[2]]);
+    let pools = format!(
+        "  f:\n    backends: {list}\n    balance: consistent_hash\n    hash_key: \"prompt_prefix:48\"\n  u:\n    backends: {list}\n    balance: consistent_hash\n    hash_key: user\n"
+    );
+    let routes = "  - {prefix: 'f/', pool: f, strip_prefix: true}\n  - {prefix: 'u/', pool: u, strip_prefix: true}";
+    let gw = TestGateway::start_with(|p, ad| fleet(p, ad, &pools, routes)).await;
+    // the first 48 bytes of `messages` hold the conversation number; the questions differ
+    for conv in 0..12 {
+        for turn in 0..3 {
+            let body = format!(
+                r#"{{"model":"f/echo","messages":[{{"role":"system","content":"conversation {conv:02} system prompt"}},{{"role":"user","content":"turn {turn} conv{conv}x"}}]}}"#
+            );
+            assert_eq!(post(&gw, CHAT, CLIENT_KEY, &body).await.status(), 200);
+        }
+    }
+    let mut used = std::collections::BTreeSet::new();
+    for conv in 0..12 {
+        let o = owners(&mocks, &format!("conv{conv}x"));
+        assert_eq!(
+            o.len(),
+            1,
+            "conversation {conv} stayed with its prefix cache: {o:?}"
+        );
+        used.insert(o[0]);
+    }
+    assert!(
+        used.len() > 1,
+        "different prefixes spread over backends: {used:?}"
+    );
+    for i in 0..6 {
+        let body = format!(r#"{{"model":"u/echo","messages":[],"user":"alice-{i}"}}"#);
+        assert_eq!(post(&gw, CHAT, CLIENT_KEY, &body).await.status(), 200);
+    }
+    let alice: std::collections::BTreeSet<usize> = (0..6)
+        .flat_map(|i| owners(&mocks, &format!("\"alice-{i}\"")))
+        .collect();
+    assert_eq!(alice.len(), 1, "one principal, one backend: {alice:?}");
+}
