@@ -233,6 +233,14 @@ impl MockApp {
     }
 }
 
+/// The i-th generated token: the sentence repeats, with a space between repeats.
+fn word(i: usize) -> &'static str {
+    match i % WORDS.len() {
+        0 if i > 0 => " Hello",
+        k => WORDS[k],
+    }
+}
+
 fn not_found() -> Reply {
     let e = json!({"error": {"message": "not found", "type": "invalid_request_error", "param": null, "code": "unknown_url"}});
     json_reply(404, e.to_string().into_bytes())
@@ -264,7 +272,7 @@ fn completion(v: &Value, tokens: usize, delay: Duration, prompt: u64, chat: bool
         ("cmpl-mock", "text_completion")
     };
     if v["stream"].as_bool() != Some(true) {
-        let text: String = (0..n).map(|i| WORDS[i % WORDS.len()]).collect();
+        let text: String = (0..n).map(word).collect();
         let choice = if chat {
             json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish})
         } else {
@@ -303,7 +311,7 @@ fn completion(v: &Value, tokens: usize, delay: Duration, prompt: u64, chat: bool
     if chat {
         events.push(chunk(json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null})));
     }
-    events.extend((0..n).map(|i| chunk(piece(WORDS[i % WORDS.len()], None))));
+    events.extend((0..n).map(|i| chunk(piece(word(i), None))));
     events.push(chunk(piece("", Some(finish))));
     if include_usage {
         let u = json!({"id": id, "object": object, "created": 0, "model": model, "choices": [], "usage": usage});
