@@ -164,24 +164,14 @@ async fn upstream_down_is_502_and_timeout_is_504() {
     assert_eq!(status, 504, "first_byte_ms is 1500 and the mock needs 3 s");
     assert_eq!(v["error"]["code"], "upstream_timeout");
 
-    gw.wait_log("\"model\":\"mock/slow\"").await; // metrics are recorded when logging ends
-    let m = gw.metrics().await;
-    assert!(
-        m.contains(r#"llmedge_upstream_errors_total{pool="dead",reason="connect_error"} 1"#),
-        "{m}"
-    );
-    assert!(
-        m.contains(r#"llmedge_upstream_errors_total{pool="mock",reason="first_byte_timeout"} 1"#),
-        "{m}"
-    );
-    assert!(
-        m.contains(r#"llmedge_requests_total{pool="mock",route="mock/",status="504"} 1"#),
-        "{m}"
-    );
-    assert!(
-        m.contains(r#"llmedge_requests_total{pool="dead",route="dead/",status="502"} 1"#),
-        "{m}"
-    );
+    gw.wait_metric(r#"llmedge_upstream_errors_total{pool="dead",reason="connect_error"} 1"#)
+        .await;
+    gw.wait_metric(r#"llmedge_upstream_errors_total{pool="mock",reason="first_byte_timeout"} 1"#)
+        .await;
+    gw.wait_metric(r#"llmedge_requests_total{pool="mock",route="mock/",status="504"} 1"#)
+        .await;
+    gw.wait_metric(r#"llmedge_requests_total{pool="dead",route="dead/",status="502"} 1"#)
+        .await;
 }
 
 #[tokio::test]

@@ -290,11 +290,8 @@ async fn a_killed_backend_is_ejected_without_client_errors_and_taken_back_after_
         assert_eq!(chat(&gw, "f/echo").await.status(), 200);
     }
     assert!(b.completions() > served_by_b, "B is back in rotation");
-    let m = gw.metrics().await;
-    assert!(
-        m.contains(r#"llmedge_retries_total{pool="f",reason="connect"}"#),
-        "{m}"
-    );
+    gw.wait_metric(r#"llmedge_retries_total{pool="f",reason="connect"}"#)
+        .await;
 }
 
 #[tokio::test]
@@ -317,11 +314,8 @@ async fn fallback_pool_serves_with_its_own_model_name_and_key_when_the_primary_i
     let up = backup.last();
     assert_eq!(up.json()["model"], "gpt-4o-mini");
     assert_eq!(up.header("authorization"), Some("Bearer sk-backup-key"));
-    let m = gw.metrics().await;
-    assert!(
-        m.contains(r#"llmedge_fallbacks_total{pool="backup",route="llama/"} 1"#),
-        "{m}"
-    );
+    gw.wait_metric(r#"llmedge_fallbacks_total{pool="backup",route="llama/"} 1"#)
+        .await;
 }
 
 #[tokio::test]
@@ -493,11 +487,7 @@ async fn connect_timeout_has_its_own_label_and_moves_on() {
         200,
         "the first attempt times out, the retry lands"
     );
-    let m = gw.metrics().await;
-    assert!(
-        m.contains(&format!("llmedge_upstream_attempts_total{{backend=\"{addr}\",outcome=\"connect_timeout\",pool=\"f\"}} 1")),
-        "{m}"
-    );
+    gw.wait_metric(&format!("llmedge_upstream_attempts_total{{backend=\"{addr}\",outcome=\"connect_timeout\",pool=\"f\"}} 1")).await;
     assert_eq!(good.completions(), 1);
 }
 

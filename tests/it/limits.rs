@@ -84,11 +84,8 @@ async fn rpm_admits_exactly_the_limit_under_concurrent_load() {
         5,
         "refused requests never reach the upstream"
     );
-    let m = gw.metrics().await;
-    assert!(
-        m.contains(r#"llmedge_ratelimited_total{limit="rpm",tenant="acme"} 7"#),
-        "{m}"
-    );
+    gw.wait_metric(r#"llmedge_ratelimited_total{limit="rpm",tenant="acme"} 7"#)
+        .await;
 }
 
 #[tokio::test]
@@ -143,11 +140,8 @@ async fn a_stream_cut_by_the_client_is_charged_what_was_streamed() {
     assert_eq!(v["status"], 499);
     let charged = v["completion_tokens"].as_u64().unwrap();
     assert!(charged >= 3, "every streamed token is charged: {line}");
-    let m = gw.metrics().await;
-    assert!(
-        m.contains("llmedge_spend_usd_total{model=\"mock/endless\",tenant=\"acme\"}"),
-        "{m}"
-    );
+    gw.wait_metric("llmedge_spend_usd_total{model=\"mock/endless\",tenant=\"acme\"}")
+        .await;
 }
 
 #[tokio::test]
@@ -201,15 +195,12 @@ async fn budget_stops_the_tenant_at_the_right_cent_and_survives_a_restart() {
         .unwrap()
         .contains("daily budget of tenant acme"));
     assert_eq!(h["x-should-retry"], "false");
-    let m = gw.metrics().await;
-    assert!(
-        m.contains(r#"llmedge_budget_remaining_usd{tenant="acme",window="day"} 0.002"#),
-        "{m}"
-    );
-    assert!(
-        m.contains(r#"llmedge_ratelimited_total{limit="budget_day",tenant="acme"} 1"#),
-        "{m}"
-    );
+    let left = gw
+        .metric_value(r#"llmedge_budget_remaining_usd{tenant="acme",window="day"}"#)
+        .await;
+    assert!((left - 0.002).abs() < 1e-9, "$0.05 - $0.048 left: {left}");
+    gw.wait_metric(r#"llmedge_ratelimited_total{limit="budget_day",tenant="acme"} 1"#)
+        .await;
     assert_eq!(mock.completions(), 4);
 }
 
@@ -243,9 +234,6 @@ async fn concurrency_limit_and_the_sdk_honouring_retry_after() {
         start.elapsed() >= Duration::from_millis(900),
         "it waited for Retry-After: 1"
     );
-    let m = gw.metrics().await;
-    assert!(
-        m.contains(r#"llmedge_ratelimited_total{limit="concurrency",tenant="acme"} 1"#),
-        "one refusal, no hammering: {m}"
-    );
+    gw.wait_metric(r#"llmedge_ratelimited_total{limit="concurrency",tenant="acme"} 1"#)
+        .await; // one refusal, no hammering
 }

@@ -142,13 +142,18 @@ impl TestGateway {
             .unwrap()
     }
 
-    /// Polls the admin metrics until `needle` shows up (scrapes, checks and logging run apart
-    /// from the response the client already has).
+    /// Polls the admin metrics until the sample `needle` shows up (scrapes, checks and logging
+    /// run apart from the response the client already has); fails the test after 10 s.
     pub async fn wait_metric(&self, needle: &str) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             let m = self.metrics().await;
-            if m.contains(needle) {
+            // a needle with a value must be a whole sample line ("} 1" is not "} 12");
+            // a needle ending in its labels matches that series whatever its value
+            let found = m
+                .lines()
+                .any(|l| l == needle || (needle.ends_with('}') && l.starts_with(needle)));
+            if found {
                 return;
             }
             assert!(
@@ -157,6 +162,15 @@ impl TestGateway {
             );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+    }
+
+    /// The value of one series (`name{labels}`), once it exists.
+    pub async fn metric_value(&self, series: &str) -> f64 {
+        self.wait_metric(series).await;
+        let m = self.metrics().await;
+        m.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(f64::NAN)
     }
 
     /// Sends a chat request in the background (for requests the mock holds open).
