@@ -9,7 +9,7 @@ use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::RetryType;
 
-use super::ctx::RequestCtx;
+use super::ctx::{Cause, RequestCtx};
 use super::failure::classify;
 use super::preset::TimeoutKind;
 use super::Gateway;
@@ -246,7 +246,8 @@ pub fn failed_while_proxying(
     if matches!(e.etype(), HTTPStatus(_)) && ctx.status == 0 {
         return e; // a status retry decided in `status_received`
     }
-    if let Some(kind) = ctx.shared.as_ref().and_then(|s| s.fired()) {
+    let cause = ctx.cause(&e);
+    if let Cause::Timeout(kind) = cause {
         let gerr = timeout_error(kind);
         record(gw, ctx, gerr.label());
         eject(ctx);
@@ -254,7 +255,7 @@ pub fn failed_while_proxying(
         return e;
     }
     let started = ctx.status != 0 || session.response_written().is_some();
-    if started || matches!(e.esource(), pingora::ErrorSource::Downstream) {
+    if started || cause == Cause::ClientGone {
         if !started {
             record(gw, ctx, "client_closed");
         }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use super::preset::{Shared, Slot};
+use super::preset::{Shared, Slot, TimeoutKind};
 use crate::auth::Principal;
 use crate::errors::GatewayError;
 use crate::limits::{Admitted, RateHeaders};
@@ -141,6 +141,30 @@ impl RequestCtx {
         self.pool
             .and_then(|p| self.snap.pools.get(p))
             .map_or("", |p| p.name())
+    }
+}
+
+/// Why a proxied exchange broke, as the gateway sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// One of this request's upstream deadlines passed. The session wrapper reports it through
+    /// the downstream watcher, so Pingora labels it a downstream error; it is not a hang-up.
+    Timeout(TimeoutKind),
+    /// The client went away.
+    ClientGone,
+    /// Anything else (an upstream or internal failure).
+    Other,
+}
+
+impl RequestCtx {
+    pub fn cause(&self, e: &pingora::Error) -> Cause {
+        if let Some(kind) = self.shared.as_ref().and_then(|s| s.fired()) {
+            return Cause::Timeout(kind);
+        }
+        if matches!(e.esource(), pingora::ErrorSource::Downstream) {
+            return Cause::ClientGone;
+        }
+        Cause::Other
     }
 }
 

@@ -4,7 +4,7 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, Session};
 use pingora::ErrorSource;
 
-use super::ctx::RequestCtx;
+use super::ctx::{Cause, RequestCtx};
 use super::{attempt, request, respond, response};
 use crate::errors::GatewayError;
 
@@ -17,12 +17,14 @@ pub async fn respond(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> 
         error_code: code,
         can_reuse_downstream: false,
     };
-    if let Some(kind) = ctx.shared.as_ref().and_then(|s| s.fired()) {
-        ctx.error = Some(attempt::timeout_error(kind));
-    } else if matches!(e.esource(), ErrorSource::Downstream) {
-        ctx.client_gone = true;
-        ctx.status = CLIENT_CLOSED;
-        return no_reuse(0);
+    match ctx.cause(e) {
+        Cause::Timeout(kind) => ctx.error = Some(attempt::timeout_error(kind)),
+        Cause::ClientGone => {
+            ctx.client_gone = true;
+            ctx.status = CLIENT_CLOSED;
+            return no_reuse(0);
+        }
+        Cause::Other => {}
     }
     // a status the gateway turned into an error carries its reason in the plan
     let planned = matches!(e.etype(), HTTPStatus(_)).then(|| ctx.plan.last_error.clone());

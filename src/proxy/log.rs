@@ -3,16 +3,14 @@
 use std::io::Write;
 
 use pingora::prelude::*;
-use pingora::ErrorSource;
 
-use super::ctx::{RequestCtx, ResponseMode};
+use super::ctx::{Cause, RequestCtx, ResponseMode};
 use super::failure::CLIENT_CLOSED;
 use super::Gateway;
 use crate::openai::Usage;
 
 pub fn finish(gw: &Gateway, e: Option<&Error>, ctx: &mut RequestCtx) {
-    let timed_out = ctx.shared.as_ref().and_then(|s| s.fired()).is_some();
-    if e.is_some_and(|e| matches!(e.esource(), ErrorSource::Downstream)) && !timed_out {
+    if e.is_some_and(|e| ctx.cause(e) == Cause::ClientGone) {
         ctx.client_gone = true;
     }
     let status = if ctx.client_gone {
