@@ -56,153 +56,120 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new(model_label_cap: usize) -> Result<Arc<Self>, prometheus::Error> {
-        let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new(
+        let r = Registry::new();
+        let backend = &["pool", "backend"];
+        Ok(Arc::new(Self {
+            requests: counter(
+                &r,
                 "llmedge_requests_total",
                 "Requests finished, by route, pool and status",
-            ),
-            &["route", "pool", "status"],
-        )?;
-        let duration = HistogramVec::new(
-            HistogramOpts::new(
+                &["route", "pool", "status"],
+            )?,
+            duration: histogram(
+                &r,
                 "llmedge_request_duration_seconds",
                 "Time from request header to the last response byte",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["route", "pool"],
-        )?;
-        let ttft = HistogramVec::new(
-            HistogramOpts::new(
+            )?,
+            ttft: histogram(
+                &r,
                 "llmedge_time_to_first_token_seconds",
                 "Time from request header to the first streamed choice",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["route", "pool"],
-        )?;
-        let tokens = IntCounterVec::new(
-            Opts::new("llmedge_tokens_total", "Tokens reported by upstreams"),
-            &["tenant", "model", "kind"],
-        )?;
-        let upstream_errors = IntCounterVec::new(
-            Opts::new(
+            )?,
+            tokens: counter(
+                &r,
+                "llmedge_tokens_total",
+                "Tokens reported by upstreams",
+                &["tenant", "model", "kind"],
+            )?,
+            upstream_errors: counter(
+                &r,
                 "llmedge_upstream_errors_total",
                 "Upstream failures by reason",
-            ),
-            &["pool", "reason"],
-        )?;
-        let inflight = IntGaugeVec::new(
-            Opts::new(
-                "llmedge_inflight_requests",
-                "Requests in flight to each pool",
-            ),
-            &["pool"],
-        )?;
-        let backend_labels = &["pool", "backend"];
-        let attempts = IntCounterVec::new(
-            Opts::new(
+                &["pool", "reason"],
+            )?,
+            inflight: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "llmedge_inflight_requests",
+                        "Requests in flight to each pool",
+                    ),
+                    &["pool"],
+                )?,
+            )?,
+            attempts: counter(
+                &r,
                 "llmedge_upstream_attempts_total",
                 "Upstream attempts by outcome",
-            ),
-            &["pool", "backend", "outcome"],
-        )?;
-        let retries = IntCounterVec::new(
-            Opts::new(
+                &["pool", "backend", "outcome"],
+            )?,
+            retries: counter(
+                &r,
                 "llmedge_retries_total",
                 "Attempts that were retried, by reason",
-            ),
-            &["pool", "reason"],
-        )?;
-        let fallbacks = IntCounterVec::new(
-            Opts::new(
+                &["pool", "reason"],
+            )?,
+            fallbacks: counter(
+                &r,
                 "llmedge_fallbacks_total",
                 "Requests moved on to a fallback pool",
-            ),
-            &["route", "pool"],
-        )?;
-        let backend_up = IntGaugeVec::new(
-            Opts::new(
-                "llmedge_backend_up",
-                "1 when the backend takes new requests",
-            ),
-            backend_labels,
-        )?;
-        let backend_inflight = IntGaugeVec::new(
-            Opts::new(
-                "llmedge_backend_inflight",
-                "This gateway's requests on the backend",
-            ),
-            backend_labels,
-        )?;
-        let backend_queue = prometheus::GaugeVec::new(
-            Opts::new(
+                &["route", "pool"],
+            )?,
+            backend_up: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "llmedge_backend_up",
+                        "1 when the backend takes new requests",
+                    ),
+                    backend,
+                )?,
+            )?,
+            backend_inflight: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "llmedge_backend_inflight",
+                        "This gateway's requests on the backend",
+                    ),
+                    backend,
+                )?,
+            )?,
+            backend_queue: gauge(
+                &r,
                 "llmedge_backend_queue_depth",
                 "Waiting requests the backend reports",
-            ),
-            backend_labels,
-        )?;
-        let backend_kv = prometheus::GaugeVec::new(
-            Opts::new(
+                backend,
+            )?,
+            backend_kv: gauge(
+                &r,
                 "llmedge_backend_kv_cache_usage",
                 "KV-cache usage the backend reports",
-            ),
-            backend_labels,
-        )?;
-        let ratelimited = IntCounterVec::new(
-            Opts::new(
+                backend,
+            )?,
+            ratelimited: counter(
+                &r,
                 "llmedge_ratelimited_total",
                 "Requests refused by a limit or budget",
-            ),
-            &["tenant", "limit"],
-        )?;
-        let spend = prometheus::CounterVec::new(
-            Opts::new(
-                "llmedge_spend_usd_total",
-                "Spend in USD at the configured prices",
-            ),
-            &["tenant", "model"],
-        )?;
-        let budget_remaining = prometheus::GaugeVec::new(
-            Opts::new(
+                &["tenant", "limit"],
+            )?,
+            spend: register(
+                &r,
+                prometheus::CounterVec::new(
+                    Opts::new(
+                        "llmedge_spend_usd_total",
+                        "Spend in USD at the configured prices",
+                    ),
+                    &["tenant", "model"],
+                )?,
+            )?,
+            budget_remaining: gauge(
+                &r,
                 "llmedge_budget_remaining_usd",
                 "What is left of each tenant budget",
-            ),
-            &["tenant", "window"],
-        )?;
-        registry.register(Box::new(spend.clone()))?;
-        registry.register(Box::new(budget_remaining.clone()))?;
-        for c in [&attempts, &retries, &fallbacks, &ratelimited] {
-            registry.register(Box::new(c.clone()))?;
-        }
-        for g in [&backend_up, &backend_inflight] {
-            registry.register(Box::new(g.clone()))?;
-        }
-        registry.register(Box::new(backend_queue.clone()))?;
-        registry.register(Box::new(backend_kv.clone()))?;
-        registry.register(Box::new(requests.clone()))?;
-        registry.register(Box::new(duration.clone()))?;
-        registry.register(Box::new(ttft.clone()))?;
-        registry.register(Box::new(tokens.clone()))?;
-        registry.register(Box::new(upstream_errors.clone()))?;
-        registry.register(Box::new(inflight.clone()))?;
-        Ok(Arc::new(Self {
-            registry,
-            requests,
-            duration,
-            ttft,
-            tokens,
-            upstream_errors,
-            inflight,
-            attempts,
-            retries,
-            fallbacks,
-            backend_up,
-            backend_inflight,
-            backend_queue,
-            backend_kv,
-            ratelimited,
-            spend,
-            budget_remaining,
+                &["tenant", "window"],
+            )?,
+            registry: r,
             models: ModelLabels::new(model_label_cap),
         }))
     }
@@ -257,6 +224,38 @@ impl Metrics {
         }
         buf
     }
+}
+
+fn register<C: prometheus::core::Collector + Clone + 'static>(
+    r: &Registry,
+    c: C,
+) -> Result<C, prometheus::Error> {
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn counter(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec, prometheus::Error> {
+    register(r, IntCounterVec::new(Opts::new(name, help), labels)?)
+}
+
+fn gauge(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<prometheus::GaugeVec, prometheus::Error> {
+    register(r, prometheus::GaugeVec::new(Opts::new(name, help), labels)?)
+}
+
+/// A latency histogram labelled by route and pool.
+fn histogram(r: &Registry, name: &str, help: &str) -> Result<HistogramVec, prometheus::Error> {
+    let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+    register(r, HistogramVec::new(opts, &["route", "pool"])?)
 }
 
 /// Admits up to `cap` distinct values, then answers `other`.

@@ -22,14 +22,17 @@ pub fn headers(resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
     for h in UPSTREAM_PRIVATE_HEADERS {
         resp.remove_header(h);
     }
-    let upstream_limits: Vec<_> = resp
-        .headers
-        .keys()
-        .filter(|k| k.as_str().starts_with("x-ratelimit-"))
-        .cloned()
-        .collect();
-    for h in upstream_limits {
-        resp.remove_header(&h);
+    let is_limit = |k: &http::HeaderName| k.as_str().starts_with("x-ratelimit-");
+    if resp.headers.keys().any(is_limit) {
+        let upstream_limits: Vec<_> = resp
+            .headers
+            .keys()
+            .filter(|k| is_limit(k))
+            .cloned()
+            .collect();
+        for h in upstream_limits {
+            resp.remove_header(&h);
+        }
     }
     resp.insert_header("x-request-id", ctx.request_id.as_str())?;
     super::respond::rate_headers(resp, ctx)?;
