@@ -131,6 +131,13 @@ async fn least_outstanding_sends_new_requests_away_from_a_busy_backend() {
         (1, 6),
         "B is idle, A is not: {seen:?}"
     );
+    let busy_a = format!(
+        "llmedge_backend_inflight{{backend=\"{}\",pool=\"f\"}} 1",
+        a.addr
+    );
+    gw.wait_metric(&busy_a).await; // the held request still counts against A
+    gw.wait_metric(r#"llmedge_inflight_requests{pool="f"} 1"#)
+        .await;
     held.abort();
 }
 
@@ -577,4 +584,25 @@ async fn consistent_hash_by_prompt_prefix_and_by_user() {
         .flat_map(|i| owners(&mocks, &format!("\"alice-{i}\"")))
         .collect();
     assert_eq!(alice.len(), 1, "one principal, one backend: {alice:?}");
+}
+
+#[tokio::test]
+async fn nothing_is_retried_once_the_stream_has_started() {
+    let (a, b) = (MockOpenAi::start().await, MockOpenAi::start().await);
+    let pools = format!(
+        "  f:\n    backends: {}\n    retries: 2\n",
+        backends(&[&a, &b])
+    );
+    let gw = start_fleet(&pools).await;
+    let text = post(&gw, CHAT, CLIENT_KEY, r#"{"model":"f/cut","stream":true}"#)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("\"code\":\"upstream_closed\""), "{text}");
+    assert_eq!(
+        a.completions() + b.completions(),
+        1,
+        "a retry would repeat tokens the client already has"
+    );
 }

@@ -237,3 +237,32 @@ async fn concurrency_limit_and_the_sdk_honouring_retry_after() {
     gw.wait_metric(r#"llmedge_ratelimited_total{limit="concurrency",tenant="acme"} 1"#)
         .await; // one refusal, no hammering
 }
+
+#[tokio::test]
+async fn spend_is_saved_at_shutdown_even_between_periodic_flushes() {
+    let mock = MockOpenAi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let extra = format!(
+        "tenants:\n  acme:\n    budget: {{usd_per_day: 5}}\nstate:\n  path: \"{}\"\n  flush_ms: 3600000\n",
+        state.display()
+    );
+    let gw = TestGateway::start_with(|p, a| limited(p, a, &mock.url(), &extra, "")).await;
+    let body = r#"{"model":"mock/echo","max_tokens":5,"messages":[]}"#;
+    assert_eq!(send(&gw, body).await.0, 200);
+    gw.wait_log("\"completion_tokens\":1").await;
+    assert!(!state.exists(), "the hourly flush has not run yet");
+    gw.terminate();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let saved = std::fs::read_to_string(&state).unwrap_or_default();
+        if saved.contains("0.012") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "shutdown did not save the spend: {saved}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -202,6 +202,16 @@ impl TestGateway {
         }
     }
 
+    /// Asks the gateway to shut down gracefully (SIGTERM), as an orchestrator would.
+    pub fn terminate(&self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status();
+        }
+    }
+
     pub async fn stop(mut self) -> String {
         let _ = self.child.kill().await;
         self.logs()
