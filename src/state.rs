@@ -44,6 +44,19 @@ impl Snapshot {
 }
 
 impl Snapshot {
+    /// The metric label of a route (its prefix), `""` before routing.
+    pub fn route_label(&self, route: Option<usize>) -> &str {
+        route
+            .and_then(|r| self.config.routes.get(r))
+            .map_or("", |r| r.prefix.as_str())
+    }
+
+    /// The metric label of a pool (its name), `""` before routing.
+    pub fn pool_label(&self, pool: Option<usize>) -> &str {
+        pool.and_then(|p| self.pools.get(p))
+            .map_or("", |p| p.name())
+    }
+
     /// `/readyz`: 200 when every route has a backend that takes requests (in its pool or a
     /// fallback), else 503 naming the routes that have none.
     pub fn readiness(&self) -> (u16, Vec<u8>) {

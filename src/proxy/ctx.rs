@@ -40,6 +40,7 @@ pub struct Plan {
     /// The last upstream failure, reported if no later attempt succeeds.
     pub last_error: Option<GatewayError>,
 }
+
 /// How the response body is treated.
 pub enum ResponseMode {
     /// Errors and anything we do not rewrite go through untouched.
@@ -132,15 +133,11 @@ impl RequestCtx {
     }
 
     pub fn route_name(&self) -> &str {
-        self.route
-            .and_then(|r| self.snap.config.routes.get(r))
-            .map_or("", |r| r.prefix.as_str())
+        self.snap.route_label(self.route)
     }
 
     pub fn pool_name(&self) -> &str {
-        self.pool
-            .and_then(|p| self.snap.pools.get(p))
-            .map_or("", |p| p.name())
+        self.snap.pool_label(self.pool)
     }
 }
 

@@ -21,23 +21,24 @@ pub fn finish(gw: &Gateway, e: Option<&Error>, ctx: &mut RequestCtx) {
         ctx.error.as_ref().map_or(500, |e| e.status().as_u16())
     };
     let elapsed = ctx.start.elapsed();
-    let route = ctx.route_name().to_string();
-    let pool = ctx.pool_name().to_string();
+    // labels borrow the pinned snapshot, not the context that settlement mutates below
+    let snap = ctx.snap.clone();
+    let (route, pool) = (snap.route_label(ctx.route), snap.pool_label(ctx.pool));
     let m = &gw.metrics;
     m.requests
-        .with_label_values(&[route.as_str(), pool.as_str(), &status.to_string()])
+        .with_label_values(&[route, pool, &status.to_string()])
         .inc();
     m.duration
-        .with_label_values(&[route.as_str(), pool.as_str()])
+        .with_label_values(&[route, pool])
         .observe(elapsed.as_secs_f64());
     if let Some(t) = ctx.ttft {
         m.ttft
-            .with_label_values(&[route.as_str(), pool.as_str()])
+            .with_label_values(&[route, pool])
             .observe(t.as_secs_f64());
     }
     if let Some(err) = ctx.error.as_ref().filter(|e| e.is_upstream()) {
         m.upstream_errors
-            .with_label_values(&[pool.as_str(), err.label()])
+            .with_label_values(&[pool, err.label()])
             .inc();
     }
     let model_label = ctx.client_model.as_deref().map(|mdl| m.model_label(mdl));
@@ -51,7 +52,7 @@ pub fn finish(gw: &Gateway, e: Option<&Error>, ctx: &mut RequestCtx) {
             .inc_by(u.completion_tokens);
     }
     drop(ctx.inflight.take());
-    access_line(ctx, status, elapsed, &route, &pool);
+    access_line(ctx, status, elapsed, route, pool);
 }
 
 /// Replaces the admission reservation by what was used: the upstream's usage, or for a stream
