@@ -169,14 +169,9 @@ async fn keep_alive_survives_proxied_requests() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mock = MockOpenAi::start().await;
     let gw = TestGateway::start(&mock).await;
-    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
-        .await
-        .unwrap();
+    let mut sock = connect(&gw).await;
     let body = r#"{"model":"mock/echo","messages":[]}"#;
-    let req = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {CLIENT_KEY}\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    );
+    let req = raw_chat_request(&body);
     for round in 0..2 {
         sock.write_all(req.as_bytes()).await.unwrap();
         let mut got = Vec::new();

@@ -8,21 +8,14 @@ const CHAT: &str = "/v1/chat/completions";
 
 /// A config with the standard keys and the given `pools:` and `routes:` blocks.
 fn fleet(port: u16, admin: u16, pools: &str, routes: &str) -> String {
+    let head = server_and_client_key(port, admin);
     let pin = if pools.contains("  backup:") {
         "[backup]"
     } else {
         "[]"
     };
     format!(
-        r#"
-server:
-  listen: "127.0.0.1:{port}"
-  admin_listen: "127.0.0.1:{admin}"
-keys:
-  - key: "{CLIENT_KEY}"
-    tenant: acme
-    user: alice
-  - key: "{LIMITED_KEY}"
+        r#"{head}  - key: "{LIMITED_KEY}"
     tenant: beta
     pools: {pin}
 pools:

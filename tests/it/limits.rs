@@ -10,16 +10,9 @@ use crate::support::*;
 const CHAT: &str = "/v1/chat/completions";
 
 fn limited(port: u16, admin: u16, upstream: &str, extra: &str, key_extra: &str) -> String {
+    let head = server_and_client_key(port, admin);
     format!(
-        r#"
-server:
-  listen: "127.0.0.1:{port}"
-  admin_listen: "127.0.0.1:{admin}"
-keys:
-  - key: "{CLIENT_KEY}"
-    tenant: acme
-    user: alice
-{key_extra}
+        r#"{head}{key_extra}
 pools:
   mock:
     backends: ["{upstream}"]
@@ -118,14 +111,9 @@ async fn a_stream_cut_by_the_client_is_charged_what_was_streamed() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mock = MockOpenAi::start().await;
     let gw = TestGateway::start_with(|p, a| limited(p, a, &mock.url(), "", "")).await;
-    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
-        .await
-        .unwrap();
+    let mut sock = connect(&gw).await;
     let body = r#"{"model":"mock/endless","stream":true,"messages":[]}"#;
-    let req = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {CLIENT_KEY}\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    );
+    let req = raw_chat_request(&body);
     sock.write_all(req.as_bytes()).await.unwrap();
     let mut got = String::new();
     let mut buf = [0u8; 4096];

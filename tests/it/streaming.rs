@@ -139,14 +139,9 @@ async fn client_hang_up_aborts_the_upstream_generation() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mock = MockOpenAi::start().await;
     let gw = TestGateway::start(&mock).await;
-    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
-        .await
-        .unwrap();
+    let mut sock = connect(&gw).await;
     let body = stream_body("mock/endless", "");
-    let req = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {CLIENT_KEY}\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    );
+    let req = raw_chat_request(&body);
     sock.write_all(req.as_bytes()).await.unwrap();
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
@@ -173,17 +168,12 @@ async fn client_hang_up_before_the_first_byte_aborts_the_upstream() {
         config(&mock.url(), p, a, "").replace("first_byte_ms: 1500", "first_byte_ms: 60000")
     })
     .await;
-    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
-        .await
-        .unwrap();
+    let mut sock = connect(&gw).await;
     let body = format!(
         r#"{{"model":"mock/hold","messages":[{{"role":"user","content":"{}"}}]}}"#,
         "p".repeat(200_000)
     );
-    let req = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {CLIENT_KEY}\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    );
+    let req = raw_chat_request(&body);
     sock.write_all(req.as_bytes()).await.unwrap();
     mock.wait_requests(1).await;
     drop(sock);

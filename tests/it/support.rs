@@ -34,6 +34,29 @@ pub fn reserve_port() -> u16 {
     }
 }
 
+/// A keep-alive HTTP/1.1 chat request, as raw bytes, with the standard client key.
+pub fn raw_chat_request(body: &str) -> String {
+    format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {CLIENT_KEY}\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// A raw TCP connection to the gateway's API listener.
+pub async fn connect(gw: &TestGateway) -> tokio::net::TcpStream {
+    tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+        .await
+        .unwrap()
+}
+
+/// The `server:` block and the standard client key (tenant acme, user alice), which every test
+/// config starts with; the caller appends more keys, pools and routes.
+pub fn server_and_client_key(port: u16, admin: u16) -> String {
+    format!(
+        "server:\n  listen: \"127.0.0.1:{port}\"\n  admin_listen: \"127.0.0.1:{admin}\"\n  threads: 2\nkeys:\n  - key: \"{CLIENT_KEY}\"\n    tenant: acme\n    user: alice\n"
+    )
+}
+
 /// The standard test config: two keys, one pool on the mock (with an upstream key), routes.
 pub fn config(upstream: &str, port: u16, admin: u16, extra_server: &str) -> String {
     format!(
