@@ -171,7 +171,7 @@ async fn keep_alive_survives_proxied_requests() {
     let gw = TestGateway::start(&mock).await;
     let mut sock = connect(&gw).await;
     let body = r#"{"model":"mock/echo","messages":[]}"#;
-    let req = raw_chat_request(&body);
+    let req = raw_chat_request(body);
     for round in 0..2 {
         sock.write_all(req.as_bytes()).await.unwrap();
         let mut got = Vec::new();

@@ -113,7 +113,7 @@ async fn a_stream_cut_by_the_client_is_charged_what_was_streamed() {
     let gw = TestGateway::start_with(|p, a| limited(p, a, &mock.url(), "", "")).await;
     let mut sock = connect(&gw).await;
     let body = r#"{"model":"mock/endless","stream":true,"messages":[]}"#;
-    let req = raw_chat_request(&body);
+    let req = raw_chat_request(body);
     sock.write_all(req.as_bytes()).await.unwrap();
     let mut got = String::new();
     let mut buf = [0u8; 4096];
