@@ -96,6 +96,7 @@ async fn demo_answers_the_curl_lines_it_prints() {
     let admin_listen = format!("127.0.0.1:{admin}");
     let (_demo, logs) = spawn_bin(&["demo", "--listen", &listen, "--admin-listen", &admin_listen]);
     wait_http_ok(&format!("http://{listen}/healthz"), &logs).await;
+    wait_http_ok(&format!("http://{admin_listen}/healthz"), &logs).await;
     assert!(
         logs.lock().contains("sk-llmedge-demo"),
         "the banner prints the demo key"

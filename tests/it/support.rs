@@ -134,10 +134,17 @@ impl TestGateway {
         gw
     }
 
+    /// Both listeners answer: each Pingora service binds on its own thread, so the API listener
+    /// being up says nothing about the admin one.
     async fn wait_ready(&mut self) {
-        let url = format!("{}/healthz", self.base());
+        let api = format!("{}/healthz", self.base());
+        let admin = format!("http://127.0.0.1:{}/healthz", self.admin);
+        let both = async {
+            wait_http_ok(&api, &self.logs).await;
+            wait_http_ok(&admin, &self.logs).await;
+        };
         tokio::select! {
-            () = wait_http_ok(&url, &self.logs) => {}
+            () = both => {}
             status = self.child.wait() => {
                 panic!("gateway exited ({status:?}) before it was ready:\n{}", self.logs())
             }
