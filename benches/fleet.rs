@@ -45,7 +45,7 @@ fn mock(listen: &str, slots: &str, delay: &str) -> Proc {
 fn gateway_config(port: u16, admin: u16, backends: &[String], policy: &str) -> String {
     let list: Vec<String> = backends.iter().map(|b| format!("\"http://{b}\"")).collect();
     format!(
-        "server:\n  listen: \"127.0.0.1:{port}\"\n  admin_listen: \"127.0.0.1:{admin}\"\n  threads: 2\nkeys:\n  - key: \"{KEY}\"\n    tenant: bench\npools:\n  fleet:\n    backends: [{}]\n    balance: {policy}\n    metrics: {{path: /metrics, interval_ms: 100}}\nroutes:\n  - {{prefix: \"fleet/\", pool: fleet, strip_prefix: true}}\n",
+        "server:\n  listen: \"127.0.0.1:{port}\"\n  admin_listen: \"127.0.0.1:{admin}\"\n  threads: 2\nkeys:\n  - key: \"{KEY}\"\n    tenant: bench\npools:\n  fleet:\n    backends: [{}]\n    balance: {policy}\n    metrics: {{path: /metrics, interval_ms: 100}}\nroutes:\n  - {{prefix: \"fleet/\", pool: fleet, strip_prefix: true}}\nstate:\n  enabled: false\n",
         list.join(", ")
     )
 }

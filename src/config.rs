@@ -269,7 +269,7 @@ impl RawConfig {
             default_model: self.default_model,
             tenants,
             pricing: limits::parse_pricing(self.pricing)?,
-            state: self.state.map(RawState::validate).transpose()?,
+            state: self.state.unwrap_or_default().validate()?,
         })
     }
 }

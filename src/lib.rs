@@ -88,11 +88,7 @@ pub fn add_gateway(server: &mut Server, config: Config) -> Result<Gateway, Start
         }
         server.add_service(pingora::services::background::background_service(
             "llmedge counters",
-            limits::flush::Flusher {
-                state: gateway.state.clone(),
-                store: Box::new(store),
-                every: st.flush,
-            },
+            limits::flush::Flusher::new(gateway.state.clone(), Box::new(store), st.flush),
         ));
     }
     let monitor = upstream::monitor::Monitor {

@@ -127,6 +127,8 @@ routes:
     pool: mock
     strip_prefix: true
 default_model: "mock/llama3"
+state:
+  enabled: false                      # a demo leaves no counter file behind
 "#,
         listen = args.listen,
         admin = args.admin_listen,

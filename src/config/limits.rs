@@ -86,13 +86,20 @@ pub(super) struct RawTenant {
     pub(super) budget: RawBudget,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawState {
-    path: String,
+    #[serde(default)]
+    path: Option<String>,
     #[serde(default)]
     flush_ms: Option<u64>,
+    #[serde(default)]
+    enabled: Option<bool>,
 }
+
+/// Where counters persist when `state.path` is not given: the working directory, which the
+/// shipped systemd unit and Dockerfile point at the service's own state directory.
+pub const DEFAULT_STATE_PATH: &str = "llmedge-state.json";
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -168,8 +175,14 @@ impl RawBudget {
 }
 
 impl RawState {
-    pub(super) fn validate(self) -> Result<StateConfig, ConfigError> {
-        if self.path.is_empty() {
+    /// `None` when persistence is switched off (`state: {enabled: false}`); an absent `state:`
+    /// block persists to [`DEFAULT_STATE_PATH`], so spend survives a restart by default.
+    pub(super) fn validate(self) -> Result<Option<StateConfig>, ConfigError> {
+        if self.enabled == Some(false) {
+            return Ok(None);
+        }
+        let path = self.path.unwrap_or_else(|| DEFAULT_STATE_PATH.to_string());
+        if path.is_empty() {
             return Err(ConfigError::new("state.path", "must not be empty"));
         }
         let flush = self.flush_ms.unwrap_or(DEFAULT_FLUSH_MS);
@@ -179,10 +192,10 @@ impl RawState {
                 format!("{flush} must be between 10 and 3600000"),
             ));
         }
-        Ok(StateConfig {
-            path: self.path.into(),
+        Ok(Some(StateConfig {
+            path: path.into(),
             flush: Duration::from_millis(flush),
-        })
+        }))
     }
 }
 

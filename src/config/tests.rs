@@ -126,3 +126,31 @@ fn top_level_type_errors_are_reported() {
     assert!(err("keys: 3").starts_with("keys: "));
     assert!(err("- a").starts_with("config: "));
 }
+
+#[test]
+fn counters_persist_by_default_and_can_be_moved_or_switched_off() {
+    let base = "pools: {p: {backends: ['http://h']}}\nroutes: [{prefix: '', pool: p}]\n";
+    let st = load(base)
+        .unwrap()
+        .state
+        .expect("persistence is on by default");
+    assert_eq!(st.path, std::path::PathBuf::from("llmedge-state.json"));
+    assert_eq!(st.flush, std::time::Duration::from_millis(5000));
+    let moved = load(&format!(
+        "{base}state: {{path: /var/lib/x.json, flush_ms: 100}}"
+    ))
+    .unwrap();
+    let moved = moved.state.unwrap();
+    assert_eq!(
+        (moved.path.to_str().unwrap(), moved.flush.as_millis()),
+        ("/var/lib/x.json", 100)
+    );
+    assert!(load(&format!("{base}state: {{enabled: false}}"))
+        .unwrap()
+        .state
+        .is_none());
+    assert_eq!(
+        err(&format!("{base}state: {{path: ''}}")),
+        "state.path: must not be empty"
+    );
+}

@@ -1,6 +1,7 @@
 //! The background service that writes spend and limit windows to the counter store
 //! periodically and once more at shutdown.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -14,13 +15,34 @@ pub struct Flusher {
     pub state: SharedState,
     pub store: Box<dyn CounterStore>,
     pub every: Duration,
+    /// Whether the last save failed: a failure is logged when it starts and when it ends, not
+    /// on every flush of a read-only directory.
+    pub failing: AtomicBool,
 }
 
 impl Flusher {
+    pub fn new(state: SharedState, store: Box<dyn CounterStore>, every: Duration) -> Self {
+        Self {
+            state,
+            store,
+            every,
+            failing: AtomicBool::new(false),
+        }
+    }
+
     fn save(&self) {
         let snap = self.state.load();
-        if let Err(e) = self.store.save(&snap.governor.export(&snap.key_ids)) {
-            tracing::warn!(error = %e, "saving limit and spend counters failed");
+        match self.store.save(&snap.governor.export(&snap.key_ids)) {
+            Err(e) => {
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "saving limit and spend counters failed; spend will not survive a restart until it succeeds");
+                }
+            }
+            Ok(()) => {
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!("saving limit and spend counters works again");
+                }
+            }
         }
     }
 }

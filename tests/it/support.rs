@@ -122,7 +122,8 @@ impl TestGateway {
         let path = dir.path().join("llmedge.yaml");
         std::fs::write(&path, yaml(port, admin)).unwrap();
         let path = path.to_str().unwrap();
-        let (child, logs) = spawn_bin(&["--config", path]);
+        // the working directory holds the default counter file (state.path)
+        let (child, logs) = spawn_bin_in(dir.path(), &["--config", path]);
         let mut gw = Self {
             port,
             admin,
@@ -250,7 +251,13 @@ impl TestGateway {
 
 /// Runs the `llmedge` binary with `args`; stdout and stderr are collected into one log.
 pub fn spawn_bin(args: &[&str]) -> (Child, Arc<Mutex<String>>) {
+    spawn_bin_in(&std::env::temp_dir(), args)
+}
+
+/// [`spawn_bin`] with `dir` as the working directory.
+pub fn spawn_bin_in(dir: &std::path::Path, args: &[&str]) -> (Child, Arc<Mutex<String>>) {
     let mut child = Command::new(bin())
+        .current_dir(dir)
         .args(args)
         .env_remove("RUST_LOG")
         .stdout(Stdio::piped())

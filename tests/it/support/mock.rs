@@ -52,6 +52,8 @@ struct Shared {
     aborted: Mutex<usize>,
     abort_notify: Notify,
     knobs: Mutex<Knobs>,
+    /// Events `endless` wrote whole before its peer went away.
+    endless_events: Mutex<usize>,
 }
 
 /// Per-backend behaviour a test can change while the mock runs.
@@ -191,6 +193,11 @@ impl MockOpenAi {
                 return *self.shared.aborted.lock() > 0;
             }
         }
+    }
+
+    /// How many events `endless` streams wrote in full (read after `wait_abort`).
+    pub fn endless_events(&self) -> usize {
+        *self.shared.endless_events.lock()
     }
 }
 
@@ -457,6 +464,9 @@ async fn endless(sock: &mut TcpStream, model: &str, shared: &Shared) -> bool {
             r = write => r.is_err(),
             r = rd.read(&mut probe) => matches!(r, Ok(0) | Err(_)),
         };
+        if !gone {
+            *shared.endless_events.lock() += 1;
+        }
         if gone {
             *shared.aborted.lock() += 1;
             shared.abort_notify.notify_waiters();
