@@ -104,4 +104,9 @@ fn peers_use_the_pool_timeouts() {
         "backstop only"
     );
     assert_eq!(peer.options.idle_timeout, Some(UPSTREAM_IDLE_TIMEOUT));
+    let idle = peer.options.idle_timeout.unwrap();
+    assert!(
+        idle < Duration::from_secs(5) && idle >= Duration::from_secs(1),
+        "pooled connections retire before uvicorn's 5 s keep-alive closes them: {idle:?}"
+    );
 }

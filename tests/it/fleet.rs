@@ -599,3 +599,97 @@ async fn nothing_is_retried_once_the_stream_has_started() {
         "a retry would repeat tokens the client already has"
     );
 }
+
+#[tokio::test]
+async fn a_reset_before_the_response_headers_is_retried_on_another_backend() {
+    let (a, b) = (MockOpenAi::start().await, MockOpenAi::start().await);
+    a.knobs(|k| k.hang_up = true);
+    let pools = format!(
+        "  f:\n    backends: {}\n    retries: 1\n",
+        backends(&[&a, &b])
+    );
+    let gw = start_fleet(&pools).await;
+    for i in 0..4 {
+        assert_eq!(chat(&gw, "f/echo").await.status(), 200, "request {i}");
+    }
+    assert!(a.completions() >= 1, "A was tried and hung up");
+    assert_eq!(b.completions(), 4, "every request was served by B");
+}
+
+#[tokio::test]
+async fn a_primary_answering_503_hands_the_request_to_the_fallback_pool() {
+    let (primary, backup) = (MockOpenAi::start().await, MockOpenAi::start().await);
+    primary.knobs(|k| k.force_status = Some(503));
+    let pools = format!(
+        "  primary:\n    backends: [\"{}\"]\n    retries: 0\n  backup:\n    backends: [\"{}\"]\n",
+        primary.url(),
+        backup.url()
+    );
+    let routes = "  - {prefix: 'llama/', pool: primary, strip_prefix: true, fallbacks: [backup]}";
+    let gw = TestGateway::start_with(|p, ad| fleet(p, ad, &pools, routes)).await;
+    let resp = chat(&gw, "llama/echo").await;
+    assert_eq!(resp.status(), 200, "the fallback answered");
+    assert_eq!((primary.completions(), backup.completions()), (1, 1));
+    gw.wait_metric(r#"llmedge_fallbacks_total{pool="backup",route="llama/"} 1"#)
+        .await;
+}
+
+#[tokio::test]
+async fn timeouts_before_the_first_byte_are_openai_504s_with_their_own_labels() {
+    use tokio::net::{TcpSocket, TcpStream};
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = sock.local_addr().unwrap();
+    let _blackhole = sock.listen(0).unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(s)) =
+            tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await
+        {
+            fillers.push(s);
+        }
+    }
+    let slow = MockOpenAi::start().await;
+    let pools = format!(
+        "  f:\n    backends: [\"http://{addr}\"]\n    retries: 0\n    timeouts: {{connect_ms: 200}}\n  s:\n    backends: [\"{}\"]\n    retries: 0\n    timeouts: {{total_ms: 300}}\n",
+        slow.url()
+    );
+    let routes = "  - {prefix: 'f/', pool: f, strip_prefix: true}\n  - {prefix: 's/', pool: s, strip_prefix: true}";
+    let gw = TestGateway::start_with(|p, ad| fleet(p, ad, &pools, routes)).await;
+    for (model, label) in [("f/echo", "connect_timeout"), ("s/slow", "total_timeout")] {
+        let body = format!(r#"{{"model":"{model}","messages":[]}}"#);
+        let (status, v) = error_json(post(&gw, CHAT, CLIENT_KEY, &body).await).await;
+        assert_eq!(status, 504, "{model}: {v}");
+        assert_eq!(v["error"]["type"], "server_error", "{v}");
+        let line = gw.wait_log(&format!("\"model\":\"{model}\"")).await;
+        assert!(line.contains(&format!("\"error\":\"{label}\"")), "{line}");
+    }
+}
+
+#[tokio::test]
+async fn a_backend_that_timed_out_is_ejected_from_rotation() {
+    let (a, b) = (MockOpenAi::start().await, MockOpenAi::start().await);
+    a.knobs(|k| k.stall = Some(Duration::from_secs(3)));
+    let pools = format!(
+        "  f:\n    backends: {}\n    retries: 1\n    timeouts: {{first_byte_ms: 300}}\n",
+        backends(&[&a, &b])
+    );
+    let gw = start_fleet(&pools).await;
+    // a timed-out generation is not re-run elsewhere (it may be merely long, and would be paid
+    // twice): the first request, which round robin gives to A, gets its 504
+    assert_eq!(chat(&gw, "f/echo").await.status(), 504);
+    for i in 0..6 {
+        assert_eq!(chat(&gw, "f/echo").await.status(), 200, "request {i}");
+    }
+    assert_eq!(
+        a.completions(),
+        1,
+        "after its timeout A is out of rotation (round robin would give it 3 of 6)"
+    );
+    assert_eq!(b.completions(), 6);
+    gw.wait_metric(&format!(
+        "llmedge_upstream_attempts_total{{backend=\"{}\",outcome=\"first_byte_timeout\",pool=\"f\"}} 1",
+        a.addr
+    ))
+    .await;
+}

@@ -65,6 +65,11 @@ pub struct Knobs {
     pub healthy: bool,
     /// `/metrics` content as (waiting, running, kv usage); `None` answers 500.
     pub load: Option<(f64, f64, f64)>,
+    /// Read each completion request, then close the connection without a response (a crash
+    /// or reset before the response headers, on fresh connections too).
+    pub hang_up: bool,
+    /// Wait this long before answering a completion request.
+    pub stall: Option<Duration>,
 }
 
 impl Default for Knobs {
@@ -73,6 +78,8 @@ impl Default for Knobs {
             force_status: None,
             healthy: true,
             load: Some((0.0, 0.0, 0.0)),
+            hang_up: false,
+            stall: None,
         }
     }
 }
@@ -238,6 +245,16 @@ async fn serve(mut sock: TcpStream, shared: Arc<Shared>) {
         }
         shared.requests.lock().push(req.clone());
         shared.request_notify.notify_waiters();
+        let (hang_up, stall) = {
+            let k = shared.knobs.lock();
+            (k.hang_up, k.stall)
+        };
+        if hang_up {
+            return;
+        }
+        if let Some(d) = stall {
+            tokio::time::sleep(d).await;
+        }
         if served > 0 && req.body.windows(12).any(|w| w == b"close-reused") {
             return; // as a server whose keep-alive timer fired just as the request arrived
         }
