@@ -17,6 +17,12 @@ pub struct Cli {
     /// Validate the config, print "ok" and exit 0, or print the bad field and exit 64
     #[arg(short = 't', long)]
     pub test: bool,
+    /// Reload the config whenever the file changes (SIGHUP always reloads it)
+    #[arg(long)]
+    pub watch: bool,
+    /// Take the listening sockets over from a running llmedge, then send it SIGQUIT
+    #[arg(long)]
+    pub upgrade: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -3,9 +3,9 @@
 pub mod limits;
 pub mod pool;
 pub mod secret;
+pub mod server;
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::SocketAddr;
 
 use serde::Deserialize;
 
@@ -15,18 +15,13 @@ use crate::router::{Glob, Route};
 pub use limits::{Budget, Limits, Price, StateConfig};
 use limits::{RawBudget, RawLimits, RawState, RawTenant};
 use pool::RawPool;
+use server::RawServer;
+pub use server::{CorsConfig, ServerConfig, TlsConfig};
 pub use pool::{
     parse_backend, BackendUrl, Balance, HashKey, HealthConfig, PoolConfig, ScrapeConfig, Timeouts,
 };
 pub use secret::{EnvLookup, Secret};
 
-const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
-const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
-const DEFAULT_THREADS: usize = 2;
-const DEFAULT_MAX_BODY_BYTES: usize = 33_554_432; // 32 MiB
-const MAX_MAX_BODY_BYTES: usize = 1_073_741_824; // 1 GiB
-/// Completion tokens reserved for a request that sets no `max_tokens`.
-const DEFAULT_MAX_TOKENS: u64 = 4_096;
 const MAX_CONFIG_BYTES: usize = 16_777_216; // 16 MiB
 
 // === file schema ===
@@ -50,50 +45,6 @@ struct RawConfig {
     pricing: Option<serde_yaml::Mapping>,
     #[serde(default)]
     state: Option<RawState>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawServer {
-    #[serde(default = "default_listen")]
-    listen: String,
-    #[serde(default = "default_admin_listen")]
-    admin_listen: Option<String>,
-    #[serde(default = "default_threads")]
-    threads: usize,
-    #[serde(default = "default_max_body_bytes")]
-    max_body_bytes: usize,
-    #[serde(default = "default_max_tokens")]
-    default_max_tokens: u64,
-}
-
-impl Default for RawServer {
-    fn default() -> Self {
-        Self {
-            listen: default_listen(),
-            admin_listen: default_admin_listen(),
-            threads: default_threads(),
-            max_body_bytes: default_max_body_bytes(),
-            default_max_tokens: default_max_tokens(),
-        }
-    }
-}
-
-fn default_max_tokens() -> u64 {
-    DEFAULT_MAX_TOKENS
-}
-
-fn default_listen() -> String {
-    DEFAULT_LISTEN.to_string()
-}
-fn default_admin_listen() -> Option<String> {
-    Some(DEFAULT_ADMIN_LISTEN.to_string())
-}
-fn default_threads() -> usize {
-    DEFAULT_THREADS
-}
-fn default_max_body_bytes() -> usize {
-    DEFAULT_MAX_BODY_BYTES
 }
 
 #[derive(Debug, Deserialize)]
@@ -146,14 +97,6 @@ pub struct TenantConfig {
     pub budget: Budget,
 }
 
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    pub listen: SocketAddr,
-    pub admin_listen: Option<SocketAddr>,
-    pub threads: usize,
-    pub max_body_bytes: usize,
-    pub default_max_tokens: u64,
-}
 
 impl Config {
     /// Parses and validates YAML, resolving secrets through `env`.
@@ -274,48 +217,6 @@ impl RawConfig {
     }
 }
 
-impl RawServer {
-    fn validate(self) -> Result<ServerConfig, ConfigError> {
-        let listen = parse_addr("server.listen", &self.listen)?;
-        let admin_listen = match &self.admin_listen {
-            Some(a) => Some(parse_addr("server.admin_listen", a)?),
-            None => None,
-        };
-        if admin_listen == Some(listen) {
-            return Err(ConfigError::new(
-                "server.admin_listen",
-                "must differ from server.listen",
-            ));
-        }
-        if !(1..=1024).contains(&self.threads) {
-            return Err(ConfigError::new(
-                "server.threads",
-                format!("{} must be between 1 and 1024", self.threads),
-            ));
-        }
-        if !(1..=MAX_MAX_BODY_BYTES).contains(&self.max_body_bytes) {
-            return Err(ConfigError::new(
-                "server.max_body_bytes",
-                format!(
-                    "{} must be between 1 and {MAX_MAX_BODY_BYTES}",
-                    self.max_body_bytes
-                ),
-            ));
-        }
-        Ok(ServerConfig {
-            listen,
-            admin_listen,
-            threads: self.threads,
-            max_body_bytes: self.max_body_bytes,
-            default_max_tokens: self.default_max_tokens,
-        })
-    }
-}
-
-fn parse_addr(path: &str, v: &str) -> Result<SocketAddr, ConfigError> {
-    v.parse()
-        .map_err(|_| ConfigError::new(path, format!("\"{v}\" is not an IP:port address")))
-}
 
 fn validate_keys(
     raw: Vec<RawKey>,

@@ -69,6 +69,8 @@ pub enum GatewayError {
     UpstreamClosed,
     #[error("upstream sent an invalid response")]
     UpstreamProtocol,
+    #[error("the gateway is shutting down; retry the request")]
+    ShuttingDown,
     #[error("the server had an error while processing your request")]
     Internal,
 }
@@ -85,7 +87,7 @@ impl GatewayError {
                 StatusCode::BAD_REQUEST
             }
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Self::NoBackend(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoBackend(_) | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamUnreachable
             | Self::UpstreamClosed
             | Self::UpstreamProtocol
@@ -131,6 +133,7 @@ impl GatewayError {
             | Self::TotalTimeout
             | Self::UpstreamClosed
             | Self::UpstreamProtocol
+            | Self::ShuttingDown
             | Self::Internal => "server_error",
         }
     }
@@ -158,6 +161,7 @@ impl GatewayError {
             Self::UpstreamAuth => Some("upstream_auth_failed"),
             Self::UpstreamClosed => Some("upstream_closed"),
             Self::UpstreamProtocol => Some("upstream_protocol_error"),
+            Self::ShuttingDown => Some("server_shutting_down"),
             Self::Internal => Some("internal_error"),
         }
     }
@@ -187,6 +191,7 @@ impl GatewayError {
             | Self::QuotaExceeded { .. }
             | Self::UpstreamClosed
             | Self::UpstreamProtocol
+            | Self::ShuttingDown
             | Self::Internal => None,
         }
     }
@@ -219,6 +224,7 @@ impl GatewayError {
             Self::QuotaExceeded { .. } => "insufficient_quota",
             Self::UpstreamClosed => "upstream_closed",
             Self::UpstreamProtocol => "upstream_protocol",
+            Self::ShuttingDown => "shutdown",
             Self::Internal => "internal",
         }
     }
@@ -250,6 +256,7 @@ impl GatewayError {
             | Self::PoolNotAllowed(_)
             | Self::RateLimited { .. }
             | Self::QuotaExceeded { .. }
+            | Self::ShuttingDown
             | Self::Internal => false,
         }
     }

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod errors;
+pub mod lifecycle;
 pub mod limits;
 pub mod metrics;
 pub mod mock;
@@ -35,8 +36,8 @@ use metrics::Metrics;
 use mock::{MockApp, MockConfig};
 use proxy::Gateway;
 
-/// A bootstrapped Pingora server with `threads` worker threads per service.
-pub fn new_server(threads: usize) -> Server {
+/// Pingora settings shared by every server llmedge builds.
+fn server_conf(threads: usize) -> ServerConf {
     let mut conf = ServerConf {
         threads,
         ..ServerConf::default()
@@ -45,37 +46,95 @@ pub fn new_server(threads: usize) -> Server {
     // attempts are bounded by each pool's `retries` and the route's fallbacks; Pingora's own cap
     // (16 by default) must not cut a longer chain short
     conf.max_retries = 64;
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    conf
+}
+
+/// A bootstrapped Pingora server with `threads` worker threads per service.
+pub fn new_server(threads: usize) -> Server {
+    let mut server = Server::new_with_opt_and_conf(None, server_conf(threads));
     server.bootstrap();
     server
 }
 
+/// How the binary starts the gateway, beyond what the config says.
+#[derive(Debug, Default, Clone)]
+pub struct Launch {
+    /// Take the listening sockets over from a running llmedge (`--upgrade`) instead of binding.
+    pub upgrade: bool,
+    /// Exit the process once a graceful shutdown has drained (the binary does; an embedding
+    /// server runs its own shutdown).
+    pub exit_when_drained: bool,
+}
+
 /// The gateway's server for `config`: OpenAI listener plus admin listener.
 pub fn build_server(config: Config) -> Result<Server, StartupError> {
-    let mut server = new_server(config.server.threads);
-    add_gateway(&mut server, config)?;
-    Ok(server)
+    launch(config, &Launch::default()).map(|(server, _)| server)
+}
+
+/// [`build_server`] with start-up options; also returns the gateway, for reloads.
+pub fn launch(config: Config, how: &Launch) -> Result<(Server, Gateway), StartupError> {
+    let mut conf = server_conf(config.server.threads);
+    // the drain ends the streams at the grace period and exits; Pingora's own timer is the
+    // backstop for an embedding that does not exit
+    conf.grace_period_seconds = Some(config.server.grace_period.as_secs() + 5);
+    conf.upgrade_sock = config.server.upgrade_sock.clone();
+    let opt = pingora::server::configuration::Opt {
+        upgrade: how.upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
+    server.bootstrap();
+    let gateway = add_gateway_with(&mut server, config, how)?;
+    Ok((server, gateway))
 }
 
 /// Adds the gateway (and its admin listener, when configured) to an existing server.
 pub fn add_gateway(server: &mut Server, config: Config) -> Result<Gateway, StartupError> {
+    add_gateway_with(server, config, &Launch::default())
+}
+
+fn add_gateway_with(
+    server: &mut Server,
+    config: Config,
+    how: &Launch,
+) -> Result<Gateway, StartupError> {
     let metrics = Metrics::new(metrics::DEFAULT_MODEL_LABEL_CAP)
         .map_err(|e| StartupError::Other(format!("metrics: {e}")))?;
-    check_bind(config.server.listen)?;
-    if let Some(a) = config.server.admin_listen {
-        check_bind(a)?;
+    if !how.upgrade {
+        // an upgrade inherits the bound sockets from the old process
+        check_bind(config.server.listen)?;
+        if let Some(a) = config.server.admin_listen {
+            check_bind(a)?;
+        }
     }
-    let listen = config.server.listen;
-    let admin = config.server.admin_listen;
+    let srv = config.server.clone();
     let gateway = Gateway::new(state::shared(config), metrics.clone());
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
         gateway.clone(),
         "llmedge",
     );
-    proxy.add_tcp(&listen.to_string());
+    let listen = srv.listen.to_string();
+    match &srv.tls {
+        Some(tls) => {
+            let (cert, key) = (tls.cert.to_string_lossy(), tls.key.to_string_lossy());
+            let mut settings = pingora::listeners::tls::TlsSettings::intermediate(&cert, &key)
+                .map_err(|e| StartupError::Other(format!("server.tls: {e}")))?;
+            settings.enable_h2();
+            proxy.add_tls_with_settings(&listen, None, settings);
+        }
+        None => proxy.add_tcp(&listen),
+    }
+    if srv.h2c {
+        if let Some(app) = proxy.app_logic_mut() {
+            let mut opts = pingora::apps::HttpServerOptions::default();
+            opts.h2c = true;
+            app.server_options = Some(opts);
+        }
+    }
     server.add_service(proxy);
-    tracing::info!(listen = %listen, "OpenAI API listening");
+    tracing::info!(listen = %listen, tls = srv.tls.is_some(), h2c = srv.h2c, "OpenAI API listening");
+    let mut flusher = None;
     if let Some(st) = &gateway.state.load().config.state {
         let store = limits::persist::FileStore {
             path: st.path.clone(),
@@ -86,11 +145,26 @@ pub fn add_gateway(server: &mut Server, config: Config) -> Result<Gateway, Start
             Ok(None) => {}
             Err(e) => return Err(StartupError::Other(format!("state.path: {e}"))),
         }
+        let f = std::sync::Arc::new(limits::flush::Flusher::new(
+            gateway.state.clone(),
+            Box::new(store),
+            st.flush,
+        ));
         server.add_service(pingora::services::background::background_service(
             "llmedge counters",
-            limits::flush::Flusher::new(gateway.state.clone(), Box::new(store), st.flush),
+            limits::flush::FlushService(f.clone()),
         ));
+        flusher = Some(f);
     }
+    server.add_service(pingora::services::background::background_service(
+        "llmedge drain",
+        lifecycle::Drain {
+            gateway: gateway.clone(),
+            grace: srv.grace_period,
+            flusher,
+            exit: how.exit_when_drained,
+        },
+    ));
     let monitor = upstream::monitor::Monitor {
         state: gateway.state.clone(),
     };
@@ -98,7 +172,7 @@ pub fn add_gateway(server: &mut Server, config: Config) -> Result<Gateway, Start
         "llmedge upstream monitor",
         monitor,
     ));
-    if let Some(a) = admin {
+    if let Some(a) = srv.admin_listen {
         let app = admin::AdminApp {
             metrics,
             state: gateway.state.clone(),

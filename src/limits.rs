@@ -246,9 +246,8 @@ impl Governor {
         let cal = Calendar::at(now);
         let actual = used.prompt_tokens.saturating_add(used.completion_tokens) as f64;
         let mut st = state.lock();
-        if st.keys.get(adm.key).is_none() {
-            return cost;
-        }
+        // a key removed by a reload while its request ran: only the tenant is settled
+        let has_key = st.keys.get(adm.key).is_some();
         for (id, which) in adm.slots.iter() {
             let sc = scope_mut(&mut st, id, adm.key);
             let s = match which {
@@ -259,6 +258,9 @@ impl Governor {
             s.inflight = s.inflight.saturating_sub(1);
         }
         for id in [ScopeId::Tenant, ScopeId::Key] {
+            if id == ScopeId::Key && !has_key {
+                continue;
+            }
             let sc = scope_mut(&mut st, id, adm.key);
             sc.reserved_usd = (sc.reserved_usd - adm.usd).max(0.0);
             roll_spend(sc, &cal);
@@ -335,6 +337,7 @@ fn scope_mut(st: &mut TenantState, id: ScopeId, key: usize) -> &mut Scope {
 
 mod check;
 pub mod flush;
+mod handover;
 mod refusal;
 
 pub use check::cost_of;

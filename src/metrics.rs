@@ -51,12 +51,19 @@ pub struct Metrics {
     pub spend: prometheus::CounterVec,
     /// `llmedge_budget_remaining_usd{tenant,window}`, window = day | month.
     pub budget_remaining: prometheus::GaugeVec,
+    /// `llmedge_config_reload_total{result}`, result = success | failure.
+    pub reloads: IntCounterVec,
+    /// Every registered metric family's name (dashboards are checked against it).
+    names: Vec<String>,
     models: ModelLabels,
 }
 
 impl Metrics {
     pub fn new(model_label_cap: usize) -> Result<Arc<Self>, prometheus::Error> {
-        let r = Registry::new();
+        let r = Reg {
+            registry: Registry::new(),
+            names: Mutex::new(Vec::new()),
+        };
         let backend = &["pool", "backend"];
         Ok(Arc::new(Self {
             requests: counter(
@@ -169,7 +176,14 @@ impl Metrics {
                 "What is left of each tenant budget",
                 &["tenant", "window"],
             )?,
-            registry: r,
+            reloads: counter(
+                &r,
+                "llmedge_config_reload_total",
+                "Config reloads by result (success | failure)",
+                &["result"],
+            )?,
+            registry: r.registry,
+            names: r.names.into_inner(),
             models: ModelLabels::new(model_label_cap),
         }))
     }
@@ -182,6 +196,11 @@ impl Metrics {
     /// Sets the per-backend gauges from the pools' live state (called at scrape time).
     pub fn refresh_backends(&self, pools: &[crate::upstream::Pool]) {
         let now = std::time::Instant::now();
+        // a reload may have removed backends: rebuild the series from the current pools
+        self.backend_up.reset();
+        self.backend_inflight.reset();
+        self.backend_queue.reset();
+        self.backend_kv.reset();
         for pool in pools {
             for b in 0..pool.len() {
                 let backend = pool.backend(b).map_or("", |u| u.authority.as_str());
@@ -215,6 +234,11 @@ impl Metrics {
         }
     }
 
+    /// The name of every metric family this gateway exports.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
     /// Prometheus text exposition format.
     pub fn encode(&self) -> Vec<u8> {
         let mut buf = Vec::new();
@@ -226,16 +250,25 @@ impl Metrics {
     }
 }
 
+/// A registry that remembers what was registered in it.
+struct Reg {
+    registry: Registry,
+    names: Mutex<Vec<String>>,
+}
+
 fn register<C: prometheus::core::Collector + Clone + 'static>(
-    r: &Registry,
+    r: &Reg,
     c: C,
 ) -> Result<C, prometheus::Error> {
-    r.register(Box::new(c.clone()))?;
+    r.registry.register(Box::new(c.clone()))?;
+    r.names
+        .lock()
+        .extend(c.desc().iter().map(|d| d.fq_name.clone()));
     Ok(c)
 }
 
 fn counter(
-    r: &Registry,
+    r: &Reg,
     name: &str,
     help: &str,
     labels: &[&str],
@@ -244,7 +277,7 @@ fn counter(
 }
 
 fn gauge(
-    r: &Registry,
+    r: &Reg,
     name: &str,
     help: &str,
     labels: &[&str],
@@ -253,7 +286,7 @@ fn gauge(
 }
 
 /// A latency histogram labelled by route and pool.
-fn histogram(r: &Registry, name: &str, help: &str) -> Result<HistogramVec, prometheus::Error> {
+fn histogram(r: &Reg, name: &str, help: &str) -> Result<HistogramVec, prometheus::Error> {
     let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
     register(r, HistogramVec::new(opts, &["route", "pool"])?)
 }

@@ -9,8 +9,11 @@ mod request;
 mod respond;
 mod response;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::watch;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -28,11 +31,26 @@ use crate::state::SharedState;
 pub struct Gateway {
     pub state: SharedState,
     pub metrics: Arc<Metrics>,
+    /// Requests between header and access line, for the shutdown drain.
+    pub active: Arc<AtomicUsize>,
+    /// Set to true when a graceful shutdown's grace period ends: open streams get a final
+    /// error event and end.
+    pub drain: Arc<watch::Sender<bool>>,
 }
 
 impl Gateway {
     pub fn new(state: SharedState, metrics: Arc<Metrics>) -> Self {
-        Self { state, metrics }
+        Self {
+            state,
+            metrics,
+            active: Arc::new(AtomicUsize::new(0)),
+            drain: Arc::new(watch::channel(false).0),
+        }
+    }
+
+    /// Requests in progress.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
     }
 }
 
@@ -41,7 +59,9 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new(self.state.load_full())
+        let mut ctx = RequestCtx::new(self.state.load_full());
+        ctx.active = Some(ctx::ActiveGuard::new(self.active.clone()));
+        ctx
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {

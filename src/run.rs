@@ -1,10 +1,16 @@
 //! What each command does; returns the process exit code.
 
 use std::io::Write;
+use std::sync::Arc;
 use std::net::TcpListener;
 use std::time::Duration;
 
+use pingora::server::RunArgs;
+use pingora::services::background::background_service;
+
 use crate::cli::{Cli, Command, DemoArgs, MockArgs};
+use crate::lifecycle::{Reloader, Signals, Watch};
+use crate::Launch;
 use crate::config::Config;
 use crate::mock::MockConfig;
 
@@ -17,11 +23,13 @@ pub fn main(cli: Cli) -> i32 {
         command,
         config,
         test,
+        watch,
+        upgrade,
     } = cli;
     match (command, config) {
         (Some(Command::Mock(args)), _) => mock(args),
         (Some(Command::Demo(args)), _) => demo(args),
-        (None, Some(path)) => gateway(&path, test),
+        (None, Some(path)) => gateway(&path, test, watch, upgrade),
         (None, None) => {
             say_err("error: --config PATH is required (or use `llmedge demo` / `llmedge mock`)");
             EXIT_CONFIG
@@ -29,7 +37,7 @@ pub fn main(cli: Cli) -> i32 {
     }
 }
 
-fn gateway(path: &str, test: bool) -> i32 {
+fn gateway(path: &str, test: bool, watch: bool, upgrade: bool) -> i32 {
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -41,14 +49,34 @@ fn gateway(path: &str, test: bool) -> i32 {
         say("ok");
         return 0;
     }
-    tracing::info!(config = %path, "config loaded");
-    match crate::build_server(config) {
-        Ok(server) => server.run_forever(),
+    tracing::info!(config = %path, watch, upgrade, "config loaded");
+    let how = Launch {
+        upgrade,
+        exit_when_drained: true,
+    };
+    let (mut server, gateway) = match crate::launch(config, &how) {
+        Ok(s) => s,
         Err(e) => {
             say_err(&format!("error: {e}"));
-            EXIT_STARTUP
+            return EXIT_STARTUP;
         }
+    };
+    let reloader = Arc::new(Reloader::new(path, gateway));
+    if watch {
+        server.add_service(background_service(
+            "llmedge config watch",
+            Watch {
+                reloader: reloader.clone(),
+            },
+        ));
     }
+    let signals = Signals {
+        reloader: Some(reloader),
+    };
+    server.run(RunArgs {
+        shutdown_signal: Box::new(signals),
+    });
+    0
 }
 
 fn mock(args: MockArgs) -> i32 {
@@ -91,8 +119,12 @@ fn demo(args: DemoArgs) -> i32 {
             return EXIT_CONFIG;
         }
     };
-    let mut server = match crate::build_server(config) {
-        Ok(s) => s,
+    let how = Launch {
+        upgrade: false,
+        exit_when_drained: true,
+    };
+    let mut server = match crate::launch(config, &how) {
+        Ok((s, _)) => s,
         Err(e) => {
             say_err(&format!("error: {e}"));
             return EXIT_STARTUP;
@@ -103,7 +135,10 @@ fn demo(args: DemoArgs) -> i32 {
         return EXIT_STARTUP;
     }
     say(&demo_banner(&args));
-    server.run_forever()
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Signals { reloader: None }),
+    });
+    0
 }
 
 pub const DEMO_KEY: &str = "sk-llmedge-demo";

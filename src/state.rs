@@ -20,6 +20,8 @@ pub struct Snapshot {
     pub governor: Governor,
     /// Stable, non-secret identities of keys for the state file (a prefix of the key digest).
     pub key_ids: HashMap<usize, String>,
+    /// The reverse of `key_ids`: where a key sits in this config.
+    pub key_index_by_id: HashMap<String, usize>,
 }
 
 impl Snapshot {
@@ -27,11 +29,12 @@ impl Snapshot {
         let keys = KeyStore::new(config.keys.clone());
         let pools = config.pools.iter().cloned().map(Pool::new).collect();
         let governor = Governor::new(&config, Arc::new(SystemClock));
-        let key_ids = config
+        let key_ids: HashMap<usize, String> = config
             .keys
             .iter()
             .map(|k| (k.principal.key_index, hex::encode(&k.digest[..8])))
             .collect();
+        let key_index_by_id = key_ids.iter().map(|(i, id)| (id.clone(), *i)).collect();
         Self {
             config,
             keys,
@@ -39,7 +42,29 @@ impl Snapshot {
             models: ModelsCache::default(),
             governor,
             key_ids,
+            key_index_by_id,
         }
+    }
+
+    /// The snapshot a reload swaps in for `old`: `config`'s keys, routes, pools, limits and
+    /// pricing, with the live state carried over (limit windows, spend, reservations and
+    /// in-flight counts; backend health, ejections, scraped load and in-flight slots).
+    pub fn succeed(old: &Snapshot, config: Config) -> Self {
+        let mut next = Self::new(config);
+        next.governor
+            .take_over(&old.governor, &old.key_ids, &next.key_ids);
+        for pool in &mut next.pools {
+            if let Some(prev) = old.pools.iter().find(|p| p.name() == pool.name()) {
+                pool.adopt(prev);
+            }
+        }
+        next
+    }
+
+    /// This snapshot's index of the key that sits at `index` in `other` (None if removed).
+    pub fn same_key(&self, other: &Snapshot, index: usize) -> Option<usize> {
+        let id = other.key_ids.get(&index)?;
+        self.key_index_by_id.get(id).copied()
     }
 }
 

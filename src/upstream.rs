@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use pingora::protocols::tls::CaType;
 use pingora::upstreams::peer::HttpPeer;
+use pingora::utils::tls::{parse_x509, WrappedX509};
 
 use crate::balance::{self, Candidate, Load};
 use crate::config::{BackendUrl, PoolConfig};
@@ -53,6 +55,8 @@ pub struct Pool {
     backends: Vec<BackendState>,
     seq: AtomicU64,
     dns: Mutex<HashMap<usize, (Instant, SocketAddr)>>,
+    /// The pool's own trusted roots (`tls.ca_file`), built once.
+    ca: Option<Arc<CaType>>,
 }
 
 /// Holds one in-flight slot on a backend; released on drop.
@@ -78,11 +82,34 @@ impl Pool {
                 service: Mutex::new(None),
             })
             .collect();
+        let ca = config.tls.ca.as_ref().map(|ders| {
+            let certs: Vec<WrappedX509> = ders
+                .iter()
+                .map(|d| WrappedX509::new(d.clone(), parse_x509))
+                .collect();
+            Arc::from(certs.into_boxed_slice())
+        });
         Self {
             config,
             backends,
             seq: AtomicU64::new(0),
             dns: Mutex::new(HashMap::new()),
+            ca,
+        }
+    }
+
+    /// After a reload: backends that were already in `old` keep their health, ejections,
+    /// scraped load and in-flight count (shared, so requests still running on the old
+    /// snapshot release their slots here).
+    pub fn adopt(&mut self, old: &Pool) {
+        for b in &mut self.backends {
+            let Some(o) = old.backends.iter().find(|o| o.id == b.id) else {
+                continue;
+            };
+            b.inflight = o.inflight.clone();
+            *b.health.get_mut() = o.health.lock().clone();
+            *b.load.get_mut() = o.load.lock().clone();
+            *b.service.get_mut() = *o.service.lock();
         }
     }
 
@@ -256,6 +283,11 @@ impl Pool {
         o.total_connection_timeout = Some(t.connect * 2);
         o.read_timeout = Some(t.first_byte.max(t.idle) + Duration::from_secs(5));
         o.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
+        if b.tls {
+            o.verify_cert = self.config.tls.verify;
+            o.verify_hostname = self.config.tls.verify;
+            o.ca = self.ca.clone();
+        }
         Ok(peer)
     }
 }

@@ -39,6 +39,30 @@ pub(super) struct RawPool {
     /// Upstream model renames for this pool (after the route's prefix handling).
     #[serde(default)]
     model_map: BTreeMap<String, String>,
+    #[serde(default)]
+    tls: RawUpstreamTls,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstreamTls {
+    #[serde(default)]
+    ca_file: Option<String>,
+    #[serde(default = "yes")]
+    verify: bool,
+}
+
+impl Default for RawUpstreamTls {
+    fn default() -> Self {
+        Self {
+            ca_file: None,
+            verify: true,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Deserialize)]
@@ -173,6 +197,17 @@ pub struct PoolConfig {
     pub retries: u32,
     pub timeouts: Timeouts,
     pub model_map: BTreeMap<String, String>,
+    pub tls: UpstreamTls,
+}
+
+/// How `https://` backends of a pool are verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// DER certificates from `tls.ca_file`: the only roots trusted for this pool when set;
+    /// otherwise the system's.
+    pub ca: Option<Vec<Vec<u8>>>,
+    /// Certificate and host name checks; off only for lab setups with self-signed backends.
+    pub verify: bool,
 }
 
 /// A parsed backend URL: `http(s)://host[:port][/base/path]`.
@@ -259,6 +294,35 @@ impl RawPool {
             retries,
             timeouts: self.timeouts.validate(&base)?,
             model_map: self.model_map,
+            tls: self.tls.validate(&base)?,
+        })
+    }
+}
+
+impl RawUpstreamTls {
+    fn validate(self, base: &str) -> Result<UpstreamTls, ConfigError> {
+        use rustls_pki_types::pem::PemObject;
+        let ca = match self.ca_file {
+            None => None,
+            Some(f) => {
+                let path = format!("{base}.tls.ca_file");
+                let certs = rustls_pki_types::CertificateDer::pem_file_iter(&f)
+                    .map_err(|e| ConfigError::new(&path, format!("cannot read \"{f}\": {e}")))?
+                    .map(|c| c.map(|c| c.to_vec()))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| ConfigError::new(&path, format!("\"{f}\": {e}")))?;
+                if certs.is_empty() {
+                    return Err(ConfigError::new(
+                        path,
+                        format!("\"{f}\" holds no PEM certificate"),
+                    ));
+                }
+                Some(certs)
+            }
+        };
+        Ok(UpstreamTls {
+            ca,
+            verify: self.verify,
         })
     }
 }

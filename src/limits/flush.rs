@@ -2,6 +2,7 @@
 //! periodically and once more at shutdown.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -30,7 +31,7 @@ impl Flusher {
         }
     }
 
-    fn save(&self) {
+    pub fn save(&self) {
         let snap = self.state.load();
         match self.store.save(&snap.governor.export(&snap.key_ids)) {
             Err(e) => {
@@ -47,14 +48,17 @@ impl Flusher {
     }
 }
 
+/// Saves periodically, and once more when shutdown starts (the drain saves again at its end).
+pub struct FlushService(pub Arc<Flusher>);
+
 #[async_trait]
-impl BackgroundService for Flusher {
+impl BackgroundService for FlushService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         loop {
             tokio::select! {
-                () = tokio::time::sleep(self.every) => self.save(),
+                () = tokio::time::sleep(self.0.every) => self.0.save(),
                 _ = shutdown.changed() => {
-                    self.save();
+                    self.0.save();
                     return;
                 }
             }

@@ -250,7 +250,9 @@ pub fn failed_while_proxying(
     if let Cause::Timeout(kind) = cause {
         let gerr = timeout_error(kind);
         record(gw, ctx, gerr.label());
-        eject(ctx);
+        if kind != TimeoutKind::Shutdown {
+            eject(ctx); // the backend was slow; the gateway ending its streams is not that
+        }
         e.set_retry(false);
         return e;
     }
@@ -335,6 +337,7 @@ pub fn timeout_error(kind: TimeoutKind) -> GatewayError {
         TimeoutKind::FirstByte => GatewayError::FirstByteTimeout,
         TimeoutKind::Idle => GatewayError::IdleTimeout,
         TimeoutKind::Total => GatewayError::TotalTimeout,
+        TimeoutKind::Shutdown => GatewayError::ShuttingDown,
     }
 }
 

@@ -1,6 +1,6 @@
 //! Per-request state: one config snapshot, the principal, the route, and what the response did.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -91,12 +91,17 @@ pub struct RequestCtx {
     pub usage: Option<Usage>,
     pub inflight: Option<InflightGuard>,
     /// Limits and budget reserved at admission, settled in `logging`.
-    pub admitted: Option<Admitted>,
+    /// The snapshot whose governor holds the reservation (the newest at admission).
+    pub admitted: Option<(Arc<Snapshot>, Admitted)>,
     /// `x-ratelimit-*` values for the response, and the wait a refusal announces.
     pub rate_headers: Option<RateHeaders>,
     pub prompt_estimate: u64,
     /// Completion tokens reserved at admission.
     pub completion_reserve: u64,
+    /// Counts this request as active until the context is dropped.
+    pub active: Option<ActiveGuard>,
+    /// The `Access-Control-Allow-Origin` value when `server.cors` allows the request's origin.
+    pub cors_origin: Option<String>,
 }
 
 impl RequestCtx {
@@ -129,6 +134,8 @@ impl RequestCtx {
             rate_headers: None,
             prompt_estimate: 0,
             completion_reserve: 0,
+            active: None,
+            cors_origin: None,
         }
     }
 
@@ -162,6 +169,22 @@ impl RequestCtx {
             return Cause::ClientGone;
         }
         Cause::Other
+    }
+}
+
+/// Counts the request in the gateway's active total while it lives.
+pub struct ActiveGuard(Arc<AtomicUsize>);
+
+impl ActiveGuard {
+    pub fn new(count: Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -33,6 +33,8 @@ pub enum TimeoutKind {
     FirstByte,
     Idle,
     Total,
+    /// Not a timeout of the upstream's: the shutdown grace period ended.
+    Shutdown,
 }
 
 /// The body to send (replaceable when a fallback pool needs another model name) and the
@@ -80,17 +82,24 @@ pub struct PresetBody {
     inner: ServerSession,
     shared: Arc<Shared>,
     slot: Slot,
+    /// Turns true when a graceful shutdown's grace period is over.
+    drain: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Swaps the downstream session for a wrapper that replays the shared body; returns the
 /// hand-back slot.
-pub fn wrap(downstream: &mut ServerSession, shared: Arc<Shared>) -> Slot {
+pub fn wrap(
+    downstream: &mut ServerSession,
+    shared: Arc<Shared>,
+    drain: tokio::sync::watch::Receiver<bool>,
+) -> Slot {
     let slot: Slot = Arc::new(Mutex::new(None));
     let inner = std::mem::replace(downstream, ServerSession::new_custom(Box::new(())));
     *downstream = ServerSession::new_custom(Box::new(PresetBody {
         inner,
         shared,
         slot: slot.clone(),
+        drain,
     }));
     slot
 }
@@ -201,6 +210,10 @@ impl CustomSession for PresetBody {
             let (at, _) = *shared.deadline.lock();
             tokio::select! {
                 r = self.inner.read_body_or_idle(true) => return r,
+                Ok(_) = self.drain.wait_for(|over| *over) => {
+                    *shared.fired.lock() = Some(TimeoutKind::Shutdown);
+                    return Error::e_explain(ErrorType::ReadTimedout, "shutdown grace period over");
+                }
                 () = tokio::time::sleep_until(at.into()) => {
                     let (at, kind) = *shared.deadline.lock();
                     if Instant::now() >= at {

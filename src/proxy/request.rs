@@ -1,5 +1,7 @@
 //! Request side: dispatch, auth, bounded body read, route, rewrite; the upstream peer and header.
 
+use std::sync::Arc;
+
 use bytes::{Bytes, BytesMut};
 use http::Method;
 use pingora::prelude::*;
@@ -34,6 +36,21 @@ pub async fn execute(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) 
     ctx.request_id = request_id(req.headers.get("x-request-id").map(|v| v.as_bytes()));
     let method = req.method.clone();
     let path = req.uri.path().to_string();
+    if let Some(cors) = &ctx.snap.config.server.cors {
+        if let Some(origin) = req.headers.get(http::header::ORIGIN) {
+            ctx.cors_origin = cors
+                .allow(origin.as_bytes())
+                .map(|o| String::from_utf8_lossy(o).into_owned());
+        }
+        let preflight = method == Method::OPTIONS
+            && req
+                .headers
+                .contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD);
+        if preflight {
+            let max_age = cors.max_age_secs;
+            return respond::preflight(session, ctx, max_age).await;
+        }
+    }
     let endpoint = match path.as_str() {
         "/healthz" => return respond::json(session, ctx, 200, br#"{"status":"ok"}"#).await,
         "/readyz" => {
@@ -158,6 +175,7 @@ async fn prepare(
     ctx.preset_slot = Some(preset::wrap(
         &mut session.downstream_session,
         shared.clone(),
+        gw.drain.subscribe(),
     ));
     ctx.shared = Some(shared);
     Ok(())
@@ -171,16 +189,30 @@ fn admit(
     model: &str,
     completion: u64,
 ) -> Result<(), GatewayError> {
+    // counters live in the newest snapshot: a request that started before a reload is
+    // admitted there, under the new limits, unless the reload removed its key
+    let current = gw.state.load_full();
+    let moved = if Arc::ptr_eq(&current, &ctx.snap) {
+        None
+    } else {
+        current
+            .same_key(&ctx.snap, key.principal.key_index)
+            .filter(|&i| current.config.keys.get(i).is_some())
+    };
+    let (gov, key) = match moved {
+        Some(i) => (current.clone(), &current.config.keys[i]),
+        None => (ctx.snap.clone(), key),
+    };
     let ask = Ask {
         key,
         model,
         prompt: ctx.prompt_estimate,
         completion,
     };
-    match ctx.snap.governor.admit(&ask) {
+    match gov.governor.admit(&ask) {
         Ok(adm) => {
             ctx.rate_headers = Some(adm.headers);
-            ctx.admitted = Some(adm);
+            ctx.admitted = Some((gov, adm));
             Ok(())
         }
         Err(denied) => {

@@ -42,6 +42,7 @@ pub async fn write(
         resp.insert_header("www-authenticate", "Bearer")?;
     }
     rate_headers(&mut resp, ctx)?;
+    cors_headers(&mut resp, ctx)?;
     match &ctx.error {
         Some(GatewayError::RateLimited { retry_after_ms, .. }) => {
             // OpenAI's SDKs read retry-after-ms first, then retry-after (whole seconds)
@@ -80,4 +81,60 @@ pub fn rate_headers(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
         resp.insert_header(format!("x-ratelimit-reset-{suffix}"), fmt_reset(t.reset))?;
     }
     Ok(())
+}
+
+/// Response headers a browser reads, from `server.cors`: clients may see these headers besides
+/// the CORS-safelisted ones.
+const CORS_EXPOSED: &str = "x-request-id, retry-after, retry-after-ms, x-ratelimit-limit-requests, x-ratelimit-remaining-requests, x-ratelimit-reset-requests, x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, x-ratelimit-reset-tokens";
+/// Request headers a browser may send when the preflight does not list its own.
+const CORS_DEFAULT_HEADERS: &str = "authorization, api-key, content-type, x-request-id, x-llmedge-pool, openai-organization, openai-project";
+
+/// CORS headers for an allowed origin (set on the context by `request::execute`).
+pub fn cors_headers(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
+    let Some(origin) = &ctx.cors_origin else {
+        return Ok(());
+    };
+    resp.insert_header("access-control-allow-origin", origin.as_str())?;
+    resp.insert_header("access-control-expose-headers", CORS_EXPOSED)?;
+    resp.append_header("vary", "Origin")?;
+    Ok(())
+}
+
+/// Answers a CORS preflight (`OPTIONS` with `Access-Control-Request-Method`) with 204: with the
+/// allow headers when the origin is allowed, without them (so the browser refuses) when not.
+pub async fn preflight(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    max_age_secs: u64,
+) -> Result<bool> {
+    let mut resp = ResponseHeader::build(204, Some(8))?;
+    if !ctx.request_id.is_empty() {
+        resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+    }
+    if let Some(origin) = &ctx.cors_origin {
+        let asked = session
+            .req_header()
+            .headers
+            .get("access-control-request-headers")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| {
+                v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_, ".contains(&b))
+            })
+            .map(str::to_string);
+        resp.insert_header("access-control-allow-origin", origin.as_str())?;
+        resp.insert_header("access-control-allow-methods", "GET, POST, OPTIONS")?;
+        resp.insert_header(
+            "access-control-allow-headers",
+            asked.unwrap_or_else(|| CORS_DEFAULT_HEADERS.to_string()),
+        )?;
+        resp.insert_header("access-control-max-age", max_age_secs.to_string())?;
+    }
+    resp.append_header("vary", "Origin")?;
+    resp.append_header("vary", "Access-Control-Request-Method")?;
+    resp.append_header("vary", "Access-Control-Request-Headers")?;
+    resp.insert_header("content-length", "0")?;
+    ctx.status = 204;
+    session.write_response_header(Box::new(resp), true).await?;
+    Ok(true)
 }

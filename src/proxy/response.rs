@@ -22,7 +22,12 @@ pub fn headers(resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
     for h in UPSTREAM_PRIVATE_HEADERS {
         resp.remove_header(h);
     }
-    let is_limit = |k: &http::HeaderName| k.as_str().starts_with("x-ratelimit-");
+    // upstream rate limits describe the provider account; upstream CORS answers would
+    // override `server.cors`, which alone decides what browsers may call
+    let is_limit = |k: &http::HeaderName| {
+        let k = k.as_str();
+        k.starts_with("x-ratelimit-") || k.starts_with("access-control-")
+    };
     if resp.headers.keys().any(is_limit) {
         let upstream_limits: Vec<_> = resp
             .headers
@@ -36,6 +41,7 @@ pub fn headers(resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
     }
     resp.insert_header("x-request-id", ctx.request_id.as_str())?;
     super::respond::rate_headers(resp, ctx)?;
+    super::respond::cors_headers(resp, ctx)?;
     let ok = resp.status.is_success();
     let encoded = resp.headers.contains_key("content-encoding");
     let ctype = resp

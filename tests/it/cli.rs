@@ -58,14 +58,14 @@ fn bad_config_prints_one_line_naming_the_field_and_exits_64() {
 
     std::fs::write(
         &p,
-        "server: {listen: '127.0.0.1:1', threads: 2, tls: true}\n",
+        "server: {listen: '127.0.0.1:1', threads: 2, tls_mode: true}\n",
     )
     .unwrap();
     let (code, _, err) = check(&p);
     assert_eq!(code, 64);
     assert!(
         err.trim()
-            .starts_with("error: server.tls: unknown field `tls`"),
+            .starts_with("error: server.tls_mode: unknown field `tls_mode`"),
         "{err}"
     );
     assert_eq!(err.trim().lines().count(), 1);
