@@ -15,12 +15,12 @@ use crate::router::{Glob, Route};
 pub use limits::{Budget, Limits, Price, StateConfig};
 use limits::{RawBudget, RawLimits, RawState, RawTenant};
 use pool::RawPool;
-use server::RawServer;
-pub use server::{CorsConfig, ServerConfig, TlsConfig};
 pub use pool::{
     parse_backend, BackendUrl, Balance, HashKey, HealthConfig, PoolConfig, ScrapeConfig, Timeouts,
 };
 pub use secret::{EnvLookup, Secret};
+use server::RawServer;
+pub use server::{CorsConfig, ServerConfig, TlsConfig};
 
 const MAX_CONFIG_BYTES: usize = 16_777_216; // 16 MiB
 
@@ -96,7 +96,6 @@ pub struct TenantConfig {
     pub limits: Limits,
     pub budget: Budget,
 }
-
 
 impl Config {
     /// Parses and validates YAML, resolving secrets through `env`.
@@ -216,7 +215,6 @@ impl RawConfig {
         })
     }
 }
-
 
 fn validate_keys(
     raw: Vec<RawKey>,

@@ -1,18 +1,18 @@
 //! What each command does; returns the process exit code.
 
 use std::io::Write;
-use std::sync::Arc;
 use std::net::TcpListener;
+use std::sync::Arc;
 use std::time::Duration;
 
 use pingora::server::RunArgs;
 use pingora::services::background::background_service;
 
 use crate::cli::{Cli, Command, DemoArgs, MockArgs};
-use crate::lifecycle::{Reloader, Signals, Watch};
-use crate::Launch;
 use crate::config::Config;
+use crate::lifecycle::{Reloader, Signals, Watch};
 use crate::mock::MockConfig;
+use crate::Launch;
 
 /// `EX_USAGE` from sysexits.h: the configuration is wrong.
 pub const EXIT_CONFIG: i32 = 64;

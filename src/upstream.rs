@@ -108,7 +108,7 @@ impl Pool {
             };
             b.inflight = o.inflight.clone();
             *b.health.get_mut() = o.health.lock().clone();
-            *b.load.get_mut() = o.load.lock().clone();
+            *b.load.get_mut() = *o.load.lock();
             *b.service.get_mut() = *o.service.lock();
         }
     }

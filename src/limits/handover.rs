@@ -81,7 +81,10 @@ impl Governor {
         let mut slots = Slots::default();
         if let Some((_, state)) = self.tenants.get(tenant) {
             let st = state.lock();
-            let scopes = [(ScopeId::Tenant, Some(&st.tenant)), (ScopeId::Key, st.keys.get(key))];
+            let scopes = [
+                (ScopeId::Tenant, Some(&st.tenant)),
+                (ScopeId::Key, st.keys.get(key)),
+            ];
             for (id, sc) in scopes {
                 let Some(sc) = sc else { continue };
                 slots.push((id, None));

@@ -13,5 +13,6 @@ mod cli;
 mod errors;
 mod fleet;
 mod limits;
+mod ops;
 mod streaming;
 mod support;

@@ -1,6 +1,7 @@
 //! Test harness: the real `llmedge` binary on ephemeral loopback ports, in front of a mock.
 
 pub mod mock;
+pub mod tls;
 
 use std::collections::HashSet;
 use std::net::TcpListener;
@@ -21,6 +22,7 @@ pub const POOL_KEY: &str = "sk-upstream-pool-secret-42";
 /// A free loopback port, never handed out twice by this process. Pingora binds the address
 /// itself, so the port is released just before the gateway starts.
 pub fn reserve_port() -> u16 {
+    install_crypto();
     static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
     loop {
         let port = TcpListener::bind("127.0.0.1:0")
@@ -32,6 +34,15 @@ pub fn reserve_port() -> u16 {
             return port;
         }
     }
+}
+
+/// reqwest's TLS (enabled for the TLS tests) needs a process-wide rustls provider before any
+/// client is built; every test reserves a port or starts a mock first, which call this.
+pub fn install_crypto() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
 }
 
 /// A keep-alive HTTP/1.1 chat request, as raw bytes, with the standard client key.
@@ -117,13 +128,29 @@ impl TestGateway {
     }
 
     pub async fn start_with(yaml: impl FnOnce(u16, u16) -> String) -> Self {
-        let (port, admin) = (reserve_port(), reserve_port());
+        Self::start_args(yaml, &[]).await
+    }
+
+    /// [`TestGateway::start_with`] with extra command-line arguments (`--watch`).
+    pub async fn start_args(yaml: impl FnOnce(u16, u16) -> String, args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, yaml, args).await
+    }
+
+    /// Starts the gateway with its config, counter file and sockets in `dir`.
+    pub async fn start_in(
+        dir: tempfile::TempDir,
+        yaml: impl FnOnce(u16, u16) -> String,
+        args: &[&str],
+    ) -> Self {
+        let (port, admin) = (reserve_port(), reserve_port());
         let path = dir.path().join("llmedge.yaml");
         std::fs::write(&path, yaml(port, admin)).unwrap();
         let path = path.to_str().unwrap();
+        let mut all = vec!["--config", path];
+        all.extend_from_slice(args);
         // the working directory holds the default counter file (state.path)
-        let (child, logs) = spawn_bin_in(dir.path(), &["--config", path]);
+        let (child, logs) = spawn_bin_in(dir.path(), &all);
         let mut gw = Self {
             port,
             admin,
@@ -137,12 +164,25 @@ impl TestGateway {
 
     /// Both listeners answer: each Pingora service binds on its own thread, so the API listener
     /// being up says nothing about the admin one.
+    /// The API listener is checked by connecting, as it may speak TLS or h2c only.
     async fn wait_ready(&mut self) {
-        let api = format!("{}/healthz", self.base());
         let admin = format!("http://127.0.0.1:{}/healthz", self.admin);
-        let both = async {
-            wait_http_ok(&api, &self.logs).await;
-            wait_http_ok(&admin, &self.logs).await;
+        let port = self.port;
+        let logs = self.logs.clone();
+        let both = async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            while tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_err()
+            {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "API listener never came up:\n{}",
+                    logs.lock()
+                );
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            wait_http_ok(&admin, &logs).await;
         };
         tokio::select! {
             () = both => {}
@@ -240,6 +280,36 @@ impl TestGateway {
                 .arg("-TERM")
                 .arg(pid.to_string())
                 .status();
+        }
+    }
+
+    /// The config file the gateway was started with (tests rewrite it to reload).
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("llmedge.yaml")
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
+    /// Sends a signal (`HUP`, `TERM`, `QUIT`, ...) to the gateway process.
+    pub fn signal(&self, sig: &str) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(pid.to_string())
+                .status();
+        }
+    }
+
+    /// Waits for the process to exit; fails the test after `limit`.
+    pub async fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        match tokio::time::timeout(limit, self.child.wait()).await {
+            Ok(status) => status.unwrap(),
+            Err(_) => panic!(
+                "the gateway did not exit within {limit:?}:\n{}",
+                self.logs()
+            ),
         }
     }
 

@@ -12,6 +12,7 @@
 //! | `slow` | answers after 3 s |
 //! | `account-headers` | a JSON answer with the provider account's cookie, organisation and limits |
 //! | `stall` | one SSE event, a 3 s pause, then the rest |
+//! | `gated` | one SSE event, then the rest once the test calls `open_gate` |
 //! | `hold` | never answers; records when the gateway closes the connection (prefill abort) |
 //! | `close-reused` | on a kept-alive connection, reads the request and closes without answering |
 
@@ -54,6 +55,9 @@ struct Shared {
     knobs: Mutex<Knobs>,
     /// Events `endless` wrote whole before its peer went away.
     endless_events: Mutex<usize>,
+    /// `gated` streams finish once this is open.
+    gate_open: Mutex<bool>,
+    gate: Notify,
 }
 
 /// Per-backend behaviour a test can change while the mock runs.
@@ -123,6 +127,7 @@ pub fn sse_body(model: &str, include_usage: bool, crlf: bool) -> String {
 
 impl MockOpenAi {
     pub async fn start() -> Self {
+        super::install_crypto();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared::default());
@@ -200,6 +205,12 @@ impl MockOpenAi {
                 return *self.shared.aborted.lock() > 0;
             }
         }
+    }
+
+    /// Lets every `gated` stream, waiting or future, send the rest of its events.
+    pub fn open_gate(&self) {
+        *self.shared.gate_open.lock() = true;
+        self.shared.gate.notify_waiters();
     }
 
     /// How many events `endless` streams wrote in full (read after `wait_abort`).
@@ -421,6 +432,26 @@ async fn respond(sock: &mut TcpStream, req: &Recorded, shared: &Shared) -> bool 
             false // dropped without the terminating chunk
         }
         "endless" => endless(sock, &model, shared).await,
+        "gated" => {
+            let body = sse_body(&model, include_usage, false);
+            let (first, rest) = body.split_at(body.find("\n\n").unwrap() + 2);
+            if write_chunk(sock, first.as_bytes()).await.is_err() {
+                return false;
+            }
+            loop {
+                let opened = shared.gate.notified();
+                if *shared.gate_open.lock() {
+                    break;
+                }
+                if tokio::time::timeout(Duration::from_secs(30), opened)
+                    .await
+                    .is_err()
+                {
+                    return false;
+                }
+            }
+            finish_sse(sock, rest.as_bytes(), usize::MAX).await
+        }
         "stall" => {
             let body = sse_body(&model, include_usage, false);
             let (first, rest) = body.split_at(body.find("\n\n").unwrap() + 2);
