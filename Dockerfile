@@ -21,10 +21,21 @@ FROM debian:bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --no-create-home llmedge
+ && useradd --system --uid 10001 --no-create-home llmedge \
+ && mkdir -p /var/lib/llmedge \
+ && chown llmedge:llmedge /var/lib/llmedge
 COPY --from=build /src/target/release/llmedge /usr/local/bin/llmedge
 COPY conf/llmedge.yaml /etc/llmedge/llmedge.yaml
 USER llmedge
+# spend and limit windows persist to llmedge-state.json here; mount a volume to keep them
+WORKDIR /var/lib/llmedge
+VOLUME /var/lib/llmedge
 EXPOSE 8080 9090
+# the API listener's /healthz, with bash's /dev/tcp (the slim image has no curl)
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+  CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/8080 && printf 'GET /healthz HTTP/1.1\\r\\nHost: l\\r\\nConnection: close\\r\\n\\r\\n' >&3 && head -c 12 <&3 | grep -q ' 200'"]
+# docker stop sends SIGTERM: open streams get server.grace_period_secs (run with
+# --stop-timeout 75 or longer); docker kill -s HUP reloads the config
+STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/llmedge"]
 CMD ["--config", "/etc/llmedge/llmedge.yaml"]

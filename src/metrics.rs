@@ -332,6 +332,51 @@ mod tests {
     }
 
     #[test]
+    fn every_metric_the_dashboard_queries_is_exported() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/grafana/llmedge.json");
+        let dash: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let m = Metrics::new(4).unwrap();
+        let mut queried = 0;
+        for panel in dash["panels"].as_array().unwrap() {
+            let targets = panel["targets"].as_array().unwrap();
+            assert!(!targets.is_empty(), "panel {} has no query", panel["title"]);
+            for t in targets {
+                let expr = t["expr"].as_str().unwrap();
+                for (i, _) in expr.match_indices("llmedge_") {
+                    let name: String = expr[i..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    let family = ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .find_map(|s| name.strip_suffix(s))
+                        .filter(|f| m.names().iter().any(|n| n == f))
+                        .unwrap_or(&name);
+                    assert!(
+                        m.names().iter().any(|n| n == family),
+                        "panel {} queries {name}, which llmedge does not export",
+                        panel["title"]
+                    );
+                    queried += 1;
+                }
+            }
+        }
+        assert!(queried >= 15, "the dashboard covers the metrics: {queried}");
+        for needed in [
+            "llmedge_requests_total",
+            "llmedge_upstream_errors_total",
+            "llmedge_time_to_first_token_seconds",
+            "llmedge_tokens_total",
+            "llmedge_spend_usd_total",
+            "llmedge_backend_up",
+        ] {
+            let shown = dash.to_string().contains(needed);
+            assert!(shown, "the dashboard shows {needed}");
+        }
+    }
+
+    #[test]
     fn exposition_has_the_contract_names() {
         let m = Metrics::new(4).unwrap();
         m.requests.with_label_values(&["r", "p", "200"]).inc();

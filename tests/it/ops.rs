@@ -210,7 +210,7 @@ async fn sigterm_lets_an_open_stream_finish_refuses_new_connections_and_exits_0(
     assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
     let status = gw.wait_exit(Duration::from_secs(10)).await;
     assert!(status.success(), "exit status {status:?}");
-    assert!(gw.logs().contains("drained"), "{}", gw.logs());
+    gw.wait_log(" drained").await;
 }
 
 #[tokio::test]
