@@ -289,7 +289,7 @@ pub fn status_received(gw: &Gateway, resp: &ResponseHeader, ctx: &mut RequestCtx
     if matches!(code, 401 | 403) {
         // the upstream refused the pool's credentials: not the client's fault, and its message
         // may quote part of the pool key
-        tracing::warn!(pool = %pool.name(), status = code, "upstream rejected the pool credentials");
+        tracing::warn!(request_id = %ctx.request_id, pool = %pool.name(), status = code, "upstream rejected the pool credentials");
         record(gw, ctx, "status_4xx");
         ctx.plan.last_error = Some(GatewayError::UpstreamAuth);
         let mut e = Error::explain(HTTPStatus(502), "upstream rejected the pool credentials");
@@ -328,7 +328,7 @@ pub fn status_received(gw: &Gateway, resp: &ResponseHeader, ctx: &mut RequestCtx
 fn eject(ctx: &RequestCtx) {
     if let Some((pool, b)) = current(ctx) {
         let cooldown = pool.with_health(b, |h| h.eject(Instant::now()));
-        tracing::debug!(pool = %pool.name(), backend = b, ?cooldown, "backend ejected");
+        tracing::debug!(request_id = %ctx.request_id, pool = %pool.name(), backend = b, ?cooldown, "backend ejected");
     }
 }
 

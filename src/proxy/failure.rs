@@ -38,7 +38,7 @@ pub async fn respond(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> 
         // headers are gone: a stream gets a final error event, anything else is cut off
         if let Some(tail) = response::stream_error_tail(ctx, &gerr) {
             if let Err(we) = session.write_response_body(Some(tail), true).await {
-                tracing::debug!(error = %we, "could not deliver the stream error event");
+                tracing::debug!(request_id = %ctx.request_id, error = %we, "could not deliver the stream error event");
             }
         }
         ctx.error = Some(gerr);

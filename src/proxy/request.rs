@@ -104,7 +104,7 @@ async fn prepare(
     let snap = ctx.snap.clone();
     let key = snap.keys.authenticate(&session.req_header().headers)?;
     ctx.principal = Some(key.principal.clone());
-    let body = read_body(session, snap.config.server.max_body_bytes).await?;
+    let body = read_body(session, snap.config.server.max_body_bytes, &ctx.request_id).await?;
     let (obj, head) = inspect_request(&body)?;
     let model = match (&head.model, &snap.config.default_model) {
         (Some(m), _) => m.clone(),
@@ -227,7 +227,11 @@ fn admit(
 }
 
 /// Reads the whole body, refusing it as soon as it passes `max` bytes.
-async fn read_body(session: &mut Session, max: usize) -> Result<Bytes, GatewayError> {
+async fn read_body(
+    session: &mut Session,
+    max: usize,
+    request_id: &str,
+) -> Result<Bytes, GatewayError> {
     let too_large = GatewayError::BodyTooLarge { limit: max };
     let declared = session
         .req_header()
@@ -253,7 +257,7 @@ async fn read_body(session: &mut Session, max: usize) -> Result<Bytes, GatewayEr
     let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(max));
     loop {
         let chunk = session.read_request_body().await.map_err(|e| {
-            tracing::debug!(error = %e, "reading request body failed");
+            tracing::debug!(request_id, error = %e, "reading request body failed");
             GatewayError::InvalidJson("the request body could not be read".into())
         })?;
         let Some(chunk) = chunk else { break };
