@@ -103,6 +103,7 @@ fn auth_and_route(c: &mut Criterion) {
             pool_name: "x".into(),
             strip_prefix: true,
             fallbacks: vec![],
+            endpoints: llmedge::endpoint::EndpointSet::all(),
         })
         .collect();
     c.bench_function("router_resolve/100_routes_last", |b| {

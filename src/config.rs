@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::auth::{KeyEntry, Principal};
 use crate::errors::ConfigError;
+use crate::endpoint::EndpointSet;
 use crate::router::{Glob, Route};
 pub use limits::{Budget, Limits, Price, StateConfig};
 use limits::{RawBudget, RawLimits, RawState, RawTenant};
@@ -73,6 +74,9 @@ struct RawRoute {
     strip_prefix: bool,
     #[serde(default)]
     fallbacks: Vec<String>,
+    /// The endpoints this route serves; absent = all.
+    #[serde(default)]
+    endpoints: Option<Vec<String>>,
 }
 
 // === typed config ===
@@ -178,12 +182,24 @@ impl RawConfig {
                 }
                 fallbacks.push(fp);
             }
+            let endpoints = match &r.endpoints {
+                None => EndpointSet::all(),
+                Some(names) => EndpointSet::parse(names.iter().map(String::as_str)).map_err(
+                    |(bad, known)| {
+                        ConfigError::new(
+                            format!("routes[{i}].endpoints"),
+                            format!("unknown endpoint \"{bad}\" (known: {known})"),
+                        )
+                    },
+                )?,
+            };
             routes.push(Route {
                 prefix: r.prefix,
                 pool,
                 pool_name: r.pool,
                 strip_prefix: r.strip_prefix,
                 fallbacks,
+                endpoints,
             });
         }
         if let Some(m) = &self.default_model {

@@ -15,6 +15,8 @@ pub enum GatewayError {
     UnknownModel(String),
     #[error("the model `{0}` does not exist or you do not have access to it")]
     ModelNotAllowed(String),
+    #[error("the model `{model}` is not served on {path}")]
+    EndpointNotServed { model: String, path: &'static str },
     #[error("request body exceeds {limit} bytes")]
     BodyTooLarge { limit: usize },
     #[error("we could not parse the JSON body of your request: {0}")]
@@ -79,9 +81,10 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::MissingApiKey | Self::InvalidApiKey => StatusCode::UNAUTHORIZED,
-            Self::UnknownModel(_) | Self::ModelNotAllowed(_) | Self::UnknownPath { .. } => {
-                StatusCode::NOT_FOUND
-            }
+            Self::UnknownModel(_)
+            | Self::ModelNotAllowed(_)
+            | Self::UnknownPath { .. }
+            | Self::EndpointNotServed { .. } => StatusCode::NOT_FOUND,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::InvalidJson(_) | Self::InvalidParam { .. } | Self::MissingModel => {
                 StatusCode::BAD_REQUEST
@@ -112,6 +115,7 @@ impl GatewayError {
             Self::MissingApiKey | Self::InvalidApiKey => "invalid_request_error",
             Self::UnknownModel(_)
             | Self::ModelNotAllowed(_)
+            | Self::EndpointNotServed { .. }
             | Self::BodyTooLarge { .. }
             | Self::InvalidJson(_)
             | Self::InvalidParam { .. }
@@ -143,6 +147,7 @@ impl GatewayError {
         match self {
             Self::MissingApiKey | Self::InvalidApiKey => Some("invalid_api_key"),
             Self::UnknownModel(_) | Self::ModelNotAllowed(_) => Some("model_not_found"),
+            Self::EndpointNotServed { .. } => Some("unsupported_endpoint"),
             Self::BodyTooLarge { .. } => Some("request_too_large"),
             Self::UnknownPath { .. } => Some("unknown_url"),
             Self::InvalidJson(_) | Self::InvalidParam { .. } | Self::MissingModel => None,
@@ -169,7 +174,10 @@ impl GatewayError {
     /// The offending request parameter, as OpenAI reports it in `error.param`.
     pub fn param(&self) -> Option<&'static str> {
         match self {
-            Self::UnknownModel(_) | Self::ModelNotAllowed(_) | Self::MissingModel => Some("model"),
+            Self::UnknownModel(_)
+            | Self::ModelNotAllowed(_)
+            | Self::EndpointNotServed { .. }
+            | Self::MissingModel => Some("model"),
             Self::InvalidParam { param, .. } => Some(param),
             Self::PoolNotAllowed(_) => Some("x-llmedge-pool"),
             Self::MissingApiKey
@@ -203,6 +211,7 @@ impl GatewayError {
             Self::InvalidApiKey => "invalid_api_key",
             Self::UnknownModel(_) => "unknown_model",
             Self::ModelNotAllowed(_) => "model_not_allowed",
+            Self::EndpointNotServed { .. } => "endpoint_not_served",
             Self::BodyTooLarge { .. } => "body_too_large",
             Self::InvalidJson(_) => "invalid_json",
             Self::InvalidParam { .. } => "invalid_param",
@@ -247,6 +256,7 @@ impl GatewayError {
             | Self::InvalidApiKey
             | Self::UnknownModel(_)
             | Self::ModelNotAllowed(_)
+            | Self::EndpointNotServed { .. }
             | Self::BodyTooLarge { .. }
             | Self::InvalidJson(_)
             | Self::InvalidParam { .. }

@@ -40,6 +40,31 @@ struct ModelItem {
 
 /// Builds the OpenAI list body for `key`.
 pub async fn list(snap: &Snapshot, key: &KeyEntry) -> Vec<u8> {
+    let data: Vec<_> = entries(snap, key)
+        .await
+        .into_iter()
+        .map(|(id, owner)| model_object(&id, &owner))
+        .collect();
+    json!({"object": "list", "data": data})
+        .to_string()
+        .into_bytes()
+}
+
+/// `GET /v1/models/{id}`: the model object, when `id` is one of the models `key` may use.
+pub async fn info(snap: &Snapshot, key: &KeyEntry, id: &str) -> Option<Vec<u8>> {
+    let (id, owner) = entries(snap, key)
+        .await
+        .into_iter()
+        .find(|(i, _)| i == id)?;
+    Some(model_object(&id, &owner).to_string().into_bytes())
+}
+
+fn model_object(id: &str, owner: &str) -> serde_json::Value {
+    json!({"id": id, "object": "model", "created": 0, "owned_by": owner})
+}
+
+/// `(id, owner)` of every model `key` may use, in list order.
+async fn entries(snap: &Snapshot, key: &KeyEntry) -> Vec<(String, String)> {
     let wanted: Vec<usize> = {
         let mut p: Vec<usize> = snap.config.routes.iter().map(|r| r.pool).collect();
         p.sort_unstable();
@@ -72,13 +97,7 @@ pub async fn list(snap: &Snapshot, key: &KeyEntry) -> Vec<u8> {
             }
         }
     }
-    let data: Vec<_> = ids
-        .into_iter()
-        .map(|(id, owner)| json!({"id": id, "object": "model", "created": 0, "owned_by": owner}))
-        .collect();
-    json!({"object": "list", "data": data})
-        .to_string()
-        .into_bytes()
+    ids
 }
 
 async fn pool_models(snap: &Snapshot, pool_index: usize) -> Vec<String> {

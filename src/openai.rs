@@ -13,16 +13,17 @@ use serde_json::value::RawValue;
 
 use crate::errors::GatewayError;
 
-/// Token usage as reported by the upstream.
+/// Token usage as reported by the upstream. The Responses API and image endpoints call the
+/// same counts `input_tokens` / `output_tokens`; both spellings feed the same counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 pub struct Usage {
-    #[serde(default)]
+    #[serde(default, alias = "input_tokens")]
     pub prompt_tokens: u64,
-    #[serde(default)]
+    #[serde(default, alias = "output_tokens")]
     pub completion_tokens: u64,
     #[serde(default)]
     pub total_tokens: u64,
-    #[serde(default)]
+    #[serde(default, alias = "input_tokens_details")]
     pub prompt_tokens_details: Option<PromptDetails>,
 }
 
@@ -161,6 +162,9 @@ pub struct RequestHead {
     pub stream: bool,
     /// Whether the client itself asked for `stream_options.include_usage: true`.
     pub client_include_usage: bool,
+    /// Whether the rewrite adds `stream_options.include_usage: true` (chat and legacy
+    /// completions streams whose client did not ask; the caller turns it off elsewhere).
+    pub inject_usage: bool,
 }
 
 /// Parses the fields the gateway needs; any JSON that is not an object is a 400.
@@ -204,6 +208,7 @@ pub fn inspect_request(body: &[u8]) -> Result<(RawObject<'_>, RequestHead), Gate
             model,
             stream,
             client_include_usage,
+            inject_usage: stream && !client_include_usage,
         },
     ))
 }
@@ -216,7 +221,7 @@ pub fn rewrite_request(
     upstream_model: &str,
 ) -> Option<Vec<u8>> {
     let model_changes = head.model.as_deref() != Some(upstream_model);
-    let usage_changes = head.stream && !head.client_include_usage;
+    let usage_changes = head.inject_usage;
     if !model_changes && !usage_changes {
         return None;
     }
@@ -327,6 +332,53 @@ pub fn rewrite_response_object_json(
         usage,
         has_choices,
     }
+}
+
+/// One Responses API stream event: restores `response.model`, captures `response.usage`, and
+/// reports output deltas (first-token timing) and the terminal events.
+pub fn rewrite_responses_event(input: &[u8], model_json: &str) -> ResponsesEvent {
+    let Ok(obj) = RawObject::parse(input) else {
+        return ResponsesEvent::default();
+    };
+    let kind = obj
+        .get("type")
+        .and_then(|t| serde_json::from_str::<Cow<'_, str>>(t.get()).ok())
+        .unwrap_or_default();
+    let mut ev = ResponsesEvent {
+        output: kind.ends_with(".delta"),
+        terminal: matches!(
+            &*kind,
+            "response.completed" | "response.failed" | "response.incomplete" | "error"
+        ),
+        ..ResponsesEvent::default()
+    };
+    let Some(resp) = obj.get("response") else {
+        return ev;
+    };
+    let inner = rewrite_response_object_json(resp.get().as_bytes(), model_json, false);
+    ev.usage = inner.usage;
+    ev.bytes = inner.bytes.map(|new| {
+        let new = String::from_utf8_lossy(&new).into_owned();
+        let mut out = Vec::with_capacity(input.len() + model_json.len());
+        obj.write(
+            &mut out,
+            |k, _| (k == "response").then(|| Some(Cow::Borrowed(new.as_str()))),
+            &[],
+        );
+        out
+    });
+    ev
+}
+
+/// What [`rewrite_responses_event`] found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ResponsesEvent {
+    pub bytes: Option<Vec<u8>>,
+    pub usage: Option<Usage>,
+    /// An output delta (text, arguments, reasoning): the first one is the first token.
+    pub output: bool,
+    /// `response.completed`, `.failed`, `.incomplete` or `error`: the stream's last event.
+    pub terminal: bool,
 }
 
 #[cfg(test)]

@@ -9,6 +9,8 @@ pub struct Route {
     pub strip_prefix: bool,
     /// Pools tried in order when the primary cannot serve.
     pub fallbacks: Vec<usize>,
+    /// The endpoints the route serves (`routes[].endpoints`; all when absent).
+    pub endpoints: crate::endpoint::EndpointSet,
 }
 
 /// The route chosen for a client-facing model name.
@@ -94,6 +96,7 @@ mod tests {
                 pool_name: "ollama".into(),
                 strip_prefix: true,
                 fallbacks: vec![],
+                endpoints: crate::endpoint::EndpointSet::all(),
             },
             Route {
                 prefix: "gpt-".into(),
@@ -101,6 +104,7 @@ mod tests {
                 pool_name: "openai".into(),
                 strip_prefix: false,
                 fallbacks: vec![],
+                endpoints: crate::endpoint::EndpointSet::all(),
             },
             Route {
                 prefix: "gpt-4o".into(),
@@ -108,6 +112,7 @@ mod tests {
                 pool_name: "never".into(),
                 strip_prefix: false,
                 fallbacks: vec![],
+                endpoints: crate::endpoint::EndpointSet::all(),
             },
         ]
     }

@@ -5,7 +5,8 @@
 //! line endings (`\n`, `\r\n`, `\r`) are preserved, so the same upstream bytes give the same
 //! client bytes however the network splits them.
 
-use crate::openai::{json_string, rewrite_response_object_json, Usage};
+use crate::endpoint::StreamKind;
+use crate::openai::{json_string, rewrite_response_object_json, rewrite_responses_event, Usage};
 
 /// An event larger than this is forwarded unmodified rather than buffered further.
 pub const MAX_EVENT_BYTES: usize = 8_388_608; // 8 MiB
@@ -27,6 +28,7 @@ pub struct StreamRewriter {
     line_start: usize,
     /// The client's model name as a JSON string literal, encoded once per stream.
     client_model_json: String,
+    kind: StreamKind,
     strip_injected_usage: bool,
     usage: Option<Usage>,
     seen_choice: bool,
@@ -37,12 +39,19 @@ pub struct StreamRewriter {
 }
 
 impl StreamRewriter {
+    /// A chat/completions stream rewriter.
     pub fn new(client_model: &str, strip_injected_usage: bool) -> Self {
+        Self::for_kind(StreamKind::Chunks, client_model, strip_injected_usage)
+    }
+
+    /// A rewriter for `kind` of stream (Responses events never carry an injected usage chunk).
+    pub fn for_kind(kind: StreamKind, client_model: &str, strip_injected_usage: bool) -> Self {
         Self {
             pending: Vec::new(),
             scan: 0,
             line_start: 0,
             client_model_json: json_string(client_model),
+            kind,
             strip_injected_usage,
             usage: None,
             seen_choice: false,
@@ -58,7 +67,7 @@ impl StreamRewriter {
         self.usage
     }
 
-    /// Whether `data: [DONE]` was seen.
+    /// Whether the stream's end was seen: `data: [DONE]`, or a Responses terminal event.
     pub fn is_done(&self) -> bool {
         self.done
     }
@@ -144,6 +153,19 @@ impl StreamRewriter {
         if value == b"[DONE]" {
             self.done = true;
         }
+        if self.kind == StreamKind::ResponsesEvents {
+            let ev = rewrite_responses_event(value, &self.client_model_json);
+            self.observe_event(&ev);
+            match ev.bytes {
+                None => out.extend_from_slice(event),
+                Some(new) => {
+                    out.extend_from_slice(&event[..first.value_start]);
+                    out.extend_from_slice(&new);
+                    out.extend_from_slice(&event[first.value_start + value.len()..]);
+                }
+            }
+            return;
+        }
         let r =
             rewrite_response_object_json(value, &self.client_model_json, self.strip_injected_usage);
         self.observe(&r);
@@ -191,6 +213,19 @@ impl StreamRewriter {
                 out.extend_from_slice(&new);
                 out.extend_from_slice(l.terminator);
             }
+        }
+    }
+
+    fn observe_event(&mut self, ev: &crate::openai::ResponsesEvent) {
+        if ev.usage.is_some() {
+            self.usage = ev.usage;
+        }
+        if ev.output {
+            self.seen_choice = true;
+            self.choice_events += 1;
+        }
+        if ev.terminal {
+            self.done = true;
         }
     }
 

@@ -174,10 +174,23 @@ fn set_body_for(pool: &Pool, ctx: &mut RequestCtx) -> Result<()> {
     if model == ctx.plan.sent_model {
         return Ok(());
     }
-    let body = ctx.plan.client_body.clone();
-    let (obj, head) =
-        inspect_request(&body).map_err(|_| Error::explain(InternalError, "body changed"))?;
-    let new = rewrite_request(&obj, &head, &model).map_or(body.clone(), Bytes::from);
+    let plan = &ctx.plan;
+    let new = match &plan.multipart_model {
+        Some(r) => Bytes::from(crate::multipart::replace(
+            &plan.client_body,
+            r.clone(),
+            model.as_bytes(),
+        )),
+        None => {
+            let Some(head) = &plan.json else {
+                return Ok(());
+            };
+            let body = &plan.client_body;
+            let (obj, _) =
+                inspect_request(body).map_err(|_| Error::explain(InternalError, "body changed"))?;
+            rewrite_request(&obj, head, &model).map_or(body.clone(), Bytes::from)
+        }
+    };
     if let Some(shared) = &ctx.shared {
         shared.set_body(new);
     }
@@ -257,6 +270,16 @@ pub fn failed_while_proxying(
         return e;
     }
     let started = ctx.status != 0 || session.response_written().is_some();
+    // part of an upload's streamed tail went out: there is nothing left to replay it from
+    let body_gone = ctx.shared.as_ref().is_some_and(|s| s.tail_started());
+    if body_gone && !started && cause != Cause::ClientGone {
+        let gerr = classify(&e);
+        record(gw, ctx, gerr.label());
+        eject(ctx);
+        ctx.plan.last_error = Some(gerr);
+        e.set_retry(false);
+        return e;
+    }
     if started || cause == Cause::ClientGone {
         if !started {
             record(gw, ctx, "client_closed");

@@ -39,6 +39,10 @@ pub struct Plan {
     pub prompt: Bytes,
     /// The last upstream failure, reported if no later attempt succeeds.
     pub last_error: Option<GatewayError>,
+    /// The JSON body's fields, to rewrite it for another pool's model name.
+    pub json: Option<crate::openai::RequestHead>,
+    /// Where a multipart head carries `model`, for the same reason.
+    pub multipart_model: Option<std::ops::Range<usize>>,
 }
 
 /// How the response body is treated.
@@ -51,13 +55,7 @@ pub enum ResponseMode {
     Sse(Box<StreamRewriter>),
 }
 
-/// The endpoint class of a proxied request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    ChatCompletions,
-    Completions,
-    Embeddings,
-}
+pub use crate::endpoint::Endpoint;
 
 pub struct RequestCtx {
     pub snap: Arc<Snapshot>,

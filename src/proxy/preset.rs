@@ -43,6 +43,21 @@ pub struct Shared {
     body: Mutex<Bytes>,
     deadline: Mutex<(Instant, TimeoutKind)>,
     fired: Mutex<Option<TimeoutKind>>,
+    tail: Mutex<Option<Tail>>,
+}
+
+/// A body only partly read before routing (a multipart upload): the preset bytes are its
+/// rewritten head, the rest is streamed from the client as it arrives.
+#[derive(Debug, Clone, Copy)]
+pub struct Tail {
+    /// The client's `Content-Length`, if it sent one.
+    pub declared: Option<usize>,
+    /// How many client bytes the preset head stands for.
+    pub head_read: usize,
+    /// Bytes of the tail passed on so far; once non-zero the body cannot be replayed.
+    pub streamed: usize,
+    /// The body limit, enforced on the tail as it streams.
+    pub max: usize,
 }
 
 impl Shared {
@@ -51,7 +66,28 @@ impl Shared {
             body: Mutex::new(body),
             deadline: Mutex::new((deadline, TimeoutKind::Total)),
             fired: Mutex::new(None),
+            tail: Mutex::new(None),
         })
+    }
+
+    /// Marks the body as continuing past the preset head.
+    pub fn set_tail(&self, tail: Tail) {
+        *self.tail.lock() = Some(tail);
+    }
+
+    /// Whether part of a streamed tail has gone out: the request can no longer be retried.
+    pub fn tail_started(&self) -> bool {
+        self.tail.lock().is_some_and(|t| t.streamed > 0)
+    }
+
+    /// The `Content-Length` to send upstream: the preset body's, or for a streamed tail the
+    /// client's length adjusted by the head rewrite (`None`: unknown, send chunked).
+    pub fn upstream_len(&self) -> Option<usize> {
+        let head = self.body.lock().len();
+        match *self.tail.lock() {
+            None => Some(head),
+            Some(t) => t.declared.map(|d| d - t.head_read.min(d) + head),
+        }
     }
 
     pub fn set_body(&self, body: Bytes) {
@@ -118,6 +154,28 @@ pub fn unwrap(downstream: &mut ServerSession, slot: &Slot) {
     }
 }
 
+impl PresetBody {
+    /// A streamed tail is still coming from the client.
+    fn streaming(&mut self) -> bool {
+        self.shared.tail.lock().is_some() && !self.inner.is_body_done()
+    }
+
+}
+
+/// Counts tail bytes as they pass, refusing a body that grows past the limit.
+fn count_tail(shared: &Shared, chunk: Option<&Bytes>) -> Result<()> {
+    let Some(c) = chunk else { return Ok(()) };
+    let mut tail = shared.tail.lock();
+    let Some(t) = tail.as_mut() else {
+        return Ok(());
+    };
+    t.streamed += c.len();
+    if t.head_read + t.streamed > t.max {
+        return Error::e_explain(ErrorType::InvalidHTTPHeader, "request body over the limit");
+    }
+    Ok(())
+}
+
 fn placeholder() -> ServerSession {
     ServerSession::new_custom(Box::new(()))
 }
@@ -131,9 +189,17 @@ impl CustomSession for PresetBody {
         self.inner.req_header_mut()
     }
     async fn read_body_bytes(&mut self) -> Result<Option<Bytes>> {
-        Ok(None) // consumed by request_filter; the body goes out through get_retry_buffer
+        if !self.streaming() {
+            return Ok(None); // consumed by request_filter; it goes out through get_retry_buffer
+        }
+        let chunk = self.inner.read_request_body().await?;
+        count_tail(&self.shared, chunk.as_ref())?;
+        Ok(chunk)
     }
     async fn drain_request_body(&mut self) -> Result<()> {
+        if self.streaming() {
+            return self.inner.drain_request_body().await;
+        }
         Ok(())
     }
     async fn write_response_header(&mut self, resp: Box<ResponseHeader>, _end: bool) -> Result<()> {
@@ -194,22 +260,30 @@ impl CustomSession for PresetBody {
         self.inner.shutdown().await
     }
     fn is_body_done(&mut self) -> bool {
-        true
+        !self.streaming()
     }
     async fn finish(&mut self) -> Result<()> {
         self.inner.finish_body().await
     }
     fn is_body_empty(&mut self) -> bool {
-        self.shared.body.lock().is_empty()
+        self.shared.body.lock().is_empty() && !self.streaming()
     }
     async fn read_body_or_idle(&mut self, _no_body_expected: bool) -> Result<Option<Bytes>> {
-        // the body was read already: this is the real session's disconnect watcher, raced
-        // against the upstream deadline (re-read after each wake, as filters move it)
+        // once the body is read this is the real session's disconnect watcher (with a streamed
+        // tail, it reads the tail first), raced against the upstream deadline (re-read after
+        // each wake, as filters move it)
         let shared = self.shared.clone();
+        let reading = self.streaming();
         loop {
             let (at, _) = *shared.deadline.lock();
             tokio::select! {
-                r = self.inner.read_body_or_idle(true) => return r,
+                r = self.inner.read_body_or_idle(!reading) => {
+                    let chunk = r?;
+                    if reading {
+                        count_tail(&shared, chunk.as_ref())?;
+                    }
+                    return Ok(chunk);
+                }
                 Ok(_) = self.drain.wait_for(|over| *over) => {
                     *shared.fired.lock() = Some(TimeoutKind::Shutdown);
                     return Error::e_explain(ErrorType::ReadTimedout, "shutdown grace period over");
@@ -247,7 +321,7 @@ impl CustomSession for PresetBody {
     }
     fn enable_retry_buffering(&mut self) {}
     fn retry_buffer_truncated(&self) -> bool {
-        false
+        self.shared.tail_started()
     }
     fn get_retry_buffer(&self) -> Option<Bytes> {
         Some(self.shared.body.lock().clone())

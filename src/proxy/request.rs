@@ -8,11 +8,13 @@ use pingora::prelude::*;
 use pingora::proxy::Session;
 
 use super::ctx::{request_id, Endpoint, InflightGuard, Plan, RequestCtx};
-use super::preset::{self, Shared};
+use super::preset::{self, Shared, Tail};
 use super::{attempt, respond, Gateway};
 use crate::auth::KeyEntry;
 use crate::errors::GatewayError;
 use crate::limits::Ask;
+use crate::endpoint::StreamKind;
+use crate::multipart::Scan;
 use crate::openai::{inspect_request, rewrite_request};
 use crate::router;
 
@@ -58,28 +60,55 @@ pub async fn execute(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) 
             return respond::json(session, ctx, status, &body).await;
         }
         "/v1/models" if method == Method::GET => {
-            return list_models(session, ctx).await;
+            return list_models(session, ctx, None).await;
         }
-        "/v1/chat/completions" => Endpoint::ChatCompletions,
-        "/v1/completions" => Endpoint::Completions,
-        "/v1/embeddings" => Endpoint::Embeddings,
+        p if p.starts_with("/v1/models/") && method == Method::GET => {
+            let id = percent_decode(&p["/v1/models/".len()..]);
+            return list_models(session, ctx, Some(id)).await;
+        }
         "/v1/models" => return method_not_allowed(session, ctx, method, path).await,
-        _ => {
-            let e = GatewayError::UnknownPath {
-                method: method.to_string(),
-                path,
-            };
-            return respond::error(session, ctx, e).await;
+        p if p.starts_with("/v1/models/") => {
+            return method_not_allowed(session, ctx, method, path).await
         }
+        p => match Endpoint::from_path(p) {
+            Some(e) => e,
+            None => {
+                let e = GatewayError::UnknownPath {
+                    method: method.to_string(),
+                    path,
+                };
+                return respond::error(session, ctx, e).await;
+            }
+        },
     };
     if method != Method::POST {
         return method_not_allowed(session, ctx, method, path).await;
     }
     ctx.endpoint = Some(endpoint);
-    match prepare(gw, session, ctx).await {
+    match prepare(gw, session, ctx, endpoint).await {
         Ok(()) => Ok(false),
         Err(e) => respond::error(session, ctx, e).await,
     }
+}
+
+/// `%2F` and friends in a model id taken from the path (`/v1/models/ollama%2Fllama3`).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 async fn method_not_allowed(
@@ -95,18 +124,47 @@ async fn method_not_allowed(
     respond::error(session, ctx, e).await
 }
 
+/// What routing and admission need from a request body.
+struct Incoming {
+    /// The client bytes read (the whole body, or a multipart upload's head).
+    body: Bytes,
+    model: Option<String>,
+    stream: bool,
+    /// Completion tokens the request may generate, from its cap field or the default.
+    max_completion: u64,
+    /// The prompt's raw text (for token estimates and `hash_key: prompt_prefix`).
+    prompt: Bytes,
+    /// JSON request fields, for the rewrite (`None` for multipart).
+    json: Option<crate::openai::RequestHead>,
+    multipart: Option<MultipartHead>,
+}
+
+/// Where a multipart upload's `model` value sits in the head read so far.
+pub struct MultipartHead {
+    pub model_at: Option<std::ops::Range<usize>>,
+    /// The whole body was read (it was small, or `model` came after the file).
+    pub complete: bool,
+    pub declared: Option<usize>,
+}
+
 /// Authenticates, reads and rewrites the body, and plans where the attempts go.
 async fn prepare(
     gw: &Gateway,
     session: &mut Session,
     ctx: &mut RequestCtx,
+    endpoint: Endpoint,
 ) -> Result<(), GatewayError> {
     let snap = ctx.snap.clone();
     let key = snap.keys.authenticate(&session.req_header().headers)?;
     ctx.principal = Some(key.principal.clone());
-    let body = read_body(session, snap.config.server.max_body_bytes, &ctx.request_id).await?;
-    let (obj, head) = inspect_request(&body)?;
-    let model = match (&head.model, &snap.config.default_model) {
+    let max = snap.config.server.max_body_bytes;
+    let incoming = if endpoint.multipart() {
+        read_multipart(session, max, &ctx.request_id).await?
+    } else {
+        let body = read_body(session, max, &ctx.request_id).await?;
+        json_incoming(body, endpoint, snap.config.server.default_max_tokens)?
+    };
+    let model = match (&incoming.model, &snap.config.default_model) {
         (Some(m), _) => m.clone(),
         (None, Some(d)) => d.clone(),
         (None, None) => return Err(GatewayError::MissingModel),
@@ -117,6 +175,12 @@ async fn prepare(
         return Err(GatewayError::ModelNotAllowed(model));
     }
     let route = &snap.config.routes[resolved.route];
+    if !route.endpoints.contains(endpoint) {
+        return Err(GatewayError::EndpointNotServed {
+            model,
+            path: endpoint.path(),
+        });
+    }
     let route_chain = std::iter::once(route.pool).chain(route.fallbacks.iter().copied());
     let chain: Vec<usize> = match session.req_header().headers.get(PIN_HEADER) {
         None => route_chain.collect(),
@@ -134,34 +198,25 @@ async fn prepare(
     };
     let first = snap.pools.get(chain[0]).ok_or(GatewayError::Internal)?;
     let sent_model = attempt::pool_model(first, resolved.upstream_model).to_string();
-    let upstream_body = rewrite_request(&obj, &head, &sent_model).map_or(body.clone(), Bytes::from);
-    let prompt = ["messages", "prompt", "input"]
-        .iter()
-        .find_map(|f| obj.get(f))
-        .map_or_else(Bytes::new, |v| body.slice_ref(v.get().as_bytes()));
-    let max_completion = match ctx.endpoint {
-        Some(Endpoint::Embeddings) => 0,
-        _ => ["max_completion_tokens", "max_tokens"]
-            .iter()
-            .find_map(|f| obj.get(f)?.get().parse::<u64>().ok())
-            .unwrap_or(snap.config.server.default_max_tokens)
-            .min(MAX_COMPLETION_RESERVE),
-    };
-    drop(obj);
+    let body = incoming.body.clone();
+    let upstream_body = body_for_model(&body, &incoming.multipart, incoming.json.as_ref(), &sent_model)?;
     // characters/4 of the prompt's JSON text: cheap, and over- rather than under-estimates
-    ctx.prompt_estimate = (prompt.len() as u64).div_ceil(4);
-    ctx.completion_reserve = max_completion;
-    admit(gw, ctx, key, &model, max_completion)?;
+    ctx.prompt_estimate = (incoming.prompt.len() as u64).div_ceil(4);
+    ctx.completion_reserve = incoming.max_completion;
+    admit(gw, ctx, key, &model, incoming.max_completion)?;
     ctx.route = Some(resolved.route);
     ctx.pool = Some(chain[0]);
-    ctx.stream = head.stream;
-    ctx.strip_usage = head.stream && !head.client_include_usage;
+    ctx.stream = incoming.stream;
+    ctx.strip_usage = incoming.json.as_ref().is_some_and(|h| h.inject_usage);
+    let multipart = incoming.multipart;
     ctx.plan = Plan {
         chain,
         route_model: resolved.upstream_model.to_string(),
         sent_model,
         client_body: body,
-        prompt,
+        prompt: incoming.prompt,
+        json: incoming.json,
+        multipart_model: multipart.as_ref().and_then(|m| m.model_at.clone()),
         ..Plan::default()
     };
     ctx.client_model = Some(model);
@@ -171,7 +226,16 @@ async fn prepare(
     // a client that stops reading must not hold its slots forever: each write to it may take
     // at most the pool's idle limit
     session.set_write_timeout(Some(first.config.timeouts.idle));
+    let head_read = ctx.plan.client_body.len();
     let shared = Shared::new(upstream_body, ctx.start + first.config.timeouts.total);
+    if let Some(m) = multipart.filter(|m| !m.complete) {
+        shared.set_tail(Tail {
+            declared: m.declared,
+            head_read,
+            streamed: 0,
+            max,
+        });
+    }
     ctx.preset_slot = Some(preset::wrap(
         &mut session.downstream_session,
         shared.clone(),
@@ -179,6 +243,141 @@ async fn prepare(
     ));
     ctx.shared = Some(shared);
     Ok(())
+}
+
+/// The body an upstream that calls the model `model` is sent (the head, for a streamed
+/// multipart upload).
+pub fn body_for_model(
+    body: &Bytes,
+    multipart: &Option<MultipartHead>,
+    json: Option<&crate::openai::RequestHead>,
+    model: &str,
+) -> Result<Bytes, GatewayError> {
+    if let Some(m) = multipart {
+        return Ok(match &m.model_at {
+            Some(r) => Bytes::from(crate::multipart::replace(body, r.clone(), model.as_bytes())),
+            None => body.clone(), // a default model: the upstream's own default applies
+        });
+    }
+    let Some(head) = json else {
+        return Ok(body.clone());
+    };
+    let (obj, _) = inspect_request(body)?;
+    Ok(rewrite_request(&obj, head, model).map_or(body.clone(), Bytes::from))
+}
+
+fn json_incoming(
+    body: Bytes,
+    endpoint: Endpoint,
+    default_max_tokens: u64,
+) -> Result<Incoming, GatewayError> {
+    let (obj, mut head) = inspect_request(&body)?;
+    // only chat and legacy completions streams have a usage chunk to ask for
+    head.inject_usage &= endpoint.stream_kind() == Some(StreamKind::Chunks);
+    let prompt = ["messages", "prompt", "input", "query", "text_1"]
+        .iter()
+        .find_map(|f| obj.get(f))
+        .map_or_else(|| body.clone(), |v| body.slice_ref(v.get().as_bytes()));
+    let max_completion = if endpoint.generates_tokens() {
+        endpoint
+            .completion_cap_fields()
+            .iter()
+            .find_map(|f| obj.get(f)?.get().parse::<u64>().ok())
+            .unwrap_or(default_max_tokens)
+            .min(MAX_COMPLETION_RESERVE)
+    } else {
+        0
+    };
+    drop(obj);
+    Ok(Incoming {
+        model: head.model.clone(),
+        stream: head.stream,
+        max_completion,
+        prompt,
+        json: Some(head),
+        multipart: None,
+        body,
+    })
+}
+
+/// Reads a multipart upload until its `model` field is known: usually the first part, so only
+/// the head is held and the file streams through; when `model` comes after the file, up to the
+/// whole body (`max` bytes).
+async fn read_multipart(
+    session: &mut Session,
+    max: usize,
+    request_id: &str,
+) -> Result<Incoming, GatewayError> {
+    let headers = &session.req_header().headers;
+    let boundary = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| crate::multipart::boundary(v.as_bytes()))
+        .ok_or_else(|| GatewayError::InvalidParam {
+            param: "content-type",
+            msg: "expected multipart/form-data with a boundary".into(),
+        })?;
+    let declared = declared_len(session);
+    if declared.is_some_and(|n| n > max) {
+        session.set_keepalive(None);
+        return Err(GatewayError::BodyTooLarge { limit: max });
+    }
+    let mut buf = BytesMut::new();
+    let mut complete = false;
+    let model_at = loop {
+        match crate::multipart::scan(&buf, &boundary, "model") {
+            Scan::Found(r) => break Some(r),
+            Scan::Absent => break None,
+            Scan::More if complete => break None,
+            Scan::More => {}
+        }
+        let chunk = session.read_request_body().await.map_err(|e| {
+            tracing::debug!(request_id, error = %e, "reading request body failed");
+            GatewayError::InvalidJson("the request body could not be read".into())
+        })?;
+        match chunk {
+            Some(c) if buf.len() + c.len() > max => {
+                session.set_keepalive(None);
+                return Err(GatewayError::BodyTooLarge { limit: max });
+            }
+            Some(c) => buf.extend_from_slice(&c),
+            None => complete = true,
+        }
+    };
+    let complete = complete || session.is_body_done();
+    let body = buf.freeze();
+    let model = match &model_at {
+        Some(r) => Some(
+            std::str::from_utf8(&body[r.clone()])
+                .map_err(|_| GatewayError::InvalidParam {
+                    param: "model",
+                    msg: "expected UTF-8 text".into(),
+                })?
+                .to_string(),
+        ),
+        None => None,
+    };
+    Ok(Incoming {
+        model,
+        stream: false,
+        max_completion: 0,
+        prompt: Bytes::new(),
+        json: None,
+        multipart: Some(MultipartHead {
+            model_at,
+            complete,
+            declared,
+        }),
+        body,
+    })
+}
+
+fn declared_len(session: &Session) -> Option<usize> {
+    session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
 }
 
 /// Reserves the request against every limit and budget of its key and tenant.
@@ -270,15 +469,26 @@ async fn read_body(
     Ok(buf.freeze())
 }
 
-async fn list_models(session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+/// `GET /v1/models`, or `GET /v1/models/{id}` when `id` is given.
+async fn list_models(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    id: Option<String>,
+) -> Result<bool> {
     let snap = ctx.snap.clone();
     let key = match snap.keys.authenticate(&session.req_header().headers) {
         Ok(k) => k,
         Err(e) => return respond::error(session, ctx, e).await,
     };
     ctx.principal = Some(key.principal.clone());
-    let body = crate::models::list(&snap, key).await;
-    respond::json(session, ctx, 200, &body).await
+    let Some(id) = id else {
+        let body = crate::models::list(&snap, key).await;
+        return respond::json(session, ctx, 200, &body).await;
+    };
+    match crate::models::info(&snap, key, &id).await {
+        Some(body) => respond::json(session, ctx, 200, &body).await,
+        None => respond::error(session, ctx, GatewayError::UnknownModel(id)).await,
+    }
 }
 
 /// Strips client credentials, injects the pool's key, and points path and `Host` at the backend.
@@ -307,8 +517,11 @@ pub fn rewrite_upstream_header(
     upstream.insert_header("accept-encoding", "identity")?;
     upstream.remove_header("expect");
     upstream.remove_header("transfer-encoding");
-    let body_len = ctx.shared.as_ref().map_or(0, |s| s.body_len());
-    upstream.insert_header("content-length", body_len.to_string())?;
+    upstream.remove_header("content-length");
+    // a streamed tail of unknown length goes chunked (Pingora frames a body without a length)
+    if let Some(len) = ctx.shared.as_ref().map_or(Some(0), |s| s.upstream_len()) {
+        upstream.insert_header("content-length", len.to_string())?;
+    }
     upstream.insert_header("host", b.authority.as_str())?;
     upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
     if let Some(key) = &pool.config.api_key {

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use pingora::prelude::*;
 
-use super::ctx::{Endpoint, RequestCtx, ResponseMode};
+use super::ctx::{RequestCtx, ResponseMode};
 use super::preset::TimeoutKind;
 use crate::openai::rewrite_response_object;
 use crate::sse::StreamRewriter;
@@ -55,10 +55,19 @@ pub fn headers(resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
     if !ok || encoded {
         return Ok(()); // upstream errors pass through with status, headers and body
     }
-    ctx.response = if ctype.starts_with(b"text/event-stream") && endpoint != Endpoint::Embeddings {
+    let sse = ctype.starts_with(b"text/event-stream");
+    if sse {
         resp.insert_header("cache-control", "no-cache")?;
         resp.insert_header("x-accel-buffering", "no")?;
-        ResponseMode::Sse(Box::new(StreamRewriter::new(model, ctx.strip_usage)))
+    }
+    ctx.response = if let (true, Some(kind)) = (sse, endpoint.stream_kind()) {
+        ResponseMode::Sse(Box::new(StreamRewriter::for_kind(
+            kind,
+            model,
+            ctx.strip_usage,
+        )))
+    } else if sse {
+        return Ok(()); // other event streams (partial images, speech) pass through as sent
     } else if ctype.starts_with(b"application/json") {
         ResponseMode::Json(Vec::new())
     } else {
