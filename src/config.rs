@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, HashSet};
 use serde::Deserialize;
 
 use crate::auth::{KeyEntry, Principal};
-use crate::errors::ConfigError;
 use crate::endpoint::EndpointSet;
+use crate::errors::ConfigError;
 use crate::router::{Glob, Route};
 pub use limits::{Budget, Limits, Price, StateConfig};
 use limits::{RawBudget, RawLimits, RawState, RawTenant};

@@ -209,7 +209,10 @@ mod tests {
     #[test]
     fn every_endpoint_has_a_path_and_a_config_name_that_round_trip() {
         for e in ALL {
-            assert_eq!(EndpointSet::parse([e.name()]).unwrap(), EndpointSet(e.bit()));
+            assert_eq!(
+                EndpointSet::parse([e.name()]).unwrap(),
+                EndpointSet(e.bit())
+            );
         }
         assert_eq!(
             Endpoint::from_path("/v1/audio/transcriptions"),

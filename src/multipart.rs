@@ -118,7 +118,9 @@ mod tests {
     const B: &[u8] = b"XyZ";
 
     fn body(model_first: bool) -> Vec<u8> {
-        let model = b"--XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nmock/whisper-1\r\n".to_vec();
+        let model =
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nmock/whisper-1\r\n"
+                .to_vec();
         let file = b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\nContent-Type: audio/wav\r\n\r\nRIFF\x00\x01--Xy\r\n--X\r\n".to_vec();
         let mut out = if model_first {
             [model, file].concat()
@@ -155,7 +157,10 @@ mod tests {
             assert_eq!(out.len(), b.len() - 5);
             let text = String::from_utf8_lossy(&out);
             assert!(text.contains("\r\n\r\nwhisper-1\r\n--XyZ"), "{text}");
-            assert!(text.contains("RIFF\u{0}\u{1}--Xy\r\n--X\r\n"), "file bytes kept");
+            assert!(
+                text.contains("RIFF\u{0}\u{1}--Xy\r\n--X\r\n"),
+                "file bytes kept"
+            );
         }
     }
 

@@ -362,7 +362,7 @@ pub fn rewrite_responses_event(input: &[u8], model_json: &str) -> ResponsesEvent
         let mut out = Vec::with_capacity(input.len() + model_json.len());
         obj.write(
             &mut out,
-            |k, _| (k == "response").then(|| Some(Cow::Borrowed(new.as_str()))),
+            |k, _| (k == "response").then_some(Some(Cow::Borrowed(new.as_str()))),
             &[],
         );
         out

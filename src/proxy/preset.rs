@@ -159,7 +159,6 @@ impl PresetBody {
     fn streaming(&mut self) -> bool {
         self.shared.tail.lock().is_some() && !self.inner.is_body_done()
     }
-
 }
 
 /// Counts tail bytes as they pass, refusing a body that grows past the limit.

@@ -11,9 +11,9 @@ use super::ctx::{request_id, Endpoint, InflightGuard, Plan, RequestCtx};
 use super::preset::{self, Shared, Tail};
 use super::{attempt, respond, Gateway};
 use crate::auth::KeyEntry;
+use crate::endpoint::StreamKind;
 use crate::errors::GatewayError;
 use crate::limits::Ask;
-use crate::endpoint::StreamKind;
 use crate::multipart::Scan;
 use crate::openai::{inspect_request, rewrite_request};
 use crate::router;
@@ -199,7 +199,12 @@ async fn prepare(
     let first = snap.pools.get(chain[0]).ok_or(GatewayError::Internal)?;
     let sent_model = attempt::pool_model(first, resolved.upstream_model).to_string();
     let body = incoming.body.clone();
-    let upstream_body = body_for_model(&body, &incoming.multipart, incoming.json.as_ref(), &sent_model)?;
+    let upstream_body = body_for_model(
+        &body,
+        &incoming.multipart,
+        incoming.json.as_ref(),
+        &sent_model,
+    )?;
     // characters/4 of the prompt's JSON text: cheap, and over- rather than under-estimates
     ctx.prompt_estimate = (incoming.prompt.len() as u64).div_ceil(4);
     ctx.completion_reserve = incoming.max_completion;

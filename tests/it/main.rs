@@ -6,6 +6,7 @@
     reason = "test helpers: a failed unwrap is a failed test"
 )]
 
+mod api;
 mod bodies;
 mod builtin;
 mod chat;

@@ -404,6 +404,9 @@ async fn respond(sock: &mut TcpStream, req: &Recorded, shared: &Shared) -> bool 
         }
         _ => {}
     }
+    if let Some(done) = other_endpoint(sock, req, &model, stream).await {
+        return done;
+    }
     if req.path.ends_with("/v1/embeddings") {
         let body = json!({"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.5,0.25]}],
             "model":model,"usage":{"prompt_tokens":4,"total_tokens":4}});
@@ -532,4 +535,104 @@ async fn write_chunk_split(
     wr.write_all(data).await?;
     wr.write_all(b"\r\n").await?;
     wr.flush().await
+}
+
+/// The endpoints beyond chat, completions and embeddings; `None` when `req` is not for one.
+async fn other_endpoint(
+    sock: &mut TcpStream,
+    req: &Recorded,
+    model: &str,
+    stream: bool,
+) -> Option<bool> {
+    let path = req.path.as_str();
+    let ctype = req.header("content-type").unwrap_or("").to_string();
+    if ctype.starts_with("multipart/form-data") {
+        let model = multipart_model(&req.body);
+        use sha2::Digest;
+        let sha = hex::encode(sha2::Sha256::digest(&req.body));
+        let body = json!({"text":"hello from the mock","model":model,"bytes":req.body.len(),"sha256":sha,
+            "usage":{"type":"tokens","input_tokens":7,"output_tokens":2,"total_tokens":9}});
+        return Some(write_json(sock, 200, "", body.to_string().as_bytes()).await);
+    }
+    let body = if path.ends_with("/v1/audio/speech") {
+        let audio: Vec<u8> = (0..=255u8).cycle().take(4096).collect();
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: audio/mpeg\r\ncontent-length: {}\r\n\r\n",
+            audio.len()
+        );
+        let ok =
+            sock.write_all(head.as_bytes()).await.is_ok() && sock.write_all(&audio).await.is_ok();
+        return Some(ok);
+    } else if path.ends_with("/v1/responses") && stream {
+        return Some(responses_stream(sock, model).await);
+    } else if path.ends_with("/v1/responses") {
+        json!({"id":"resp_1","object":"response","created_at":1,"status":"completed","model":model,
+            "output":[],
+            "usage":{"input_tokens":9,"input_tokens_details":{"cached_tokens":4},"output_tokens":3,
+                "output_tokens_details":{"reasoning_tokens":0},"total_tokens":12}})
+    } else if path.ends_with("/v1/moderations") {
+        json!({"id":"modr-1","model":model,"results":[{"flagged":false,"categories":{},"category_scores":{}}]})
+    } else if path.ends_with("/rerank") {
+        json!({"id":"rerank-1","model":model,"results":[{"index":1,"relevance_score":0.9},{"index":0,"relevance_score":0.1}],
+            "usage":{"total_tokens":5}})
+    } else if path.ends_with("/v1/score") {
+        json!({"id":"score-1","object":"list","created":1,"model":model,
+            "data":[{"index":0,"object":"score","score":0.7}],"usage":{"prompt_tokens":6,"total_tokens":6}})
+    } else if path.ends_with("/v1/images/generations") {
+        json!({"created":1,"data":[{"b64_json":"aGVsbG8="}],
+            "usage":{"input_tokens":10,"output_tokens":20,"total_tokens":30}})
+    } else {
+        return None;
+    };
+    Some(write_json(sock, 200, "", body.to_string().as_bytes()).await)
+}
+
+/// The `model` form field of a multipart body, as the upstream received it.
+fn multipart_model(body: &[u8]) -> String {
+    let marker = b"name=\"model\"\r\n\r\n";
+    let Some(at) = body.windows(marker.len()).position(|w| w == marker) else {
+        return String::new();
+    };
+    let rest = &body[at + marker.len()..];
+    let end = rest
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .unwrap_or(rest.len());
+    String::from_utf8_lossy(&rest[..end]).into_owned()
+}
+
+/// A Responses API stream, each event written in 7-byte pieces (events split across reads).
+async fn responses_stream(sock: &mut TcpStream, model: &str) -> bool {
+    let resp = |status: &str, usage: Value| json!({"id":"resp_1","object":"response","status":status,"model":model,"output":[],"usage":usage});
+    let events = [
+        (
+            "response.created",
+            json!({"type":"response.created","sequence_number":0,"response":resp("in_progress", Value::Null)}),
+        ),
+        (
+            "response.output_text.delta",
+            json!({"type":"response.output_text.delta","sequence_number":1,"item_id":"msg_1","output_index":0,"content_index":0,"delta":"Hel"}),
+        ),
+        (
+            "response.output_text.delta",
+            json!({"type":"response.output_text.delta","sequence_number":2,"item_id":"msg_1","output_index":0,"content_index":0,"delta":"lo"}),
+        ),
+        (
+            "response.completed",
+            json!({"type":"response.completed","sequence_number":3,
+            "response":resp("completed", json!({"input_tokens":9,"output_tokens":3,"total_tokens":12}))}),
+        ),
+    ];
+    if sock.write_all(SSE_HEAD).await.is_err() {
+        return false;
+    }
+    for (name, data) in events {
+        let ev = format!("event: {name}\ndata: {data}\n\n");
+        for piece in ev.as_bytes().chunks(7) {
+            if write_chunk(sock, piece).await.is_err() {
+                return false;
+            }
+        }
+    }
+    sock.write_all(b"0\r\n\r\n").await.is_ok()
 }
