@@ -1,4 +1,5 @@
 use super::*;
+use crate::endpoint::StreamKind;
 use proptest::prelude::*;
 
 const STREAM: &str = concat!(
@@ -135,5 +136,65 @@ proptest! {
             (out, rw)
         };
         prop_assert_eq!(out, clean, "non-JSON bytes must pass through unchanged");
+    }
+}
+
+const RESPONSES: &str = concat!(
+    "event: response.created\n",
+    "data: {\"type\":\"response.created\",\"response\":{\"id\":\"r\",\"model\":\"llama3\",\"status\":\"in_progress\",\"usage\":null}}\n\n",
+    "event: response.output_text.delta\n",
+    "data: {\"type\":\"response.output_text.delta\",\"delta\":\"h\u{e9}\"}\n\n",
+    ": keep-alive\n\n",
+    "event: response.completed\r\n",
+    "data: {\"type\":\"response.completed\",\"response\":{\"id\":\"r\",\"model\":\"llama3\",\"usage\":{\"input_tokens\":4,\"output_tokens\":1,\"total_tokens\":5,\"input_tokens_details\":{\"cached_tokens\":2}}}}\r\n\r\n",
+);
+
+fn run_responses(chunks: &[&[u8]]) -> (String, StreamRewriter) {
+    let mut rw = StreamRewriter::for_kind(StreamKind::ResponsesEvents, "ollama/llama3", false);
+    let mut out = Vec::new();
+    for c in chunks {
+        rw.feed(c, &mut out);
+    }
+    rw.finish(&mut out);
+    (String::from_utf8(out).unwrap(), rw)
+}
+
+#[test]
+fn responses_events_get_their_model_restored_and_usage_read() {
+    let (out, rw) = run_responses(&[RESPONSES.as_bytes()]);
+    let want = RESPONSES.replace("\"model\":\"llama3\"", "\"model\":\"ollama/llama3\"");
+    assert_eq!(out, want);
+    let u = rw.usage().unwrap();
+    assert_eq!((u.prompt_tokens, u.completion_tokens), (4, 1));
+    assert_eq!(u.prompt_tokens_details.unwrap().cached_tokens, Some(2));
+    assert!(rw.is_done(), "response.completed ends the stream");
+    assert_eq!(rw.choice_events(), 1, "one output delta");
+}
+
+#[test]
+fn a_responses_stream_without_its_terminal_event_is_not_done() {
+    let cut = &RESPONSES[..RESPONSES.find(": keep-alive").unwrap()];
+    let (_, rw) = run_responses(&[cut.as_bytes()]);
+    assert!(!rw.is_done());
+    assert!(rw.usage().is_none());
+}
+
+proptest! {
+    #[test]
+    fn any_chunking_of_a_responses_stream_gives_the_same_output(cuts in proptest::collection::vec(0usize..600, 0..12)) {
+        let bytes = RESPONSES.as_bytes();
+        let mut points: Vec<usize> = cuts.into_iter().map(|c| c.min(bytes.len())).collect();
+        points.sort_unstable();
+        let mut chunks = Vec::new();
+        let mut last = 0;
+        for p in points {
+            chunks.push(&bytes[last..p]);
+            last = p;
+        }
+        chunks.push(&bytes[last..]);
+        let (whole, _) = run_responses(&[bytes]);
+        let (split, rw) = run_responses(&chunks);
+        prop_assert_eq!(whole, split);
+        prop_assert!(rw.is_done());
     }
 }
