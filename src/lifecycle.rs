@@ -11,7 +11,7 @@ use pingora::server::{ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::BackgroundService;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
-use crate::config::{Config, ServerConfig};
+use crate::config::Config;
 use crate::errors::ConfigError;
 use crate::limits::flush::Flusher;
 use crate::metrics::Metrics;
@@ -58,39 +58,50 @@ impl Reloader {
         };
         let state = &self.gateway.state;
         let old = state.load_full();
-        for field in needs_restart(&old.config.server, &config.server) {
+        for field in needs_restart(&old.config, &config) {
             tracing::warn!(
                 field,
-                "server.{field} changed: it takes effect at the next restart or upgrade"
+                "{field} changed: it takes effect at the next restart or upgrade"
             );
         }
-        state.store(Arc::new(Snapshot::succeed(&old, config)));
+        {
+            let _moving = self.gateway.counters.write();
+            let old = state.load_full();
+            state.store(Arc::new(Snapshot::succeed(&old, config)));
+        }
         metrics.reloads.with_label_values(&["success"]).inc();
         tracing::info!(trigger, config = %path, "config reloaded");
         Ok(())
     }
 }
 
-/// Server settings a running process cannot change: its listeners and threads.
-fn needs_restart(old: &ServerConfig, new: &ServerConfig) -> Vec<&'static str> {
+/// Settings a running process cannot change: its listeners, threads, shutdown and counter file.
+fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut fields = Vec::new();
+    if old.state != new.state {
+        fields.push("state");
+    }
+    let (old, new) = (&old.server, &new.server);
+    if old.grace_period != new.grace_period {
+        fields.push("server.grace_period_secs");
+    }
     if old.listen != new.listen {
-        fields.push("listen");
+        fields.push("server.listen");
     }
     if old.admin_listen != new.admin_listen {
-        fields.push("admin_listen");
+        fields.push("server.admin_listen");
     }
     if old.threads != new.threads {
-        fields.push("threads");
+        fields.push("server.threads");
     }
     if old.tls != new.tls {
-        fields.push("tls");
+        fields.push("server.tls");
     }
     if old.h2c != new.h2c {
-        fields.push("h2c");
+        fields.push("server.h2c");
     }
     if old.upgrade_sock != new.upgrade_sock {
-        fields.push("upgrade_sock");
+        fields.push("server.upgrade_sock");
     }
     fields
 }

@@ -60,7 +60,9 @@ fn part_name(headers: &[u8]) -> Option<&[u8]> {
         }
         for param in line[colon + 1..].split(|b| *b == b';') {
             let param = param.trim_ascii();
-            if let Some(v) = param.strip_prefix(b"name=") {
+            // parameter names are case-insensitive (RFC 2183); `filename=` is another one
+            if param.len() >= 5 && param[..5].eq_ignore_ascii_case(b"name=") {
+                let v = &param[5..];
                 let v = v.strip_prefix(b"\"").unwrap_or(v);
                 let v = v.strip_suffix(b"\"").unwrap_or(v);
                 return Some(v);
@@ -70,34 +72,156 @@ fn part_name(headers: &[u8]) -> Option<&[u8]> {
     None
 }
 
+/// Finds a form field in a body that arrives in pieces: each call looks only at bytes it has
+/// not looked at before, so reading a large upload up to a late field stays linear.
+#[derive(Debug)]
+pub struct Scanner {
+    delim: Vec<u8>,
+    next: Vec<u8>,
+    state: State,
+    from: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum State {
+    /// Looking for the first delimiter.
+    Delim,
+    /// After a delimiter (at `after`): its part's header block.
+    Head { after: usize },
+    /// The part's value starts after `head_end` + 4; looking for the next delimiter.
+    Value { after: usize, head_end: usize },
+}
+
+impl Scanner {
+    pub fn new(boundary: &[u8]) -> Self {
+        let mut delim = b"--".to_vec();
+        delim.extend_from_slice(boundary);
+        let mut next = b"\r\n".to_vec();
+        next.extend_from_slice(&delim);
+        Self {
+            delim,
+            next,
+            state: State::Delim,
+            from: 0,
+        }
+    }
+
+    /// Looks for the field `name` in `buf`, the body read so far (always the same buffer,
+    /// grown between calls).
+    pub fn scan(&mut self, buf: &[u8], name: &str) -> Scan {
+        loop {
+            match self.state {
+                State::Delim => match find(buf, &self.delim, self.from) {
+                    None => {
+                        self.from = buf.len().saturating_sub(self.delim.len());
+                        return Scan::More;
+                    }
+                    Some(p) => {
+                        self.state = State::Head {
+                            after: p + self.delim.len(),
+                        };
+                        self.from = p + self.delim.len();
+                    }
+                },
+                State::Head { after } => {
+                    if buf.len() < after + 2 {
+                        return Scan::More;
+                    }
+                    if &buf[after..after + 2] == b"--" {
+                        return Scan::Absent;
+                    }
+                    match find(buf, b"\r\n\r\n", self.from) {
+                        None => {
+                            self.from = buf.len().saturating_sub(3).max(after);
+                            return Scan::More;
+                        }
+                        Some(head_end) => {
+                            self.state = State::Value { after, head_end };
+                            self.from = head_end + 4;
+                        }
+                    }
+                }
+                State::Value { after, head_end } => match find(buf, &self.next, self.from) {
+                    None => {
+                        self.from = buf.len().saturating_sub(self.next.len()).max(head_end + 4);
+                        return Scan::More;
+                    }
+                    Some(value_end) => {
+                        if part_name(&buf[after..head_end]) == Some(name.as_bytes()) {
+                            return Scan::Found(head_end + 4..value_end);
+                        }
+                        self.state = State::Head {
+                            after: value_end + self.next.len(),
+                        };
+                        self.from = value_end + self.next.len();
+                    }
+                },
+            }
+        }
+    }
+}
+
 /// Looks for the form field `name` in `buf`, the start of a body with `boundary`.
 pub fn scan(buf: &[u8], boundary: &[u8], name: &str) -> Scan {
-    let mut delim = b"--".to_vec();
-    delim.extend_from_slice(boundary);
-    let Some(mut at) = find(buf, &delim, 0) else {
-        return Scan::More;
-    };
-    loop {
-        let after = at + delim.len();
-        if buf.len() < after + 2 {
-            return Scan::More;
+    Scanner::new(boundary).scan(buf, name)
+}
+
+/// A part header block longer than this is refused rather than buffered.
+const MAX_PART_HEAD: usize = 8192;
+
+/// Watches the bytes after the routed field as they stream past, for a second part with the
+/// same name: the gateway routed, priced and allowed by the first, and an upstream that reads
+/// the last would run another model.
+#[derive(Debug)]
+pub struct Watch {
+    next: Vec<u8>,
+    carry: Vec<u8>,
+}
+
+impl Watch {
+    pub fn new(boundary: &[u8]) -> Self {
+        let mut next = b"\r\n--".to_vec();
+        next.extend_from_slice(boundary);
+        Self {
+            next,
+            carry: Vec::new(),
         }
-        if &buf[after..after + 2] == b"--" {
-            return Scan::Absent;
+    }
+
+    /// Feeds the next bytes; `false` when a part named `name` (or an unreadable part header)
+    /// went past.
+    pub fn feed(&mut self, chunk: &[u8], name: &str) -> bool {
+        self.carry.extend_from_slice(chunk);
+        let w = &self.carry;
+        let mut i = 0;
+        let mut keep_from = None;
+        while let Some(p) = find(w, &self.next, i) {
+            let hs = p + self.next.len();
+            if w.len() < hs + 2 {
+                keep_from = Some(p);
+                break;
+            }
+            if &w[hs..hs + 2] == b"--" {
+                i = hs + 2; // the closing delimiter
+                continue;
+            }
+            match find(w, b"\r\n\r\n", hs) {
+                Some(he) => {
+                    if part_name(&w[hs..he]) == Some(name.as_bytes()) {
+                        return false;
+                    }
+                    i = he + 4;
+                }
+                None if w.len() - hs > MAX_PART_HEAD => return false,
+                None => {
+                    keep_from = Some(p);
+                    break;
+                }
+            }
         }
-        let Some(head_end) = find(buf, b"\r\n\r\n", after) else {
-            return Scan::More;
-        };
-        let value_start = head_end + 4;
-        let mut next_delim = b"\r\n".to_vec();
-        next_delim.extend_from_slice(&delim);
-        let Some(value_end) = find(buf, &next_delim, value_start) else {
-            return Scan::More;
-        };
-        if part_name(&buf[after..head_end]) == Some(name.as_bytes()) {
-            return Scan::Found(value_start..value_end);
-        }
-        at = value_end + 2;
+        let keep = keep_from.unwrap_or_else(|| w.len().saturating_sub(self.next.len()).max(i));
+        self.carry.drain(..keep.min(self.carry.len()));
+        true
     }
 }
 
@@ -171,6 +295,49 @@ mod tests {
         assert_eq!(scan(&b[..model_end], B, "model"), Scan::More);
         assert_eq!(scan(&b, B, "language"), Scan::Absent);
         assert_eq!(scan(b"", B, "model"), Scan::More);
+    }
+
+    #[test]
+    fn the_scanner_fed_piece_by_piece_finds_what_a_whole_scan_finds() {
+        for first in [true, false] {
+            let b = body(first);
+            let mut sc = Scanner::new(B);
+            let mut got = None;
+            for end in 1..=b.len() {
+                if let Scan::Found(r) = sc.scan(&b[..end], "model") {
+                    got = Some(r);
+                    break;
+                }
+            }
+            assert_eq!(
+                got,
+                Some(match scan(&b, B, "model") {
+                    Scan::Found(r) => r,
+                    other => panic!("{other:?}"),
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn a_second_model_part_after_the_routed_one_is_caught_in_any_split() {
+        let b = body(false); // file, then model: the model part is a "second" one after the file
+        for cut in 0..b.len() {
+            let mut w = Watch::new(B);
+            let ok = w.feed(&b[..cut], "model") && w.feed(&b[cut..], "model");
+            assert!(!ok, "missed at cut {cut}");
+        }
+        let mut w = Watch::new(B);
+        assert!(
+            w.feed(&body(true)[80..], "model"),
+            "only the file and the end follow"
+        );
+        let upper =
+            b"x\r\n--XyZ\r\nContent-Disposition: form-data; NAME=\"model\"\r\n\r\ngpt-4o\r\n";
+        assert!(
+            !Watch::new(B).feed(upper, "model"),
+            "parameter names ignore case"
+        );
     }
 
     proptest! {

@@ -36,6 +36,10 @@ pub struct Gateway {
     /// Set to true when a graceful shutdown's grace period ends: open streams get a final
     /// error event and end.
     pub drain: Arc<watch::Sender<bool>>,
+    /// Held for reading while a request admits or settles, for writing while a reload moves
+    /// the counters to a new snapshot and swaps it in: no reservation lands in a governor
+    /// after its counters were copied.
+    pub counters: Arc<parking_lot::RwLock<()>>,
 }
 
 impl Gateway {
@@ -45,6 +49,7 @@ impl Gateway {
             metrics,
             active: Arc::new(AtomicUsize::new(0)),
             drain: Arc::new(watch::channel(false).0),
+            counters: Arc::new(parking_lot::RwLock::new(())),
         }
     }
 

@@ -191,16 +191,23 @@ impl StreamRewriter {
             }
             joined.extend_from_slice(l.value);
         }
-        let r = rewrite_response_object_json(
-            &joined,
-            &self.client_model_json,
-            self.strip_injected_usage,
-        );
-        self.observe(&r);
-        if r.drop {
-            return;
-        }
-        let Some(new) = r.bytes else {
+        let bytes = if self.kind == StreamKind::ResponsesEvents {
+            let ev = rewrite_responses_event(&joined, &self.client_model_json);
+            self.observe_event(&ev);
+            ev.bytes
+        } else {
+            let r = rewrite_response_object_json(
+                &joined,
+                &self.client_model_json,
+                self.strip_injected_usage,
+            );
+            self.observe(&r);
+            if r.drop {
+                return;
+            }
+            r.bytes
+        };
+        let Some(new) = bytes else {
             out.extend_from_slice(event);
             return;
         };

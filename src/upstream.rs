@@ -57,6 +57,9 @@ pub struct Pool {
     dns: Mutex<HashMap<usize, (Instant, SocketAddr)>>,
     /// The pool's own trusted roots (`tls.ca_file`), built once.
     ca: Option<Arc<CaType>>,
+    /// Connection-pool partition for a pool with its own TLS trust: its name and CA bytes, so a
+    /// reload that changes the CA does not reuse connections verified against the old one.
+    tls_group: u64,
 }
 
 /// Holds one in-flight slot on a backend; released on drop.
@@ -89,12 +92,18 @@ impl Pool {
                 .collect();
             Arc::from(certs.into_boxed_slice())
         });
+        let mut group = config.name.as_bytes().to_vec();
+        for der in config.tls.ca.iter().flatten() {
+            group.extend_from_slice(der);
+        }
+        group.push(u8::from(config.tls.verify));
         Self {
             config,
             backends,
             seq: AtomicU64::new(0),
             dns: Mutex::new(HashMap::new()),
             ca,
+            tls_group: balance::hash_bytes(&group),
         }
     }
 
@@ -287,6 +296,11 @@ impl Pool {
             o.verify_cert = self.config.tls.verify;
             o.verify_hostname = self.config.tls.verify;
             o.ca = self.ca.clone();
+            // Pingora reuses pooled connections by address, SNI and verify flags, not by CA:
+            // a pool with its own trust (or none) keeps its connections to itself
+            if self.ca.is_some() || !self.config.tls.verify {
+                peer.group_key = self.tls_group;
+            }
         }
         Ok(peer)
     }

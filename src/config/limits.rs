@@ -51,7 +51,7 @@ pub struct Price {
     pub cached_input: Option<f64>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StateConfig {
     pub path: std::path::PathBuf,
     pub flush: Duration,

@@ -19,6 +19,8 @@ pub struct Flusher {
     /// Whether the last save failed: a failure is logged when it starts and when it ends, not
     /// on every flush of a read-only directory.
     pub failing: AtomicBool,
+    /// One save at a time: the last one written is the newest.
+    saving: parking_lot::Mutex<()>,
 }
 
 impl Flusher {
@@ -28,10 +30,12 @@ impl Flusher {
             store,
             every,
             failing: AtomicBool::new(false),
+            saving: parking_lot::Mutex::new(()),
         }
     }
 
     pub fn save(&self) {
+        let _one = self.saving.lock();
         let snap = self.state.load();
         match self.store.save(&snap.governor.export(&snap.key_ids)) {
             Err(e) => {

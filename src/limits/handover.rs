@@ -34,25 +34,34 @@ impl Governor {
         old_ids: &HashMap<usize, String>,
         new_ids: &HashMap<usize, String>,
     ) {
+        // where each key sat in the old governor: a key may have moved to another tenant
+        let mut old_keys: HashMap<&str, (usize, usize)> = HashMap::new();
+        for (t, (_, state)) in old.tenants.iter().enumerate() {
+            for (pos, k) in state.lock().key_index.iter().enumerate() {
+                if let Some(id) = old_ids.get(k) {
+                    old_keys.insert(id.as_str(), (t, pos));
+                }
+            }
+        }
         for (name, state) in &self.tenants {
-            let Some((_, old_state)) = old.tenants.iter().find(|(n, _)| n == name) else {
-                continue;
-            };
-            // lock order: old before new; no path locks them the other way round
-            let from = old_state.lock();
             let mut to = state.lock();
-            carry_scope(&from.tenant, &mut to.tenant);
+            // lock order: the new tenant, then one old tenant at a time; no path locks an old
+            // tenant first while holding another
+            if let Some((_, old_state)) = old.tenants.iter().find(|(n, _)| n == name) {
+                carry_scope(&old_state.lock().tenant, &mut to.tenant);
+            }
             let TenantState {
                 keys, key_index, ..
             } = &mut *to;
             for (k, sc) in key_index.iter().zip(keys.iter_mut()) {
-                let Some(id) = new_ids.get(k) else { continue };
-                let old_pos = from
-                    .key_index
-                    .iter()
-                    .position(|ok| old_ids.get(ok) == Some(id));
-                if let Some(old_sc) = old_pos.and_then(|p| from.keys.get(p)) {
-                    carry_scope(old_sc, sc);
+                let Some(&(t, pos)) = new_ids.get(k).and_then(|id| old_keys.get(id.as_str()))
+                else {
+                    continue;
+                };
+                if let Some((_, old_state)) = old.tenants.get(t) {
+                    if let Some(old_sc) = old_state.lock().keys.get(pos) {
+                        carry_scope(old_sc, sc);
+                    }
                 }
             }
         }
@@ -68,7 +77,13 @@ impl Governor {
         key_index: Option<usize>,
         model: &str,
     ) -> Admitted {
-        let (tenant, key) = match key_index.and_then(|k| self.key_pos.get(k).copied()) {
+        let same_tenant =
+            |&(t, _): &(usize, usize)| self.tenants.get(t).is_some_and(|(n, _)| &**n == tenant);
+        // a key that moved to another tenant settles in the tenant it was admitted under
+        let (tenant, key) = match key_index
+            .and_then(|k| self.key_pos.get(k).copied())
+            .filter(same_tenant)
+        {
             Some(pos) => pos,
             None => (
                 self.tenants

@@ -75,7 +75,13 @@ impl CounterStore for FileStore {
     }
 
     fn save(&self, state: &StateFile) -> Result<(), String> {
-        let tmp = self.path.with_extension("tmp");
+        // a name of its own per write: two writers (the shutdown save and the drain's, or the
+        // old and new process of an upgrade) never share a half-written file
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self
+            .path
+            .with_extension(format!("tmp.{}.{seq}", std::process::id()));
         let body = serde_json::to_vec(state).map_err(|e| e.to_string())?;
         let write = || -> std::io::Result<()> {
             if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -119,7 +125,7 @@ mod tests {
         let back = store.load().unwrap().unwrap();
         assert_eq!(back.scopes["tenant:a"].day.usd, 1.5);
         assert!(
-            !dir.path().join("sub/state.tmp").exists(),
+            std::fs::read_dir(dir.path().join("sub")).unwrap().count() == 1,
             "temporary file renamed away"
         );
     }

@@ -263,8 +263,11 @@ pub fn failed_while_proxying(
     if let Cause::Timeout(kind) = cause {
         let gerr = timeout_error(kind);
         record(gw, ctx, gerr.label());
-        if kind != TimeoutKind::Shutdown {
-            eject(ctx); // the backend was slow; the gateway ending its streams is not that
+        // the backend was slow; the gateway ending its streams, or a client still uploading,
+        // is not that
+        let uploading = ctx.shared.as_ref().is_some_and(|s| s.uploading());
+        if kind != TimeoutKind::Shutdown && !uploading {
+            eject(ctx);
         }
         e.set_retry(false);
         return e;
@@ -309,6 +312,10 @@ pub fn status_received(gw: &Gateway, resp: &ResponseHeader, ctx: &mut RequestCtx
     let Some((pool, b)) = current(ctx) else {
         return Ok(());
     };
+    // an upload whose file already streamed cannot be sent again: whatever the status, it is
+    // this attempt's answer
+    let replayable = !ctx.shared.as_ref().is_some_and(|s| s.tail_started());
+    let has_next = |ctx: &RequestCtx, now| replayable && has_next(ctx, now);
     if matches!(code, 401 | 403) {
         // the upstream refused the pool's credentials: not the client's fault, and its message
         // may quote part of the pool key

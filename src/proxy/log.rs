@@ -80,6 +80,7 @@ fn settle(gw: &Gateway, ctx: &mut RequestCtx, model_label: Option<&str>) {
         ctx.usage = Some(used); // reported as what was charged
     }
     // a reload since admission moved the counters on: settle where they are now
+    let stable = gw.counters.read();
     let current = gw.state.load();
     let cost = if std::sync::Arc::ptr_eq(&current, &gov) {
         gov.governor.settle(&adm, used)
@@ -93,6 +94,7 @@ fn settle(gw: &Gateway, ctx: &mut RequestCtx, model_label: Option<&str>) {
         let moved = current.governor.rebind(&adm, tenant, key, model);
         current.governor.settle(&moved, used)
     };
+    drop(stable);
     if let (Some(p), Some(model), true) = (&ctx.principal, model_label, cost > 0.0) {
         gw.metrics
             .spend

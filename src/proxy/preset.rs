@@ -44,6 +44,8 @@ pub struct Shared {
     deadline: Mutex<(Instant, TimeoutKind)>,
     fired: Mutex<Option<TimeoutKind>>,
     tail: Mutex<Option<Tail>>,
+    /// Watches a streamed tail for a second `model` field.
+    watch: Mutex<Option<crate::multipart::Watch>>,
 }
 
 /// A body only partly read before routing (a multipart upload): the preset bytes are its
@@ -58,6 +60,12 @@ pub struct Tail {
     pub streamed: usize,
     /// The body limit, enforced on the tail as it streams.
     pub max: usize,
+    /// While the tail streams only the total limit applies (a slow upload is not a slow
+    /// backend); the first-byte limit starts when the last byte went up.
+    pub first_byte: Duration,
+    pub total_at: Instant,
+    /// The whole body has gone upstream.
+    pub finished: bool,
 }
 
 impl Shared {
@@ -67,17 +75,24 @@ impl Shared {
             deadline: Mutex::new((deadline, TimeoutKind::Total)),
             fired: Mutex::new(None),
             tail: Mutex::new(None),
+            watch: Mutex::new(None),
         })
     }
 
-    /// Marks the body as continuing past the preset head.
-    pub fn set_tail(&self, tail: Tail) {
+    /// Marks the body as continuing past the preset head, watched by `watch`.
+    pub fn set_tail(&self, tail: Tail, watch: crate::multipart::Watch) {
         *self.tail.lock() = Some(tail);
+        *self.watch.lock() = Some(watch);
     }
 
     /// Whether part of a streamed tail has gone out: the request can no longer be retried.
     pub fn tail_started(&self) -> bool {
         self.tail.lock().is_some_and(|t| t.streamed > 0)
+    }
+
+    /// Whether the client is still uploading the tail (a deadline then is not the backend's).
+    pub fn uploading(&self) -> bool {
+        self.tail.lock().is_some_and(|t| !t.finished)
     }
 
     /// The `Content-Length` to send upstream: the preset body's, or for a streamed tail the
@@ -161,6 +176,21 @@ impl PresetBody {
     }
 }
 
+/// The upload ended: from now on the backend has `first_byte` to answer.
+fn tail_finished(shared: &Shared) {
+    let mut tail = shared.tail.lock();
+    if let Some(t) = tail.as_mut() {
+        t.finished = true;
+        let (first_byte, total_at) = (t.first_byte, t.total_at);
+        drop(tail);
+        shared.arm(
+            TimeoutKind::FirstByte,
+            Instant::now() + first_byte,
+            total_at,
+        );
+    }
+}
+
 /// Counts tail bytes as they pass, refusing a body that grows past the limit.
 fn count_tail(shared: &Shared, chunk: Option<&Bytes>) -> Result<()> {
     let Some(c) = chunk else { return Ok(()) };
@@ -171,6 +201,12 @@ fn count_tail(shared: &Shared, chunk: Option<&Bytes>) -> Result<()> {
     t.streamed += c.len();
     if t.head_read + t.streamed > t.max {
         return Error::e_explain(ErrorType::InvalidHTTPHeader, "request body over the limit");
+    }
+    drop(tail);
+    if let Some(w) = shared.watch.lock().as_mut() {
+        if !w.feed(c, "model") {
+            return Error::e_explain(ErrorType::InvalidHTTPHeader, "a second model field");
+        }
     }
     Ok(())
 }
@@ -193,6 +229,9 @@ impl CustomSession for PresetBody {
         }
         let chunk = self.inner.read_request_body().await?;
         count_tail(&self.shared, chunk.as_ref())?;
+        if self.inner.is_body_done() {
+            tail_finished(&self.shared);
+        }
         Ok(chunk)
     }
     async fn drain_request_body(&mut self) -> Result<()> {
@@ -273,13 +312,20 @@ impl CustomSession for PresetBody {
         // each wake, as filters move it)
         let shared = self.shared.clone();
         let reading = self.streaming();
+        let tail = *shared.tail.lock();
         loop {
-            let (at, _) = *shared.deadline.lock();
+            let (at, _) = match (reading, tail) {
+                (true, Some(t)) => (t.total_at, TimeoutKind::Total),
+                _ => *shared.deadline.lock(),
+            };
             tokio::select! {
                 r = self.inner.read_body_or_idle(!reading) => {
                     let chunk = r?;
                     if reading {
                         count_tail(&shared, chunk.as_ref())?;
+                        if self.inner.is_body_done() {
+                            tail_finished(&shared);
+                        }
                     }
                     return Ok(chunk);
                 }
@@ -288,7 +334,10 @@ impl CustomSession for PresetBody {
                     return Error::e_explain(ErrorType::ReadTimedout, "shutdown grace period over");
                 }
                 () = tokio::time::sleep_until(at.into()) => {
-                    let (at, kind) = *shared.deadline.lock();
+                    let (at, kind) = match (reading, tail) {
+                        (true, Some(t)) => (t.total_at, TimeoutKind::Total),
+                        _ => *shared.deadline.lock(),
+                    };
                     if Instant::now() >= at {
                         *shared.fired.lock() = Some(kind);
                         return Error::e_explain(ErrorType::ReadTimedout, "upstream deadline passed");

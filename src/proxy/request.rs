@@ -145,6 +145,8 @@ pub struct MultipartHead {
     /// The whole body was read (it was small, or `model` came after the file).
     pub complete: bool,
     pub declared: Option<usize>,
+    /// Carries on watching the streamed tail for a second `model` field.
+    pub watch: crate::multipart::Watch,
 }
 
 /// Authenticates, reads and rewrites the body, and plans where the attempts go.
@@ -234,12 +236,18 @@ async fn prepare(
     let head_read = ctx.plan.client_body.len();
     let shared = Shared::new(upstream_body, ctx.start + first.config.timeouts.total);
     if let Some(m) = multipart.filter(|m| !m.complete) {
-        shared.set_tail(Tail {
-            declared: m.declared,
-            head_read,
-            streamed: 0,
-            max,
-        });
+        shared.set_tail(
+            Tail {
+                declared: m.declared,
+                head_read,
+                streamed: 0,
+                max,
+                first_byte: first.config.timeouts.first_byte,
+                total_at: ctx.start + first.config.timeouts.total,
+                finished: false,
+            },
+            m.watch,
+        );
     }
     ctx.preset_slot = Some(preset::wrap(
         &mut session.downstream_session,
@@ -326,10 +334,17 @@ async fn read_multipart(
         session.set_keepalive(None);
         return Err(GatewayError::BodyTooLarge { limit: max });
     }
+    if expects_continue(session) {
+        session
+            .write_continue_response()
+            .await
+            .map_err(|_| GatewayError::Internal)?;
+    }
     let mut buf = BytesMut::new();
     let mut complete = false;
+    let mut scanner = crate::multipart::Scanner::new(&boundary);
     let model_at = loop {
-        match crate::multipart::scan(&buf, &boundary, "model") {
+        match scanner.scan(&buf, "model") {
             Scan::Found(r) => break Some(r),
             Scan::Absent => break None,
             Scan::More if complete => break None,
@@ -350,6 +365,17 @@ async fn read_multipart(
     };
     let complete = complete || session.is_body_done();
     let body = buf.freeze();
+    // the gateway routes, allows and prices by this field: a second one, which an upstream
+    // reading the last value would run instead, is refused here or while the rest streams
+    let mut watch = crate::multipart::Watch::new(&boundary);
+    if let Some(r) = &model_at {
+        if !watch.feed(&body[r.end..], "model") {
+            return Err(GatewayError::InvalidParam {
+                param: "model",
+                msg: "the form has more than one model field".into(),
+            });
+        }
+    }
     let model = match &model_at {
         Some(r) => Some(
             std::str::from_utf8(&body[r.clone()])
@@ -371,9 +397,19 @@ async fn read_multipart(
             model_at,
             complete,
             declared,
+            watch,
         }),
         body,
     })
+}
+
+/// The client waits for `100 Continue` before it sends the body.
+fn expects_continue(session: &Session) -> bool {
+    session
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
 fn declared_len(session: &Session) -> Option<usize> {
@@ -395,17 +431,17 @@ fn admit(
 ) -> Result<(), GatewayError> {
     // counters live in the newest snapshot: a request that started before a reload is
     // admitted there, under the new limits, unless the reload removed its key
+    let _stable = gw.counters.read();
     let current = gw.state.load_full();
-    let moved = if Arc::ptr_eq(&current, &ctx.snap) {
-        None
+    let (gov, key) = if Arc::ptr_eq(&current, &ctx.snap) {
+        (current.clone(), key)
     } else {
-        current
+        // a reload revoked the key after this request authenticated
+        let i = current
             .same_key(&ctx.snap, key.principal.key_index)
             .filter(|&i| current.config.keys.get(i).is_some())
-    };
-    let (gov, key) = match moved {
-        Some(i) => (current.clone(), &current.config.keys[i]),
-        None => (ctx.snap.clone(), key),
+            .ok_or(GatewayError::InvalidApiKey)?;
+        (current.clone(), &current.config.keys[i])
     };
     let ask = Ask {
         key,
@@ -447,12 +483,7 @@ async fn read_body(
         session.set_keepalive(None); // do not drain what we refused to read
         return Err(too_large);
     }
-    let expects_continue = session
-        .req_header()
-        .headers
-        .get(http::header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    if expects_continue {
+    if expects_continue(session) {
         session
             .write_continue_response()
             .await

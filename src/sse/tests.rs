@@ -198,3 +198,12 @@ proptest! {
         prop_assert!(rw.is_done());
     }
 }
+
+#[test]
+fn a_responses_event_over_several_data_lines_is_still_rewritten() {
+    let ev = "event: response.completed\ndata: {\"type\":\"response.completed\",\ndata: \"response\":{\"model\":\"llama3\",\"usage\":{\"input_tokens\":1,\"output_tokens\":2}}}\n\n";
+    let (out, rw) = run_responses(&[ev.as_bytes()]);
+    assert!(out.contains("\"model\":\"ollama/llama3\""), "{out}");
+    assert!(rw.is_done());
+    assert_eq!(rw.usage().unwrap().completion_tokens, 2);
+}

@@ -394,3 +394,58 @@ async fn models_by_id_answer_for_usable_models_only() {
     let m = sdk.models().retrieve("mock/echo").await.unwrap();
     assert_eq!(m.id, "mock/echo");
 }
+
+#[tokio::test]
+async fn a_second_model_field_is_refused() {
+    let mock = MockOpenAi::start().await;
+    let gw = start(&mock).await;
+    let form = reqwest::multipart::Form::new()
+        .text("model", "mock/whisper-1")
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(wav(1000)).file_name("a.wav"),
+        )
+        .text("model", "mock/expensive");
+    let resp = reqwest::Client::new()
+        .post(gw.url("/v1/audio/transcriptions"))
+        .bearer_auth(CLIENT_KEY)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let (status, v) = error_json(resp).await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["param"], "model");
+    assert_eq!(mock.completions(), 0);
+}
+
+#[tokio::test]
+async fn an_upload_that_already_streamed_is_not_replayed_on_another_backend() {
+    let (a, b) = (MockOpenAi::start().await, MockOpenAi::start().await);
+    a.knobs(|k| k.force_status = Some(503));
+    let gw = TestGateway::start_with(|p, ad| {
+        let head = server_and_client_key(p, ad);
+        format!(
+            "{head}pools:\n  f:\n    backends: [\"{}\", \"{}\"]\n    retries: 1\nroutes:\n  - {{prefix: 'f/', pool: f, strip_prefix: true}}\n",
+            a.url(),
+            b.url()
+        )
+    })
+    .await;
+    let form = reqwest::multipart::Form::new()
+        .text("model", "f/whisper-1")
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(wav(2 * 1024 * 1024)).file_name("a.wav"),
+        );
+    let resp = reqwest::Client::new()
+        .post(gw.url("/v1/audio/transcriptions"))
+        .bearer_auth(CLIENT_KEY)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503, "the backend's own answer");
+    assert_eq!(a.completions(), 1);
+    assert_eq!(b.completions(), 0, "no half body sent to the other backend");
+}
