@@ -133,20 +133,13 @@ impl Endpoint {
         }
     }
 
-    /// The request field that caps generated tokens, reserved against token limits.
+    /// The request field that caps generated tokens, reserved against token limits: the
+    /// endpoints that generate text are the ones whose streams are rewritten.
     pub fn completion_cap_fields(self) -> &'static [&'static str] {
-        match self {
-            Self::ChatCompletions | Self::Completions => &["max_completion_tokens", "max_tokens"],
-            Self::Responses => &["max_output_tokens"],
-            Self::Embeddings
-            | Self::Moderations
-            | Self::Rerank
-            | Self::Score
-            | Self::ImageGenerations
-            | Self::ImageEdits
-            | Self::AudioSpeech
-            | Self::AudioTranscriptions
-            | Self::AudioTranslations => &[],
+        match self.stream_kind() {
+            Some(StreamKind::Chunks) => &["max_completion_tokens", "max_tokens"],
+            Some(StreamKind::ResponsesEvents) => &["max_output_tokens"],
+            None => &[],
         }
     }
 

@@ -12,7 +12,11 @@ const STREAM: &str = concat!(
 );
 
 fn run(chunks: &[&[u8]], strip: bool) -> (String, StreamRewriter) {
-    let mut rw = StreamRewriter::new("ollama/llama3", strip);
+    run_kind(StreamKind::Chunks, chunks, strip)
+}
+
+fn run_kind(kind: StreamKind, chunks: &[&[u8]], strip: bool) -> (String, StreamRewriter) {
+    let mut rw = StreamRewriter::for_kind(kind, "ollama/llama3", strip);
     let mut out = Vec::new();
     for c in chunks {
         rw.feed(c, &mut out);
@@ -150,13 +154,7 @@ const RESPONSES: &str = concat!(
 );
 
 fn run_responses(chunks: &[&[u8]]) -> (String, StreamRewriter) {
-    let mut rw = StreamRewriter::for_kind(StreamKind::ResponsesEvents, "ollama/llama3", false);
-    let mut out = Vec::new();
-    for c in chunks {
-        rw.feed(c, &mut out);
-    }
-    rw.finish(&mut out);
-    (String::from_utf8(out).unwrap(), rw)
+    run_kind(StreamKind::ResponsesEvents, chunks, false)
 }
 
 #[test]

@@ -183,6 +183,16 @@ async fn speech_comes_back_as_binary_untouched() {
     assert_eq!(mock.last().json()["model"], "tts-1");
 }
 
+async fn upload(gw: &TestGateway, path: &str, form: reqwest::multipart::Form) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(gw.url(path))
+        .bearer_auth(CLIENT_KEY)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+}
+
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
@@ -216,13 +226,7 @@ async fn a_20_mib_upload_streams_through_with_its_model_rewritten() {
                 .mime_str("audio/wav")
                 .unwrap(),
         );
-    let resp = reqwest::Client::new()
-        .post(gw.url("/v1/audio/transcriptions"))
-        .bearer_auth(CLIENT_KEY)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
+    let resp = upload(&gw, "/v1/audio/transcriptions", form).await;
     assert_eq!(resp.status(), 200);
     let v: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(v["model"], "mock/whisper-1", "the client's name comes back");
@@ -276,13 +280,7 @@ async fn the_sdk_transcribes_and_translates_with_the_model_after_the_file() {
             reqwest::multipart::Part::bytes(wav(4096)).file_name("b.wav"),
         )
         .text("model", "mock/whisper-1");
-    let resp = reqwest::Client::new()
-        .post(gw.url("/v1/audio/translations"))
-        .bearer_auth(CLIENT_KEY)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
+    let resp = upload(&gw, "/v1/audio/translations", form).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(mock.last().path, "/v1/audio/translations");
     assert!(contains(&mock.last().body, b"\r\n\r\nwhisper-1\r\n"));
@@ -316,13 +314,7 @@ async fn uploads_without_a_boundary_or_over_the_limit_are_refused() {
             "image",
             reqwest::multipart::Part::bytes(wav(200_000)).file_name("i.png"),
         );
-    let resp = reqwest::Client::new()
-        .post(gw.url("/v1/images/edits"))
-        .bearer_auth(CLIENT_KEY)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
+    let resp = upload(&gw, "/v1/images/edits", form).await;
     let (status, v) = error_json(resp).await;
     assert_eq!(status, 413, "{v}");
     assert_eq!(mock.completions(), 0, "nothing reached the upstream");
@@ -406,13 +398,7 @@ async fn a_second_model_field_is_refused() {
             reqwest::multipart::Part::bytes(wav(1000)).file_name("a.wav"),
         )
         .text("model", "mock/expensive");
-    let resp = reqwest::Client::new()
-        .post(gw.url("/v1/audio/transcriptions"))
-        .bearer_auth(CLIENT_KEY)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
+    let resp = upload(&gw, "/v1/audio/transcriptions", form).await;
     let (status, v) = error_json(resp).await;
     assert_eq!(status, 400, "{v}");
     assert_eq!(v["error"]["param"], "model");
@@ -438,13 +424,7 @@ async fn an_upload_that_already_streamed_is_not_replayed_on_another_backend() {
             "file",
             reqwest::multipart::Part::bytes(wav(2 * 1024 * 1024)).file_name("a.wav"),
         );
-    let resp = reqwest::Client::new()
-        .post(gw.url("/v1/audio/transcriptions"))
-        .bearer_auth(CLIENT_KEY)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
+    let resp = upload(&gw, "/v1/audio/transcriptions", form).await;
     assert_eq!(resp.status(), 503, "the backend's own answer");
     assert_eq!(a.completions(), 1);
     assert_eq!(b.completions(), 0, "no half body sent to the other backend");

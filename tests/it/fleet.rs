@@ -44,6 +44,28 @@ fn backends(mocks: &[&MockOpenAi]) -> String {
     format!("[{}]", urls.join(", "))
 }
 
+/// A listener that never accepts, with its accept queue full: further SYNs go unanswered, so
+/// connecting to it times out. Keep the returned guard alive for as long as it is needed.
+async fn blackhole() -> (
+    std::net::SocketAddr,
+    (tokio::net::TcpListener, Vec<tokio::net::TcpStream>),
+) {
+    use tokio::net::{TcpSocket, TcpStream};
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = sock.local_addr().unwrap();
+    let listener = sock.listen(0).unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(s)) =
+            tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await
+        {
+            fillers.push(s);
+        }
+    }
+    (addr, (listener, fillers))
+}
+
 /// A fully read response, so the gateway has finished with the request when it returns.
 struct Reply {
     status: u16,
@@ -462,20 +484,7 @@ async fn idle_and_total_timeouts_end_streams_with_their_own_labels() {
 
 #[tokio::test]
 async fn connect_timeout_has_its_own_label_and_moves_on() {
-    use tokio::net::{TcpSocket, TcpStream};
-    // a listener that never accepts, with its accept queue full: further SYNs go unanswered
-    let sock = TcpSocket::new_v4().unwrap();
-    sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = sock.local_addr().unwrap();
-    let _blackhole = sock.listen(0).unwrap();
-    let mut fillers = Vec::new();
-    for _ in 0..4 {
-        if let Ok(Ok(s)) =
-            tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await
-        {
-            fillers.push(s);
-        }
-    }
+    let (addr, _blackhole) = blackhole().await;
     let good = MockOpenAi::start().await;
     let pools = format!(
         "  f:\n    backends: [\"http://{addr}\", \"{}\"]\n    retries: 1\n    timeouts: {{connect_ms: 200}}\n",
@@ -636,19 +645,7 @@ async fn a_primary_answering_503_hands_the_request_to_the_fallback_pool() {
 
 #[tokio::test]
 async fn timeouts_before_the_first_byte_are_openai_504s_with_their_own_labels() {
-    use tokio::net::{TcpSocket, TcpStream};
-    let sock = TcpSocket::new_v4().unwrap();
-    sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = sock.local_addr().unwrap();
-    let _blackhole = sock.listen(0).unwrap();
-    let mut fillers = Vec::new();
-    for _ in 0..4 {
-        if let Ok(Ok(s)) =
-            tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await
-        {
-            fillers.push(s);
-        }
-    }
+    let (addr, _blackhole) = blackhole().await;
     let slow = MockOpenAi::start().await;
     let pools = format!(
         "  f:\n    backends: [\"http://{addr}\"]\n    retries: 0\n    timeouts: {{connect_ms: 200}}\n  s:\n    backends: [\"{}\"]\n    retries: 0\n    timeouts: {{total_ms: 300}}\n",

@@ -39,6 +39,12 @@ routes:
     )
 }
 
+/// A gateway with the standard key and route `mock/` on `mock`, plus `extra` server lines.
+async fn start_ops(mock: &MockOpenAi, extra: &str) -> TestGateway {
+    let up = mock.url();
+    TestGateway::start_with(|p, a| ops_config(p, a, &up, CLIENT_KEY, "mock/", extra)).await
+}
+
 /// The port and admin port a running gateway's config must keep across a reload.
 fn rewrite(gw: &TestGateway, upstream: &str, key: &str, prefix: &str, extra: &str) {
     let yaml = ops_config(gw.port, gw.admin, upstream, key, prefix, extra);
@@ -91,6 +97,22 @@ async fn read_rest(
         .expect("the stream ended")
 }
 
+/// Lets a `gated` stream finish and checks that it ended with `[DONE]`; returns its text.
+async fn finish_gated(
+    mock: &MockOpenAi,
+    first: String,
+    rest: impl futures::Stream<Item = reqwest::Result<bytes::Bytes>>,
+    what: &str,
+) -> String {
+    mock.open_gate();
+    let text = read_rest(first, Box::pin(rest)).await;
+    assert!(
+        text.ends_with("data: [DONE]\n\n"),
+        "{what} finished: {text}"
+    );
+    text
+}
+
 async fn chat_status(gw: &TestGateway, key: &str, model: &str) -> u16 {
     let body = format!(r#"{{"model":"{model}","messages":[]}}"#);
     post(gw, CHAT, key, &body).await.status().as_u16()
@@ -100,7 +122,7 @@ async fn chat_status(gw: &TestGateway, key: &str, model: &str) -> u16 {
 async fn sighup_reload_keeps_a_live_stream_and_the_next_request_sees_the_new_key_and_route() {
     let mock = MockOpenAi::start().await;
     let up = mock.url();
-    let gw = TestGateway::start_with(|p, a| ops_config(p, a, &up, CLIENT_KEY, "mock/", "")).await;
+    let gw = start_ops(&mock, "").await;
     let (first, rest) = open_stream(&gw, CLIENT_KEY, "mock/gated").await;
 
     rewrite(&gw, &up, NEW_KEY, "llama/", "");
@@ -123,12 +145,13 @@ async fn sighup_reload_keeps_a_live_stream_and_the_next_request_sees_the_new_key
         "the old route is gone"
     );
 
-    mock.open_gate();
-    let text = read_rest(first, Box::pin(rest)).await;
-    assert!(
-        text.ends_with("data: [DONE]\n\n"),
-        "the stream that started before the reload finished: {text}"
-    );
+    let text = finish_gated(
+        &mock,
+        first,
+        rest,
+        "the stream that started before the reload",
+    )
+    .await;
     assert!(text.contains("\"model\":\"mock/gated\""), "{text}");
     let line = gw.wait_log("\"model\":\"mock/gated\"").await;
     assert!(line.contains("\"status\":200"), "{line}");
@@ -138,7 +161,7 @@ async fn sighup_reload_keeps_a_live_stream_and_the_next_request_sees_the_new_key
 async fn a_bad_reload_is_refused_with_the_field_and_the_old_config_keeps_serving() {
     let mock = MockOpenAi::start().await;
     let up = mock.url();
-    let gw = TestGateway::start_with(|p, a| ops_config(p, a, &up, CLIENT_KEY, "mock/", "")).await;
+    let gw = start_ops(&mock, "").await;
     let bad = ops_config(gw.port, gw.admin, &up, CLIENT_KEY, "mock/", "")
         .replace("pool: mock", "pool: mokc");
     std::fs::write(gw.config_path(), bad).unwrap();
@@ -186,11 +209,7 @@ async fn watch_reloads_when_the_file_changes_and_limit_counters_carry_over() {
 #[tokio::test]
 async fn sigterm_lets_an_open_stream_finish_refuses_new_connections_and_exits_0() {
     let mock = MockOpenAi::start().await;
-    let up = mock.url();
-    let mut gw = TestGateway::start_with(|p, a| {
-        ops_config(p, a, &up, CLIENT_KEY, "mock/", "  grace_period_secs: 30")
-    })
-    .await;
+    let mut gw = start_ops(&mock, "  grace_period_secs: 30").await;
     let (first, rest) = open_stream(&gw, CLIENT_KEY, "mock/gated").await;
     gw.terminate();
     gw.wait_log("shutting down: listeners closed").await;
@@ -205,9 +224,7 @@ async fn sigterm_lets_an_open_stream_finish_refuses_new_connections_and_exits_0(
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    mock.open_gate();
-    let text = read_rest(first, Box::pin(rest)).await;
-    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    finish_gated(&mock, first, rest, "the stream open at SIGTERM").await;
     let status = gw.wait_exit(Duration::from_secs(10)).await;
     assert!(status.success(), "exit status {status:?}");
     gw.wait_log(" drained").await;
@@ -216,11 +233,7 @@ async fn sigterm_lets_an_open_stream_finish_refuses_new_connections_and_exits_0(
 #[tokio::test]
 async fn streams_still_open_when_the_grace_period_ends_get_a_final_error_event() {
     let mock = MockOpenAi::start().await;
-    let up = mock.url();
-    let mut gw = TestGateway::start_with(|p, a| {
-        ops_config(p, a, &up, CLIENT_KEY, "mock/", "  grace_period_secs: 1")
-    })
-    .await;
+    let mut gw = start_ops(&mock, "  grace_period_secs: 1").await;
     let (first, rest) = open_stream(&gw, CLIENT_KEY, "mock/endless").await;
     gw.terminate();
     let text = read_rest(first, Box::pin(rest)).await;
@@ -287,12 +300,7 @@ async fn upgrade_hands_the_listener_to_a_new_process_without_dropping_a_stream()
             "request {i}"
         );
     }
-    mock.open_gate();
-    let text = read_rest(first, Box::pin(rest)).await;
-    assert!(
-        text.ends_with("data: [DONE]\n\n"),
-        "the old process finished its stream: {text}"
-    );
+    finish_gated(&mock, first, rest, "the old process's stream").await;
     let status = old.wait_exit(Duration::from_secs(20)).await;
     assert!(status.success(), "{status:?}");
     assert_eq!(
@@ -315,9 +323,8 @@ async fn upgrade_hands_the_listener_to_a_new_process_without_dropping_a_stream()
 #[tokio::test]
 async fn cors_preflight_and_responses_carry_the_allowed_origin_only() {
     let mock = MockOpenAi::start().await;
-    let up = mock.url();
     let cors = "  cors:\n    allowed_origins: [\"https://app.example.com\"]\n    max_age_secs: 300";
-    let gw = TestGateway::start_with(|p, a| ops_config(p, a, &up, CLIENT_KEY, "mock/", cors)).await;
+    let gw = start_ops(&mock, cors).await;
     let client = reqwest::Client::new();
     let preflight = |origin: &'static str| {
         client
@@ -381,7 +388,6 @@ async fn cors_preflight_and_responses_carry_the_allowed_origin_only() {
 #[tokio::test]
 async fn tls_listener_speaks_h2_and_a_pool_trusts_only_its_ca_file() {
     let mock = MockOpenAi::start().await;
-    let up = mock.url();
     let dir = tempfile::tempdir().unwrap();
     let certs = tls::TestCerts::write(dir.path());
     let tls_block = format!(
@@ -389,9 +395,7 @@ async fn tls_listener_speaks_h2_and_a_pool_trusts_only_its_ca_file() {
         certs.cert.display(),
         certs.key.display()
     );
-    let front =
-        TestGateway::start_with(|p, a| ops_config(p, a, &up, CLIENT_KEY, "mock/", &tls_block))
-            .await;
+    let front = start_ops(&mock, &tls_block).await;
     let client = certs.client();
     let resp = client
         .post(format!("https://127.0.0.1:{}{CHAT}", front.port))
@@ -435,10 +439,7 @@ async fn tls_listener_speaks_h2_and_a_pool_trusts_only_its_ca_file() {
 #[tokio::test]
 async fn h2c_prior_knowledge_works_when_enabled() {
     let mock = MockOpenAi::start().await;
-    let up = mock.url();
-    let gw =
-        TestGateway::start_with(|p, a| ops_config(p, a, &up, CLIENT_KEY, "mock/", "  h2c: true"))
-            .await;
+    let gw = start_ops(&mock, "  h2c: true").await;
     let client = reqwest::Client::builder()
         .http2_prior_knowledge()
         .build()
@@ -458,8 +459,7 @@ async fn h2c_prior_knowledge_works_when_enabled() {
 #[tokio::test]
 async fn request_id_round_trips_and_is_generated_when_absent() {
     let mock = MockOpenAi::start().await;
-    let up = mock.url();
-    let gw = TestGateway::start_with(|p, a| ops_config(p, a, &up, CLIENT_KEY, "mock/", "")).await;
+    let gw = start_ops(&mock, "").await;
     let resp = reqwest::Client::new()
         .post(gw.url(CHAT))
         .bearer_auth(CLIENT_KEY)
