@@ -178,6 +178,7 @@ fn main() {
         eprintln!("fleet bench: run it with `cargo bench --bench fleet`");
         return;
     }
+    common::install_crypto();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -344,6 +344,7 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return; // `cargo test --benches` runs this binary without --bench: nothing to do
     }
+    common::install_crypto();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

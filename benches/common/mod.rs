@@ -15,6 +15,12 @@ impl Drop for Proc {
     }
 }
 
+/// reqwest is built with TLS for the integration tests, which needs a process-wide rustls
+/// provider before any client exists; the benches speak plain HTTP but must install it too.
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 pub fn fail(msg: &str) -> ! {
     eprintln!("bench: {msg}");
     std::process::exit(1)

@@ -154,3 +154,20 @@ fn counters_persist_by_default_and_can_be_moved_or_switched_off() {
         "state.path: must not be empty"
     );
 }
+
+#[test]
+fn budget_aliases_and_per_model_token_limits_load() {
+    let base = "pools: {p: {backends: ['http://h']}}\nroutes: [{prefix: '', pool: p}]\n";
+    let c = load(&format!(
+        "{base}keys:\n  - key: k\n    tenant: t\n    budget: {{max_usd_per_day: 5, max_usd_per_month: 50}}\n    limits: {{models: {{\"gpt-4o*\": {{tpm: 20000}}}}}}\n"
+    ))
+    .unwrap();
+    let k = &c.keys[0];
+    assert_eq!(
+        (k.budget.usd_per_day, k.budget.usd_per_month),
+        (Some(5.0), Some(50.0))
+    );
+    let (glob, l) = &k.limits.models[0];
+    assert!(glob.matches("gpt-4o-mini"));
+    assert_eq!(l.tpm, Some(20000));
+}

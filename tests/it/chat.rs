@@ -186,3 +186,36 @@ async fn keep_alive_survives_proxied_requests() {
         assert!(text.contains("\"model\":\"mock/echo\""), "{text}");
     }
 }
+
+#[tokio::test]
+async fn the_model_list_is_cached_briefly() {
+    let mock = MockOpenAi::start().await;
+    let gw = TestGateway::start(&mock).await;
+    let fetches = || {
+        mock.requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path.ends_with("/v1/models"))
+            .count()
+    };
+    for _ in 0..3 {
+        openai_client(&gw, CLIENT_KEY)
+            .models()
+            .list()
+            .await
+            .unwrap();
+    }
+    assert_eq!(fetches(), 1, "one upstream fetch serves the next lists");
+}
+
+#[tokio::test]
+async fn an_upstream_500_passes_through_with_its_status_headers_and_body() {
+    let mock = MockOpenAi::start().await;
+    mock.knobs(|k| k.force_status = Some(500));
+    let gw = TestGateway::start(&mock).await;
+    let body = r#"{"model":"mock/echo","messages":[]}"#;
+    let resp = post(&gw, "/v1/chat/completions", CLIENT_KEY, body).await;
+    assert_eq!(resp.status(), 500);
+    assert_eq!(resp.headers()["retry-after"], "7", "upstream headers kept");
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["message"], "forced", "the upstream's own body");
+}
