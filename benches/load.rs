@@ -1,6 +1,7 @@
 //! End-to-end load harness (issue 5): the same workloads against the mock upstream directly,
-//! through nginx (plain `proxy_pass`, buffering off) and through llmedge (auth, routing, SSE
-//! rewrite, usage capture, limits, pricing and metrics all on), interleaved in one run.
+//! through nginx (plain `proxy_pass`, buffering off), through a bare Pingora proxy with no
+//! filters (the framework's floor) and through llmedge (auth, routing, SSE rewrite, usage
+//! capture, limits, pricing and metrics all on), interleaved in one run.
 //! Run: `cargo bench --bench load` (installs nginx with apt-get when missing; writes a section of
 //! benches/RESULTS.md). Measures client-side latency, TTFT, inter-chunk gaps and event counts,
 //! and the proxy process tree's CPU seconds (/proc) and peak RSS.
@@ -340,7 +341,40 @@ fn mb(bytes: u64) -> f64 {
     bytes as f64 / 1_048_576.0
 }
 
+/// The framework floor: a Pingora 0.9.1 proxy with no filters in front of one upstream, run in
+/// its own process (this binary, re-executed with `--bare-proxy LISTEN UPSTREAM`).
+struct Bare(String);
+
+#[async_trait::async_trait]
+impl pingora::proxy::ProxyHttp for Bare {
+    type CTX = ();
+    fn new_ctx(&self) {}
+    async fn upstream_peer(
+        &self,
+        _session: &mut pingora::proxy::Session,
+        _ctx: &mut (),
+    ) -> pingora::Result<Box<pingora::upstreams::peer::HttpPeer>> {
+        let peer = pingora::upstreams::peer::HttpPeer::new(self.0.as_str(), false, String::new());
+        Ok(Box::new(peer))
+    }
+}
+
+fn bare_proxy(listen: &str, upstream: &str) -> ! {
+    let mut server = llmedge::new_server(2);
+    let mut svc =
+        pingora::proxy::http_proxy_service(&server.configuration, Bare(upstream.to_string()));
+    svc.add_tcp(listen);
+    server.add_service(svc);
+    server.run_forever()
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, flag, listen, upstream] = args.as_slice() {
+        if flag == "--bare-proxy" {
+            bare_proxy(listen, upstream);
+        }
+    }
     if !std::env::args().any(|a| a == "--bench") {
         return; // `cargo test --benches` runs this binary without --bench: nothing to do
     }
@@ -414,6 +448,23 @@ async fn run() {
             model: "llama3",
         });
     }
+    let bare_port = port();
+    let me = std::env::current_exe().unwrap_or_else(|e| fail(&format!("current_exe: {e}")));
+    let bare = spawn(
+        me.to_str().unwrap_or_default(),
+        &[
+            "--bare-proxy",
+            &format!("127.0.0.1:{bare_port}"),
+            &mock_listen,
+        ],
+    );
+    wait_ok(&format!("http://127.0.0.1:{bare_port}/health")).await;
+    targets.push(Target {
+        name: "pingora",
+        base: format!("http://127.0.0.1:{bare_port}"),
+        pid: Some(bare.0.id()),
+        model: "llama3",
+    });
     targets.push(Target {
         name: "llmedge",
         base: format!("http://127.0.0.1:{gw_port}"),
@@ -490,6 +541,7 @@ async fn run() {
     eprintln!("{text}");
     write_section(&text);
     drop(gw);
+    drop(bare);
     drop(nginx);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -583,6 +635,15 @@ impl Report {
             verdict(l50 - d50 <= 0.2 && l99 - d99 <= 1.0)
         ));
         let find = |n: &str| self.closed.iter().find(|c| c.0 == n);
+        if let (Some(ng), Some(pg)) = (find("nginx"), find("pingora")) {
+            s.push_str(&format!(
+                "- Framework floor (no target): a bare Pingora 0.9.1 proxy, no filters, {:.1} µs CPU per request = {:.2}x nginx, {:.0} req/s = {:.0}% of nginx\n",
+                pg.2,
+                pg.2 / ng.2,
+                pg.1,
+                pg.1 / ng.1 * 100.0
+            ));
+        }
         if let (Some(ng), Some(lm)) = (find("nginx"), find("llmedge")) {
             s.push_str(&format!(
                 "- CPU per request: llmedge {:.1} µs vs nginx {:.1} µs = {:.2}x (≤ 1.5x): **{}**\n",
@@ -655,7 +716,7 @@ fn write_section(body: &str) {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
     let header = format!(
-        "## End-to-end load (issue 5)\n\nCommand: `cargo bench --bench load`. {} The load generator, mock upstream, nginx and llmedge share the machine. nginx {nginx}: `proxy_pass` with keep-alive, `proxy_buffering off`, 2 workers; llmedge: 2 threads, auth, routing with prefix strip, SSE rewrite with usage injection and stripping, limits, pricing and metrics on. Upstream: `llmedge mock`. One interleaved round; a shared 2-core VM, so read ratios and medians.\n\n",
+        "## End-to-end load (issue 5)\n\nCommand: `cargo bench --bench load`. {} The load generator, mock upstream, nginx, bare Pingora and llmedge share the machine. nginx {nginx}: `proxy_pass` with keep-alive, `proxy_buffering off`, 2 workers; pingora: a bare Pingora 0.9.1 proxy with no filters, 2 threads (the framework floor); llmedge: 2 threads, auth, routing with prefix strip, SSE rewrite with usage injection and stripping, limits, pricing and metrics on. Upstream: `llmedge mock`. One interleaved round; a shared 2-core VM, so read ratios and medians.\n\n",
         common::provenance()
     );
     common::write_section("load", &format!("{header}{body}"));
