@@ -429,3 +429,25 @@ async fn an_upload_that_already_streamed_is_not_replayed_on_another_backend() {
     assert_eq!(a.completions(), 1);
     assert_eq!(b.completions(), 0, "no half body sent to the other backend");
 }
+
+#[tokio::test]
+async fn an_image_edit_upload_is_routed_by_its_model_field() {
+    let mock = MockOpenAi::start().await;
+    let gw = start(&mock).await;
+    let form = reqwest::multipart::Form::new()
+        .text("model", "mock/gpt-image-1")
+        .text("prompt", "add a hat")
+        .part(
+            "image",
+            reqwest::multipart::Part::bytes(wav(300_000)).file_name("cat.png"),
+        );
+    let resp = upload(&gw, "/v1/images/edits", form).await;
+    assert_eq!(resp.status(), 200);
+    let up = mock.last();
+    assert_eq!(up.path, "/v1/images/edits");
+    assert!(contains(&up.body, b"\r\n\r\ngpt-image-1\r\n"));
+    assert!(
+        contains(&up.body, b"add a hat"),
+        "other fields pass untouched"
+    );
+}
