@@ -272,3 +272,49 @@ fn refusals_become_openai_errors_and_resets_read_like_openai() {
         "you exceeded your current quota: the monthly budget of key 0 ($0.00) is spent"
     );
 }
+
+fn ids(c: &Config) -> HashMap<usize, String> {
+    c.keys
+        .iter()
+        .map(|k| (k.principal.key_index, hex::encode(&k.digest[..8])))
+        .collect()
+}
+
+#[test]
+fn a_reload_carries_windows_reservations_and_spend_and_settles_where_they_went() {
+    let old_yaml = "keys: [{key: a, tenant: t, limits: {concurrency: 1, rpm: 10}, budget: {usd_per_day: 1}}]\npricing: {m: {input: 1000000, output: 0}}";
+    let (old, oc, clock) = setup(old_yaml);
+    let adm = old.admit(&ask(&oc, 0, "m", 0, 0)).unwrap();
+    old.settle(&adm, usage(0, 0));
+    let running = old.admit(&ask(&oc, 0, "m", 0, 0)).unwrap();
+    // the new config adds a key before "a": "a" moves from index 0 to 1
+    let new_yaml = "keys: [{key: z, tenant: u}, {key: a, tenant: t, limits: {concurrency: 1, rpm: 10}, budget: {usd_per_day: 1}}]\npricing: {m: {input: 1000000, output: 0}}";
+    let base = format!(
+        "pools: {{p: {{backends: ['http://h']}}}}\nroutes: [{{prefix: '', pool: p}}]\n{new_yaml}"
+    );
+    let nc = Config::from_yaml(&base, &|_| None).unwrap();
+    let new = Governor::new(&nc, clock.clone());
+    new.take_over(&old, &ids(&oc), &ids(&nc));
+    let d = new.admit(&ask(&nc, 1, "m", 0, 0)).unwrap_err();
+    assert_eq!(
+        d.kind,
+        LimitKind::Concurrency,
+        "the running request still holds its slot"
+    );
+    let moved = new.rebind(&running, "t", Some(1), "m");
+    // one prompt token at $1 per token: the request settles in the new governor
+    assert!((new.settle(&moved, usage(1, 0)) - 1.0).abs() < 1e-9);
+    let d = new.admit(&ask(&nc, 1, "m", 1, 0)).unwrap_err();
+    assert_eq!(
+        d.kind,
+        LimitKind::BudgetDay,
+        "the slot is free, the day's dollar spent"
+    );
+    let e = new.export(&ids(&nc));
+    let key_a = &e.scopes[&format!("key:{}", ids(&nc)[&1])];
+    assert!((key_a.day.usd - 1.0).abs() < 1e-9);
+    assert_eq!(
+        key_a.requests.curr, 2.0,
+        "both requests of the minute counted once"
+    );
+}
