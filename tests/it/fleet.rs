@@ -312,8 +312,28 @@ async fn a_killed_backend_is_ejected_without_client_errors_and_taken_back_after_
         assert_eq!(chat(&gw, "f/echo").await.status(), 200);
     }
     assert!(b.completions() > served_by_b, "B is back in rotation");
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_retried_on_another_backend_and_counted() {
+    let good = MockOpenAi::start().await;
+    let dead = format!("127.0.0.1:{}", reserve_port());
+    let pools = format!(
+        "  f:\n    backends: [\"http://{dead}\", \"{}\"]\n    retries: 1\n",
+        good.url()
+    );
+    let gw = start_fleet(&pools).await;
+    for i in 0..3 {
+        assert_eq!(chat(&gw, "f/echo").await.status(), 200, "request {i}");
+    }
+    assert_eq!(good.completions(), 3);
+    // any count: the dead backend returns from its cooldown if the machine is slow
     gw.wait_metric(r#"llmedge_retries_total{pool="f",reason="connect"}"#)
         .await;
+    gw.wait_metric(&format!(
+        "llmedge_upstream_attempts_total{{backend=\"{dead}\",outcome=\"connect_error\",pool=\"f\"}}"
+    ))
+    .await;
 }
 
 #[tokio::test]
@@ -675,15 +695,16 @@ async fn a_backend_that_timed_out_is_ejected_from_rotation() {
     // a timed-out generation is not re-run elsewhere (it may be merely long, and would be paid
     // twice): the first request, which round robin gives to A, gets its 504
     assert_eq!(chat(&gw, "f/echo").await.status(), 504);
-    for i in 0..6 {
+    // well inside A's first 1 s cooldown
+    for i in 0..4 {
         assert_eq!(chat(&gw, "f/echo").await.status(), 200, "request {i}");
     }
     assert_eq!(
         a.completions(),
         1,
-        "after its timeout A is out of rotation (round robin would give it 3 of 6)"
+        "after its timeout A is out of rotation (round robin would give it 2 of 4)"
     );
-    assert_eq!(b.completions(), 6);
+    assert_eq!(b.completions(), 4);
     gw.wait_metric(&format!(
         "llmedge_upstream_attempts_total{{backend=\"{}\",outcome=\"first_byte_timeout\",pool=\"f\"}} 1",
         a.addr
