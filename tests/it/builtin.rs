@@ -101,6 +101,14 @@ async fn demo_answers_the_curl_lines_it_prints() {
         logs.lock().contains("sk-llmedge-demo"),
         "the banner prints the demo key"
     );
+    let banner = logs.lock().clone();
+    for line in [
+        format!("curl -s http://{listen}/v1/chat/completions -H 'Authorization: Bearer sk-llmedge-demo'"),
+        format!("curl -sN http://{listen}/v1/chat/completions"),
+        format!("curl -s http://{admin_listen}/metrics | grep llmedge_"),
+    ] {
+        assert!(banner.contains(&line), "the banner prints {line}:\n{banner}");
+    }
     let client = reqwest::Client::new();
     let chat = client
         .post(format!("http://{listen}/v1/chat/completions"))
