@@ -185,10 +185,15 @@ fn set_body_for(pool: &Pool, ctx: &mut RequestCtx) -> Result<()> {
             let Some(head) = &plan.json else {
                 return Ok(());
             };
+            // the kept body already went through the first rewrite: compare with what it says
+            let head = crate::openai::RequestHead {
+                model: Some(plan.body_model.clone()),
+                ..head.clone()
+            };
             let body = &plan.client_body;
             let (obj, _) =
                 inspect_request(body).map_err(|_| Error::explain(InternalError, "body changed"))?;
-            rewrite_request(&obj, head, &model).map_or(body.clone(), Bytes::from)
+            rewrite_request(&obj, &head, &model).map_or(body.clone(), Bytes::from)
         }
     };
     if let Some(shared) = &ctx.shared {

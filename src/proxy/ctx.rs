@@ -41,6 +41,8 @@ pub struct Plan {
     pub last_error: Option<GatewayError>,
     /// The JSON body's fields, to rewrite it for another pool's model name.
     pub json: Option<crate::openai::RequestHead>,
+    /// The model name written in `client_body` (a JSON body is kept as first rewritten).
+    pub body_model: String,
     /// Where a multipart head carries `model`, for the same reason.
     pub multipart_model: Option<std::ops::Range<usize>>,
 }

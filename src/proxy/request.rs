@@ -216,12 +216,26 @@ async fn prepare(
     ctx.stream = incoming.stream;
     ctx.strip_usage = incoming.json.as_ref().is_some_and(|h| h.inject_usage);
     let multipart = incoming.multipart;
+    // A JSON body is kept once, as rewritten: a fallback pool's rename rewrites that copy again
+    // (the rewrite is idempotent), so a 16 MiB request holds 16 MiB, not twice that. Only the
+    // prompt prefix that consistent hashing reads is copied out. A multipart head is kept as
+    // read, since `multipart_model` indexes it.
+    let (kept_body, prompt) = if multipart.is_some() {
+        (body, incoming.prompt)
+    } else {
+        let prefix = hashed_prompt_bytes(&snap).min(incoming.prompt.len());
+        let prompt = Bytes::copy_from_slice(&incoming.prompt[..prefix]);
+        drop(incoming.prompt);
+        drop(body);
+        (upstream_body.clone(), prompt)
+    };
     ctx.plan = Plan {
         chain,
         route_model: resolved.upstream_model.to_string(),
-        sent_model,
-        client_body: body,
-        prompt: incoming.prompt,
+        sent_model: sent_model.clone(),
+        client_body: kept_body,
+        body_model: sent_model.clone(),
+        prompt,
         json: incoming.json,
         multipart_model: multipart.as_ref().and_then(|m| m.model_at.clone()),
         ..Plan::default()
@@ -256,6 +270,18 @@ async fn prepare(
     ));
     ctx.shared = Some(shared);
     Ok(())
+}
+
+/// The most prompt bytes any pool's `hash_key: prompt_prefix[:N]` reads.
+fn hashed_prompt_bytes(snap: &crate::state::Snapshot) -> usize {
+    snap.pools
+        .iter()
+        .filter_map(|p| match p.config.hash_key {
+            crate::config::HashKey::PromptPrefix(n) => Some(n),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 /// The body an upstream that calls the model `model` is sent (the head, for a streamed

@@ -711,3 +711,35 @@ async fn a_backend_that_timed_out_is_ejected_from_rotation() {
     ))
     .await;
 }
+
+#[tokio::test]
+async fn a_fallback_without_a_rename_gets_the_route_model_not_the_primarys_rename() {
+    let backup = MockOpenAi::start().await;
+    let dead = format!("http://127.0.0.1:{}", reserve_port());
+    let pools = format!(
+        "  primary:\n    backends: [\"{dead}\"]\n    retries: 0\n    model_map: {{llama3: llama-3-70b-awq}}\n  backup:\n    backends: [\"{}\"]\n",
+        backup.url()
+    );
+    // no prefix stripping: the client's name is the route's, and only the primary renames it
+    let routes = "  - {prefix: 'llama', pool: primary, fallbacks: [backup]}";
+    let gw = TestGateway::start_with(|p, ad| fleet(p, ad, &pools, routes)).await;
+    for stream in [false, true] {
+        let body = format!(
+            r#"{{"model":"llama3","stream":{stream},"messages":[{{"role":"user","content":"hi"}}]}}"#
+        );
+        let resp = post(&gw, CHAT, CLIENT_KEY, &body).await;
+        assert_eq!(resp.status(), 200);
+        let text = resp.text().await.unwrap();
+        assert!(text.contains("\"model\":\"llama3\""), "{text}");
+        let up = backup.last().json();
+        assert_eq!(
+            up["model"], "llama3",
+            "stream {stream}: the route's name, not the primary's rename"
+        );
+        assert_eq!(up["messages"][0]["content"], "hi");
+        assert_eq!(
+            up["stream_options"]["include_usage"].as_bool(),
+            stream.then_some(true)
+        );
+    }
+}
