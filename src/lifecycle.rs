@@ -77,33 +77,20 @@ impl Reloader {
 
 /// Settings a running process cannot change: its listeners, threads, shutdown and counter file.
 fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
-    let mut fields = Vec::new();
-    if old.state != new.state {
-        fields.push("state");
-    }
-    let (old, new) = (&old.server, &new.server);
-    if old.grace_period != new.grace_period {
-        fields.push("server.grace_period_secs");
-    }
-    if old.listen != new.listen {
-        fields.push("server.listen");
-    }
-    if old.admin_listen != new.admin_listen {
-        fields.push("server.admin_listen");
-    }
-    if old.threads != new.threads {
-        fields.push("server.threads");
-    }
-    if old.tls != new.tls {
-        fields.push("server.tls");
-    }
-    if old.h2c != new.h2c {
-        fields.push("server.h2c");
-    }
-    if old.upgrade_sock != new.upgrade_sock {
-        fields.push("server.upgrade_sock");
-    }
-    fields
+    let (o, n) = (&old.server, &new.server);
+    [
+        ("state", old.state != new.state),
+        ("server.grace_period_secs", o.grace_period != n.grace_period),
+        ("server.listen", o.listen != n.listen),
+        ("server.admin_listen", o.admin_listen != n.admin_listen),
+        ("server.threads", o.threads != n.threads),
+        ("server.tls", o.tls != n.tls),
+        ("server.h2c", o.h2c != n.h2c),
+        ("server.upgrade_sock", o.upgrade_sock != n.upgrade_sock),
+    ]
+    .into_iter()
+    .filter_map(|(field, changed)| changed.then_some(field))
+    .collect()
 }
 
 /// The signals the binary answers: SIGTERM and SIGINT drain and exit, SIGQUIT hands the
@@ -245,5 +232,24 @@ impl BackgroundService for Drain {
         if self.exit {
             std::process::exit(0);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reload_names_the_settings_that_wait_for_a_restart() {
+        let load = |extra: &str| {
+            let yaml = format!("server: {{listen: '127.0.0.1:1'{extra}}}\npools: {{p: {{backends: ['http://h']}}}}\nroutes: [{{prefix: '', pool: p}}]\n");
+            Config::from_yaml(&yaml, &|_| None).unwrap()
+        };
+        let old = load("");
+        assert!(needs_restart(&old, &load("")).is_empty());
+        assert_eq!(
+            needs_restart(&old, &load(", threads: 4, grace_period_secs: 5")),
+            ["server.grace_period_secs", "server.threads"]
+        );
     }
 }

@@ -357,16 +357,19 @@ pub fn rewrite_responses_event(input: &[u8], model_json: &str) -> ResponsesEvent
     };
     let inner = rewrite_response_object_json(resp.get().as_bytes(), model_json, false);
     ev.usage = inner.usage;
-    ev.bytes = inner.bytes.map(|new| {
-        let new = String::from_utf8_lossy(&new).into_owned();
-        let mut out = Vec::with_capacity(input.len() + model_json.len());
-        obj.write(
-            &mut out,
-            |k, _| (k == "response").then_some(Some(Cow::Borrowed(new.as_str()))),
-            &[],
-        );
-        out
-    });
+    // the rewritten object came from JSON text, so it is UTF-8: moved, not copied
+    ev.bytes = inner
+        .bytes
+        .and_then(|new| String::from_utf8(new).ok())
+        .map(|new| {
+            let mut out = Vec::with_capacity(input.len() + model_json.len());
+            obj.write(
+                &mut out,
+                |k, _| (k == "response").then_some(Some(Cow::Borrowed(new.as_str()))),
+                &[],
+            );
+            out
+        });
     ev
 }
 

@@ -153,28 +153,10 @@ impl StreamRewriter {
         if value == b"[DONE]" {
             self.done = true;
         }
-        if self.kind == StreamKind::ResponsesEvents {
-            let ev = rewrite_responses_event(value, &self.client_model_json);
-            self.observe_event(&ev);
-            match ev.bytes {
-                None => out.extend_from_slice(event),
-                Some(new) => {
-                    out.extend_from_slice(&event[..first.value_start]);
-                    out.extend_from_slice(&new);
-                    out.extend_from_slice(&event[first.value_start + value.len()..]);
-                }
-            }
-            return;
-        }
-        let r =
-            rewrite_response_object_json(value, &self.client_model_json, self.strip_injected_usage);
-        self.observe(&r);
-        if r.drop {
-            return;
-        }
-        match r.bytes {
-            None => out.extend_from_slice(event),
-            Some(new) => {
+        match self.rewrite_payload(value) {
+            Payload::Drop => {}
+            Payload::Keep => out.extend_from_slice(event),
+            Payload::Replace(new) => {
                 out.extend_from_slice(&event[..first.value_start]);
                 out.extend_from_slice(&new);
                 out.extend_from_slice(&event[first.value_start + value.len()..]);
@@ -191,25 +173,13 @@ impl StreamRewriter {
             }
             joined.extend_from_slice(l.value);
         }
-        let bytes = if self.kind == StreamKind::ResponsesEvents {
-            let ev = rewrite_responses_event(&joined, &self.client_model_json);
-            self.observe_event(&ev);
-            ev.bytes
-        } else {
-            let r = rewrite_response_object_json(
-                &joined,
-                &self.client_model_json,
-                self.strip_injected_usage,
-            );
-            self.observe(&r);
-            if r.drop {
+        let new = match self.rewrite_payload(&joined) {
+            Payload::Drop => return,
+            Payload::Keep => {
+                out.extend_from_slice(event);
                 return;
             }
-            r.bytes
-        };
-        let Some(new) = bytes else {
-            out.extend_from_slice(event);
-            return;
+            Payload::Replace(new) => new,
         };
         let mut wrote_data = false;
         for l in lines(event) {
@@ -220,6 +190,32 @@ impl StreamRewriter {
                 out.extend_from_slice(&new);
                 out.extend_from_slice(l.terminator);
             }
+        }
+    }
+
+    /// What one event's JSON payload becomes, by the kind of stream, noting usage, output
+    /// and the end of the stream on the way.
+    fn rewrite_payload(&mut self, payload: &[u8]) -> Payload {
+        let (bytes, drop) = match self.kind {
+            StreamKind::ResponsesEvents => {
+                let ev = rewrite_responses_event(payload, &self.client_model_json);
+                self.observe_event(&ev);
+                (ev.bytes, false)
+            }
+            StreamKind::Chunks => {
+                let r = rewrite_response_object_json(
+                    payload,
+                    &self.client_model_json,
+                    self.strip_injected_usage,
+                );
+                self.observe(&r);
+                (r.bytes, r.drop)
+            }
+        };
+        match (drop, bytes) {
+            (true, _) => Payload::Drop,
+            (false, None) => Payload::Keep,
+            (false, Some(new)) => Payload::Replace(new),
         }
     }
 
@@ -245,6 +241,14 @@ impl StreamRewriter {
             self.choice_events += 1;
         }
     }
+}
+
+/// An event's fate after its payload was looked at.
+enum Payload {
+    /// The injected usage chunk the client did not ask for.
+    Drop,
+    Keep,
+    Replace(Vec<u8>),
 }
 
 struct Line<'a> {

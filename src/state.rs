@@ -22,6 +22,8 @@ pub struct Snapshot {
     pub key_ids: HashMap<usize, String>,
     /// The reverse of `key_ids`: where a key sits in this config.
     pub key_index_by_id: HashMap<String, usize>,
+    /// The most prompt bytes any pool's `hash_key: prompt_prefix[:N]` reads.
+    pub prompt_prefix_bytes: usize,
 }
 
 impl Snapshot {
@@ -35,6 +37,15 @@ impl Snapshot {
             .map(|k| (k.principal.key_index, hex::encode(&k.digest[..8])))
             .collect();
         let key_index_by_id = key_ids.iter().map(|(i, id)| (id.clone(), *i)).collect();
+        let prompt_prefix_bytes = config
+            .pools
+            .iter()
+            .filter_map(|p| match p.hash_key {
+                crate::config::HashKey::PromptPrefix(n) => Some(n),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
         Self {
             config,
             keys,
@@ -43,6 +54,7 @@ impl Snapshot {
             governor,
             key_ids,
             key_index_by_id,
+            prompt_prefix_bytes,
         }
     }
 

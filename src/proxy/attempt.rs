@@ -129,8 +129,12 @@ fn next_target(
     }
 }
 
-/// Whether a failed attempt can be followed by another one.
+/// Whether a failed attempt can be followed by another one: the body can be sent again (an
+/// upload whose tail already streamed cannot), and a backend is left to send it to.
 fn has_next(ctx: &RequestCtx, now: Instant) -> bool {
+    if !replayable(ctx) {
+        return false;
+    }
     let snap = &ctx.snap;
     let plan = &ctx.plan;
     let Some(pool) = plan.chain.get(plan.pos).and_then(|&p| snap.pools.get(p)) else {
@@ -176,11 +180,7 @@ fn set_body_for(pool: &Pool, ctx: &mut RequestCtx) -> Result<()> {
     }
     let plan = &ctx.plan;
     let new = match &plan.multipart_model {
-        Some(r) => Bytes::from(crate::multipart::replace(
-            &plan.client_body,
-            r.clone(),
-            model.as_bytes(),
-        )),
+        Some(r) => super::request::multipart_for_model(&plan.client_body, Some(r.clone()), &model),
         None => {
             let Some(head) = &plan.json else {
                 return Ok(());
@@ -201,6 +201,11 @@ fn set_body_for(pool: &Pool, ctx: &mut RequestCtx) -> Result<()> {
     }
     ctx.plan.sent_model = model;
     Ok(())
+}
+
+/// Part of an upload's streamed tail went out: nothing is left to send it again from.
+fn replayable(ctx: &RequestCtx) -> bool {
+    !ctx.shared.as_ref().is_some_and(|s| s.tail_started())
 }
 
 fn backoff(attempts: u32, start: Instant) -> Duration {
@@ -278,16 +283,6 @@ pub fn failed_while_proxying(
         return e;
     }
     let started = ctx.status != 0 || session.response_written().is_some();
-    // part of an upload's streamed tail went out: there is nothing left to replay it from
-    let body_gone = ctx.shared.as_ref().is_some_and(|s| s.tail_started());
-    if body_gone && !started && cause != Cause::ClientGone {
-        let gerr = classify(&e);
-        record(gw, ctx, gerr.label());
-        eject(ctx);
-        ctx.plan.last_error = Some(gerr);
-        e.set_retry(false);
-        return e;
-    }
     if started || cause == Cause::ClientGone {
         if !started {
             record(gw, ctx, "client_closed");
@@ -295,7 +290,7 @@ pub fn failed_while_proxying(
         e.set_retry(false);
         return e;
     }
-    if client_reused && matches!(e.retry, RetryType::ReusedOnly) {
+    if client_reused && matches!(e.retry, RetryType::ReusedOnly) && replayable(ctx) {
         // the backend closed an idle pooled connection as we reused it: not its fault
         ctx.plan.retry_same = true;
         record(gw, ctx, "stale_connection");
@@ -317,10 +312,6 @@ pub fn status_received(gw: &Gateway, resp: &ResponseHeader, ctx: &mut RequestCtx
     let Some((pool, b)) = current(ctx) else {
         return Ok(());
     };
-    // an upload whose file already streamed cannot be sent again: whatever the status, it is
-    // this attempt's answer
-    let replayable = !ctx.shared.as_ref().is_some_and(|s| s.tail_started());
-    let has_next = |ctx: &RequestCtx, now| replayable && has_next(ctx, now);
     if matches!(code, 401 | 403) {
         // the upstream refused the pool's credentials: not the client's fault, and its message
         // may quote part of the pool key

@@ -176,37 +176,34 @@ impl PresetBody {
     }
 }
 
-/// The upload ended: from now on the backend has `first_byte` to answer.
-fn tail_finished(shared: &Shared) {
+/// A piece of the streamed tail went by: counts it against the body limit, watches it for a
+/// second `model` field, and when it was the last (`done`) starts the backend's first-byte
+/// limit.
+fn pass_tail(shared: &Shared, chunk: Option<&Bytes>, done: bool) -> Result<()> {
     let mut tail = shared.tail.lock();
-    if let Some(t) = tail.as_mut() {
-        t.finished = true;
-        let (first_byte, total_at) = (t.first_byte, t.total_at);
-        drop(tail);
+    let Some(t) = tail.as_mut() else {
+        return Ok(());
+    };
+    let len = chunk.map_or(0, Bytes::len);
+    t.streamed += len;
+    if t.head_read + t.streamed > t.max {
+        return Error::e_explain(ErrorType::InvalidHTTPHeader, "request body over the limit");
+    }
+    let finished = done && !t.finished;
+    t.finished |= done;
+    let (first_byte, total_at) = (t.first_byte, t.total_at);
+    drop(tail);
+    if let (Some(c), Some(w)) = (chunk, shared.watch.lock().as_mut()) {
+        if !w.feed(c, "model") {
+            return Error::e_explain(ErrorType::InvalidHTTPHeader, "a second model field");
+        }
+    }
+    if finished {
         shared.arm(
             TimeoutKind::FirstByte,
             Instant::now() + first_byte,
             total_at,
         );
-    }
-}
-
-/// Counts tail bytes as they pass, refusing a body that grows past the limit.
-fn count_tail(shared: &Shared, chunk: Option<&Bytes>) -> Result<()> {
-    let Some(c) = chunk else { return Ok(()) };
-    let mut tail = shared.tail.lock();
-    let Some(t) = tail.as_mut() else {
-        return Ok(());
-    };
-    t.streamed += c.len();
-    if t.head_read + t.streamed > t.max {
-        return Error::e_explain(ErrorType::InvalidHTTPHeader, "request body over the limit");
-    }
-    drop(tail);
-    if let Some(w) = shared.watch.lock().as_mut() {
-        if !w.feed(c, "model") {
-            return Error::e_explain(ErrorType::InvalidHTTPHeader, "a second model field");
-        }
     }
     Ok(())
 }
@@ -228,10 +225,8 @@ impl CustomSession for PresetBody {
             return Ok(None); // consumed by request_filter; it goes out through get_retry_buffer
         }
         let chunk = self.inner.read_request_body().await?;
-        count_tail(&self.shared, chunk.as_ref())?;
-        if self.inner.is_body_done() {
-            tail_finished(&self.shared);
-        }
+        let done = self.inner.is_body_done();
+        pass_tail(&self.shared, chunk.as_ref(), done)?;
         Ok(chunk)
     }
     async fn drain_request_body(&mut self) -> Result<()> {
@@ -312,20 +307,18 @@ impl CustomSession for PresetBody {
         // each wake, as filters move it)
         let shared = self.shared.clone();
         let reading = self.streaming();
-        let tail = *shared.tail.lock();
+        // while the tail streams only the total limit applies (a slow upload is no slow backend)
+        let deadline = || match (reading, *shared.tail.lock()) {
+            (true, Some(t)) => (t.total_at, TimeoutKind::Total),
+            _ => *shared.deadline.lock(),
+        };
         loop {
-            let (at, _) = match (reading, tail) {
-                (true, Some(t)) => (t.total_at, TimeoutKind::Total),
-                _ => *shared.deadline.lock(),
-            };
+            let (at, _) = deadline();
             tokio::select! {
                 r = self.inner.read_body_or_idle(!reading) => {
                     let chunk = r?;
                     if reading {
-                        count_tail(&shared, chunk.as_ref())?;
-                        if self.inner.is_body_done() {
-                            tail_finished(&shared);
-                        }
+                        pass_tail(&shared, chunk.as_ref(), self.inner.is_body_done())?;
                     }
                     return Ok(chunk);
                 }
@@ -334,10 +327,7 @@ impl CustomSession for PresetBody {
                     return Error::e_explain(ErrorType::ReadTimedout, "shutdown grace period over");
                 }
                 () = tokio::time::sleep_until(at.into()) => {
-                    let (at, kind) = match (reading, tail) {
-                        (true, Some(t)) => (t.total_at, TimeoutKind::Total),
-                        _ => *shared.deadline.lock(),
-                    };
+                    let (at, kind) = deadline();
                     if Instant::now() >= at {
                         *shared.fired.lock() = Some(kind);
                         return Error::e_explain(ErrorType::ReadTimedout, "upstream deadline passed");

@@ -160,11 +160,17 @@ async fn prepare(
     let key = snap.keys.authenticate(&session.req_header().headers)?;
     ctx.principal = Some(key.principal.clone());
     let max = snap.config.server.max_body_bytes;
-    let incoming = if endpoint.multipart() {
-        read_multipart(session, max, &ctx.request_id).await?
+    // a JSON body is parsed once: the object (borrowing `json_body`) serves the route, the
+    // admission and the rewrite
+    let json_body: Bytes;
+    let (incoming, obj) = if endpoint.multipart() {
+        (read_multipart(session, max, &ctx.request_id).await?, None)
     } else {
-        let body = read_body(session, max, &ctx.request_id).await?;
-        json_incoming(body, endpoint, snap.config.server.default_max_tokens)?
+        json_body = read_body(session, max, &ctx.request_id).await?;
+        let (obj, head) = inspect_request(&json_body)?;
+        let max_tokens = snap.config.server.default_max_tokens;
+        let incoming = json_incoming(&json_body, &obj, head, endpoint, max_tokens);
+        (incoming, Some(obj))
     };
     let model = match (&incoming.model, &snap.config.default_model) {
         (Some(m), _) => m.clone(),
@@ -201,12 +207,14 @@ async fn prepare(
     let first = snap.pools.get(chain[0]).ok_or(GatewayError::Internal)?;
     let sent_model = attempt::pool_model(first, resolved.upstream_model).to_string();
     let body = incoming.body.clone();
-    let upstream_body = body_for_model(
-        &body,
-        &incoming.multipart,
-        incoming.json.as_ref(),
-        &sent_model,
-    )?;
+    let upstream_body = match (&incoming.multipart, &obj, &incoming.json) {
+        (Some(m), _, _) => multipart_for_model(&body, m.model_at.clone(), &sent_model),
+        (None, Some(obj), Some(head)) => {
+            rewrite_request(obj, head, &sent_model).map_or_else(|| body.clone(), Bytes::from)
+        }
+        _ => body.clone(),
+    };
+    drop(obj);
     // characters/4 of the prompt's JSON text: cheap, and over- rather than under-estimates
     ctx.prompt_estimate = (incoming.prompt.len() as u64).div_ceil(4);
     ctx.completion_reserve = incoming.max_completion;
@@ -223,7 +231,7 @@ async fn prepare(
     let (kept_body, prompt) = if multipart.is_some() {
         (body, incoming.prompt)
     } else {
-        let prefix = hashed_prompt_bytes(&snap).min(incoming.prompt.len());
+        let prefix = snap.prompt_prefix_bytes.min(incoming.prompt.len());
         let prompt = Bytes::copy_from_slice(&incoming.prompt[..prefix]);
         drop(incoming.prompt);
         drop(body);
@@ -272,45 +280,22 @@ async fn prepare(
     Ok(())
 }
 
-/// The most prompt bytes any pool's `hash_key: prompt_prefix[:N]` reads.
-fn hashed_prompt_bytes(snap: &crate::state::Snapshot) -> usize {
-    snap.pools
-        .iter()
-        .filter_map(|p| match p.config.hash_key {
-            crate::config::HashKey::PromptPrefix(n) => Some(n),
-            _ => None,
-        })
-        .max()
-        .unwrap_or(0)
-}
-
-/// The body an upstream that calls the model `model` is sent (the head, for a streamed
-/// multipart upload).
-pub fn body_for_model(
-    body: &Bytes,
-    multipart: &Option<MultipartHead>,
-    json: Option<&crate::openai::RequestHead>,
-    model: &str,
-) -> Result<Bytes, GatewayError> {
-    if let Some(m) = multipart {
-        return Ok(match &m.model_at {
-            Some(r) => Bytes::from(crate::multipart::replace(body, r.clone(), model.as_bytes())),
-            None => body.clone(), // a default model: the upstream's own default applies
-        });
+/// A multipart head with its `model` value (at `at`) set to `model`; without one (a default
+/// model routed the upload), the head as read: the upstream's own default applies.
+pub fn multipart_for_model(head: &Bytes, at: Option<std::ops::Range<usize>>, model: &str) -> Bytes {
+    match at {
+        Some(r) => Bytes::from(crate::multipart::replace(head, r, model.as_bytes())),
+        None => head.clone(),
     }
-    let Some(head) = json else {
-        return Ok(body.clone());
-    };
-    let (obj, _) = inspect_request(body)?;
-    Ok(rewrite_request(&obj, head, model).map_or(body.clone(), Bytes::from))
 }
 
 fn json_incoming(
-    body: Bytes,
+    body: &Bytes,
+    obj: &crate::openai::RawObject<'_>,
+    mut head: crate::openai::RequestHead,
     endpoint: Endpoint,
     default_max_tokens: u64,
-) -> Result<Incoming, GatewayError> {
-    let (obj, mut head) = inspect_request(&body)?;
+) -> Incoming {
     // only chat and legacy completions streams have a usage chunk to ask for
     head.inject_usage &= endpoint.stream_kind() == Some(StreamKind::Chunks);
     let prompt = ["messages", "prompt", "input", "query", "text_1"]
@@ -327,16 +312,15 @@ fn json_incoming(
     } else {
         0
     };
-    drop(obj);
-    Ok(Incoming {
+    Incoming {
         model: head.model.clone(),
         stream: head.stream,
         max_completion,
         prompt,
         json: Some(head),
         multipart: None,
-        body,
-    })
+        body: body.clone(),
+    }
 }
 
 /// Reads a multipart upload until its `model` field is known: usually the first part, so only
@@ -355,17 +339,7 @@ async fn read_multipart(
             param: "content-type",
             msg: "expected multipart/form-data with a boundary".into(),
         })?;
-    let declared = declared_len(session);
-    if declared.is_some_and(|n| n > max) {
-        session.set_keepalive(None);
-        return Err(GatewayError::BodyTooLarge { limit: max });
-    }
-    if expects_continue(session) {
-        session
-            .write_continue_response()
-            .await
-            .map_err(|_| GatewayError::Internal)?;
-    }
+    let declared = begin_body(session, max).await?;
     let mut buf = BytesMut::new();
     let mut complete = false;
     let mut scanner = crate::multipart::Scanner::new(&boundary);
@@ -376,11 +350,7 @@ async fn read_multipart(
             Scan::More if complete => break None,
             Scan::More => {}
         }
-        let chunk = session.read_request_body().await.map_err(|e| {
-            tracing::debug!(request_id, error = %e, "reading request body failed");
-            GatewayError::InvalidJson("the request body could not be read".into())
-        })?;
-        match chunk {
+        match next_chunk(session, request_id).await? {
             Some(c) if buf.len() + c.len() > max => {
                 session.set_keepalive(None);
                 return Err(GatewayError::BodyTooLarge { limit: max });
@@ -429,22 +399,41 @@ async fn read_multipart(
     })
 }
 
-/// The client waits for `100 Continue` before it sends the body.
-fn expects_continue(session: &Session) -> bool {
-    session
-        .req_header()
-        .headers
-        .get(http::header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
-}
-
-fn declared_len(session: &Session) -> Option<usize> {
-    session
-        .req_header()
-        .headers
+/// Before the first body byte: refuses a declared length over `max` (without draining what
+/// it will not read) and answers `Expect: 100-continue`; returns the declared length.
+async fn begin_body(session: &mut Session, max: usize) -> Result<Option<usize>, GatewayError> {
+    let headers = &session.req_header().headers;
+    let declared = headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let expects_continue = headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if declared.is_some_and(|n| n > max) {
+        session.set_keepalive(None);
+        return Err(GatewayError::BodyTooLarge { limit: max });
+    }
+    if expects_continue {
+        session
+            .write_continue_response()
+            .await
+            .map_err(|_| GatewayError::Internal)?;
+    }
+    Ok(declared)
+}
+
+async fn next_chunk(
+    session: &mut Session,
+    request_id: &str,
+) -> Result<Option<Bytes>, GatewayError> {
+    session.read_request_body().await.map_err(|e| {
+        tracing::debug!(request_id, error = %e, "reading request body failed");
+        GatewayError::InvalidParam {
+            param: "body",
+            msg: "the request body could not be read".into(),
+        }
+    })
 }
 
 /// Reserves the request against every limit and budget of its key and tenant.
@@ -458,16 +447,21 @@ fn admit(
     // counters live in the newest snapshot: a request that started before a reload is
     // admitted there, under the new limits, unless the reload removed its key
     let _stable = gw.counters.read();
-    let current = gw.state.load_full();
-    let (gov, key) = if Arc::ptr_eq(&current, &ctx.snap) {
-        (current.clone(), key)
+    let current = gw.state.load();
+    let gov = if Arc::ptr_eq(&current, &ctx.snap) {
+        ctx.snap.clone()
+    } else {
+        arc_swap::Guard::into_inner(current)
+    };
+    let key = if Arc::ptr_eq(&gov, &ctx.snap) {
+        key
     } else {
         // a reload revoked the key after this request authenticated
-        let i = current
+        let i = gov
             .same_key(&ctx.snap, key.principal.key_index)
-            .filter(|&i| current.config.keys.get(i).is_some())
+            .filter(|&i| gov.config.keys.get(i).is_some())
             .ok_or(GatewayError::InvalidApiKey)?;
-        (current.clone(), &current.config.keys[i])
+        &gov.config.keys[i]
     };
     let ask = Ask {
         key,
@@ -499,28 +493,10 @@ async fn read_body(
     request_id: &str,
 ) -> Result<Bytes, GatewayError> {
     let too_large = GatewayError::BodyTooLarge { limit: max };
-    let declared = session
-        .req_header()
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > max) {
-        session.set_keepalive(None); // do not drain what we refused to read
-        return Err(too_large);
-    }
-    if expects_continue(session) {
-        session
-            .write_continue_response()
-            .await
-            .map_err(|_| GatewayError::Internal)?;
-    }
+    let declared = begin_body(session, max).await?;
     let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(max));
     loop {
-        let chunk = session.read_request_body().await.map_err(|e| {
-            tracing::debug!(request_id, error = %e, "reading request body failed");
-            GatewayError::InvalidJson("the request body could not be read".into())
-        })?;
+        let chunk = next_chunk(session, request_id).await?;
         let Some(chunk) = chunk else { break };
         if buf.len() + chunk.len() > max {
             session.set_keepalive(None);

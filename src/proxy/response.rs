@@ -24,18 +24,18 @@ pub fn headers(resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
     }
     // upstream rate limits describe the provider account; upstream CORS answers would
     // override `server.cors`, which alone decides what browsers may call
-    let is_limit = |k: &http::HeaderName| {
+    let is_private = |k: &http::HeaderName| {
         let k = k.as_str();
         k.starts_with("x-ratelimit-") || k.starts_with("access-control-")
     };
-    if resp.headers.keys().any(is_limit) {
-        let upstream_limits: Vec<_> = resp
+    if resp.headers.keys().any(is_private) {
+        let private: Vec<_> = resp
             .headers
             .keys()
-            .filter(|k| is_limit(k))
+            .filter(|k| is_private(k))
             .cloned()
             .collect();
-        for h in upstream_limits {
+        for h in private {
             resp.remove_header(&h);
         }
     }
