@@ -308,6 +308,7 @@ async fn provider_account_headers_do_not_cross_the_gateway() {
         "set-cookie",
         "openai-organization",
         "x-ratelimit-limit-requests",
+        "access-control-allow-origin",
     ] {
         assert!(!resp.headers().contains_key(h), "{h} reached the client");
     }

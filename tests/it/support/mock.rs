@@ -388,7 +388,7 @@ async fn respond(sock: &mut TcpStream, req: &Recorded, shared: &Shared) -> bool 
         }
         "slow" => tokio::time::sleep(Duration::from_secs(3)).await,
         "account-headers" => {
-            let extra = "set-cookie: session=provider\r\nopenai-organization: org-provider\r\nx-ratelimit-limit-requests: 9999\r\n";
+            let extra = "set-cookie: session=provider\r\nopenai-organization: org-provider\r\nx-ratelimit-limit-requests: 9999\r\naccess-control-allow-origin: *\r\n";
             let body =
                 json!({"id":"c","object":"chat.completion","created":1,"model":model,"choices":[]});
             return write_json(sock, 200, extra, body.to_string().as_bytes()).await;
