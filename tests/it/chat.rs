@@ -162,6 +162,7 @@ async fn azure_style_api_key_header_authenticates_and_is_not_forwarded() {
         assert!(!v.contains(CLIENT_KEY), "client key leaked upstream in {k}");
     }
     assert_eq!(up.header("x-request-id"), Some("trace-abc"));
+    gw.wait_log("\"request_id\":\"trace-abc\"").await;
 }
 
 #[tokio::test]
