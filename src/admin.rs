@@ -9,11 +9,28 @@ use pingora::protocols::http::ServerSession;
 
 use crate::errors::GatewayError;
 use crate::metrics::Metrics;
-use crate::state::SharedState;
+use crate::live::Live;
 
 pub struct AdminApp {
     pub metrics: Arc<Metrics>,
-    pub state: SharedState,
+    pub state: Arc<Live>,
+}
+
+impl AdminApp {
+    /// The same verdict as the API listener's `/readyz`, with each route's availability (this
+    /// listener is the operators').
+    fn readiness(&self) -> (u16, Vec<u8>) {
+        let ready = self.state.ready();
+        let snap = self.state.load();
+        let routes: serde_json::Map<String, serde_json::Value> = snap
+            .route_availability()
+            .into_iter()
+            .map(|(prefix, up)| (prefix.to_string(), serde_json::json!({ "available": up })))
+            .collect();
+        let status = if ready { "ready" } else { "draining" };
+        let body = serde_json::json!({"status": status, "routes": routes});
+        (if ready { 200 } else { 503 }, body.to_string().into_bytes())
+    }
 }
 
 #[async_trait]
@@ -24,12 +41,13 @@ impl ServeHttp for AdminApp {
             "/metrics" => {
                 let snap = self.state.load();
                 self.metrics.refresh_backends(&snap.pools);
+                self.metrics.refresh_routes(&snap.route_availability());
                 self.metrics.refresh_budgets(&snap.governor);
                 (200, "text/plain; version=0.0.4", self.metrics.encode())
             }
             "/healthz" => (200, "application/json", br#"{"status":"ok"}"#.to_vec()),
             "/readyz" => {
-                let (status, body) = self.state.load().readiness();
+                let (status, body) = self.readiness();
                 (status, "application/json", body)
             }
             other => {

@@ -1,38 +1,21 @@
 //! Virtual-key authentication: client key → principal, with a model allow-list. No sockets here.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use http::HeaderMap;
 use subtle::ConstantTimeEq;
 
 use crate::config::secret;
 use crate::errors::GatewayError;
-use crate::router::Glob;
 
-/// Who is calling: attached to the request for limits, metrics and logs. Never holds the key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    pub tenant: Arc<str>,
-    pub user: Arc<str>,
-    /// Position of the key in `keys:`, a stable handle that is safe to log.
-    pub key_index: usize,
-}
-
-/// One configured key; only the SHA-256 digest of the secret is kept in memory.
-#[derive(Debug, Clone)]
-pub struct KeyEntry {
-    pub digest: [u8; 32],
-    pub principal: Principal,
-    /// `None` allows every model.
-    pub models: Option<Vec<Glob>>,
-    /// Pools this key may pin with `x-llmedge-pool` (indices); `None` allows every pool.
-    pub pools: Option<Vec<usize>>,
-    pub limits: crate::config::Limits,
-    pub budget: crate::config::Budget,
-}
+pub use crate::config::{KeyEntry, Principal};
 
 impl KeyEntry {
+    /// A stable, non-secret identity (a prefix of the digest), for counters and the state file.
+    pub fn id(&self) -> String {
+        hex::encode(&self.digest[..8])
+    }
+
     pub fn allows(&self, model: &str) -> bool {
         self.models
             .as_ref()
@@ -104,6 +87,8 @@ fn strip_bearer(v: &[u8]) -> Option<&[u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::glob::Glob;
+    use std::sync::Arc;
 
     fn store() -> KeyStore {
         KeyStore::new(vec![

@@ -1,18 +1,21 @@
 //! The YAML file schema and its validation into a typed [`Config`]; no Pingora types here.
 
+mod keys;
 pub mod limits;
 pub mod pool;
 pub mod secret;
+mod route;
 pub mod server;
 
 use std::collections::{BTreeMap, HashSet};
 
 use serde::Deserialize;
 
-use crate::auth::{KeyEntry, Principal};
 use crate::endpoint::EndpointSet;
 use crate::errors::ConfigError;
-use crate::router::{Glob, Route};
+use crate::glob::Glob;
+pub use keys::{KeyEntry, Principal};
+pub use route::Route;
 pub use limits::{Budget, Limits, Price, StateConfig};
 use limits::{RawBudget, RawLimits, RawState, RawTenant};
 use pool::RawPool;

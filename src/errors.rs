@@ -31,6 +31,10 @@ pub enum GatewayError {
     MethodNotAllowed { method: String, path: String },
     #[error("pool `{0}` has no usable backend")]
     NoBackend(String),
+    /// Every backend that could serve the request asked the gateway to back off (its own 429
+    /// with `Retry-After`); the client is told what the backend would have said.
+    #[error("the upstream is rate limited; please try again in {retry}")]
+    UpstreamPaused { retry: String, retry_after_ms: u64 },
     #[error("upstream is unreachable")]
     UpstreamUnreachable,
     #[error("upstream did not accept the connection in time")]
@@ -101,7 +105,9 @@ impl GatewayError {
             | Self::IdleTimeout
             | Self::TotalTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::PoolNotAllowed(_) => StatusCode::FORBIDDEN,
-            Self::RateLimited { .. } | Self::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::QuotaExceeded { .. } | Self::UpstreamPaused { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::UpstreamStatus(code) => {
                 StatusCode::from_u16(*code).unwrap_or(StatusCode::BAD_GATEWAY)
             }
@@ -123,7 +129,7 @@ impl GatewayError {
             | Self::UnknownPath { .. }
             | Self::PoolNotAllowed(_)
             | Self::MethodNotAllowed { .. } => "invalid_request_error",
-            Self::UpstreamStatus(429) => "requests",
+            Self::UpstreamStatus(429) | Self::UpstreamPaused { .. } => "requests",
             Self::RateLimited { kind, .. } => kind,
             Self::QuotaExceeded { .. } => "insufficient_quota",
             Self::NoBackend(_)
@@ -160,7 +166,9 @@ impl GatewayError {
             | Self::IdleTimeout
             | Self::TotalTimeout => Some("upstream_timeout"),
             Self::PoolNotAllowed(_) => Some("pool_not_allowed"),
-            Self::UpstreamStatus(429) | Self::RateLimited { .. } => Some("rate_limit_exceeded"),
+            Self::UpstreamStatus(429) | Self::RateLimited { .. } | Self::UpstreamPaused { .. } => {
+                Some("rate_limit_exceeded")
+            }
             Self::QuotaExceeded { .. } => Some("insufficient_quota"),
             Self::UpstreamStatus(_) => Some("upstream_error"),
             Self::UpstreamAuth => Some("upstream_auth_failed"),
@@ -196,6 +204,7 @@ impl GatewayError {
             | Self::UpstreamStatus(_)
             | Self::UpstreamAuth
             | Self::RateLimited { .. }
+            | Self::UpstreamPaused { .. }
             | Self::QuotaExceeded { .. }
             | Self::UpstreamClosed
             | Self::UpstreamProtocol
@@ -219,6 +228,7 @@ impl GatewayError {
             Self::UnknownPath { .. } => "unknown_path",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::NoBackend(_) => "no_backend",
+            Self::UpstreamPaused { .. } => "upstream_paused",
             Self::UpstreamUnreachable => "connect_error",
             Self::UpstreamConnectTimeout => "connect_timeout",
             Self::UpstreamTimeout => "read_timeout",
@@ -242,6 +252,7 @@ impl GatewayError {
     pub fn is_upstream(&self) -> bool {
         match self {
             Self::NoBackend(_)
+            | Self::UpstreamPaused { .. }
             | Self::UpstreamUnreachable
             | Self::UpstreamConnectTimeout
             | Self::UpstreamTimeout

@@ -11,9 +11,11 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod endpoint;
+pub mod glob;
 pub mod errors;
 pub mod lifecycle;
 pub mod limits;
+pub mod live;
 pub mod metrics;
 pub mod mock;
 pub mod models;
@@ -63,9 +65,9 @@ pub fn new_server(threads: usize) -> Server {
 pub struct Launch {
     /// Take the listening sockets over from a running llmedge (`--upgrade`) instead of binding.
     pub upgrade: bool,
-    /// Exit the process once a graceful shutdown has drained (the binary does; an embedding
-    /// server runs its own shutdown).
-    pub exit_when_drained: bool,
+    /// Called once a graceful shutdown has drained (the binary exits there rather than wait
+    /// out the rest of Pingora's grace period; an embedding server runs its own shutdown).
+    pub on_drained: Option<fn()>,
 }
 
 /// The gateway's server for `config`: OpenAI listener plus admin listener.
@@ -110,7 +112,44 @@ fn add_gateway_with(
         }
     }
     let srv = config.server.clone();
-    let gateway = Gateway::new(state::shared(config), metrics.clone());
+    let gateway = Gateway::new(live::Live::new(config), metrics.clone());
+    add_api_listener(server, &gateway, &srv)?;
+    let flusher = add_flusher(server, &gateway)?;
+    server.add_service(pingora::services::background::background_service(
+        "llmedge drain",
+        lifecycle::Drain {
+            gateway: gateway.clone(),
+            grace: srv.grace_period,
+            flusher,
+            on_drained: how.on_drained,
+        },
+    ));
+    let monitor = upstream::monitor::Monitor {
+        live: gateway.state.clone(),
+    };
+    server.add_service(pingora::services::background::background_service(
+        "llmedge upstream monitor",
+        monitor,
+    ));
+    if let Some(a) = srv.admin_listen {
+        let app = admin::AdminApp {
+            metrics,
+            state: gateway.state.clone(),
+        };
+        let mut svc = Service::new("llmedge admin".to_string(), app);
+        svc.add_tcp(&a.to_string());
+        server.add_service(svc);
+        tracing::info!(admin_listen = %a, "admin (metrics) listening");
+    }
+    Ok(gateway)
+}
+
+/// The OpenAI API listener: TCP or TLS (h2 by ALPN), h2c when configured.
+fn add_api_listener(
+    server: &mut Server,
+    gateway: &Gateway,
+    srv: &config::ServerConfig,
+) -> Result<(), StartupError> {
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
         gateway.clone(),
@@ -136,55 +175,28 @@ fn add_gateway_with(
     }
     server.add_service(proxy);
     tracing::info!(listen = %listen, tls = srv.tls.is_some(), h2c = srv.h2c, "OpenAI API listening");
-    let mut flusher = None;
-    if let Some(st) = &gateway.state.load().config.state {
-        let store = limits::persist::FileStore {
-            path: st.path.clone(),
-        };
-        let snap = gateway.state.load();
-        match limits::persist::CounterStore::load(&store) {
-            Ok(Some(saved)) => snap.governor.import(&saved, &snap.key_ids),
-            Ok(None) => {}
-            Err(e) => return Err(StartupError::Other(format!("state.path: {e}"))),
-        }
-        let f = std::sync::Arc::new(limits::flush::Flusher::new(
-            gateway.state.clone(),
-            Box::new(store),
-            st.flush,
-        ));
-        server.add_service(pingora::services::background::background_service(
-            "llmedge counters",
-            limits::flush::FlushService(f.clone()),
-        ));
-        flusher = Some(f);
-    }
-    server.add_service(pingora::services::background::background_service(
-        "llmedge drain",
-        lifecycle::Drain {
-            gateway: gateway.clone(),
-            grace: srv.grace_period,
-            flusher,
-            exit: how.exit_when_drained,
-        },
-    ));
-    let monitor = upstream::monitor::Monitor {
-        state: gateway.state.clone(),
+    Ok(())
+}
+
+/// With `state:` enabled: loads the saved counters and adds the service that keeps them saved.
+fn add_flusher(
+    server: &mut Server,
+    gateway: &Gateway,
+) -> Result<Option<std::sync::Arc<limits::flush::Flusher>>, StartupError> {
+    let Some(st) = gateway.state.load().config.state.clone() else {
+        return Ok(None);
     };
+    let store = limits::persist::FileStore {
+        path: st.path.clone(),
+    };
+    let f = limits::flush::Flusher::start(gateway.state.clone(), Box::new(store), st.flush)
+        .map_err(|e| StartupError::Other(format!("state.path: {e}")))?;
+    let f = std::sync::Arc::new(f);
     server.add_service(pingora::services::background::background_service(
-        "llmedge upstream monitor",
-        monitor,
+        "llmedge counters",
+        limits::flush::FlushService(f.clone()),
     ));
-    if let Some(a) = srv.admin_listen {
-        let app = admin::AdminApp {
-            metrics,
-            state: gateway.state.clone(),
-        };
-        let mut svc = Service::new("llmedge admin".to_string(), app);
-        svc.add_tcp(&a.to_string());
-        server.add_service(svc);
-        tracing::info!(admin_listen = %a, "admin (metrics) listening");
-    }
-    Ok(gateway)
+    Ok(Some(f))
 }
 
 /// Adds the built-in mock upstream on `listen`.

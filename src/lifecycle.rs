@@ -16,7 +16,6 @@ use crate::errors::ConfigError;
 use crate::limits::flush::Flusher;
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
-use crate::state::Snapshot;
 
 /// How often `--watch` looks at the config file.
 const WATCH_INTERVAL: Duration = Duration::from_millis(500);
@@ -41,9 +40,9 @@ impl Reloader {
         }
     }
 
-    /// Loads the file; a valid config takes effect for new requests in one swap, with limit
-    /// counters, spend and backend state carried over; requests in flight finish on the
-    /// snapshot they started with. An invalid one is refused and the old config keeps serving.
+    /// Loads the file; a valid config takes effect for new requests in one swap over the live
+    /// state (limit counters, spend and backend state are shared, not carried over); requests
+    /// in flight finish on the snapshot they started with. An invalid one is refused and the old config keeps serving.
     pub fn reload(&self, trigger: &'static str) -> Result<(), ConfigError> {
         let _one = self.lock.lock();
         let metrics: &Metrics = &self.gateway.metrics;
@@ -57,18 +56,15 @@ impl Reloader {
             }
         };
         let state = &self.gateway.state;
-        let old = state.load_full();
+        let old = state.load();
         for field in needs_restart(&old.config, &config) {
             tracing::warn!(
                 field,
                 "{field} changed: it takes effect at the next restart or upgrade"
             );
         }
-        {
-            let _moving = self.gateway.counters.write();
-            let old = state.load_full();
-            state.store(Arc::new(Snapshot::succeed(&old, config)));
-        }
+        // built over the live state outside any lock a request waits on
+        state.swap(config);
         metrics.reloads.with_label_values(&["success"]).inc();
         tracing::info!(trigger, config = %path, "config reloaded");
         Ok(())
@@ -182,8 +178,8 @@ pub struct Drain {
     pub gateway: Gateway,
     pub grace: Duration,
     pub flusher: Option<Arc<Flusher>>,
-    /// Exit the process when drained (the binary); an embedding server decides itself.
-    pub exit: bool,
+    /// Called when drained (the binary exits there); an embedding server decides itself.
+    pub on_drained: Option<fn()>,
 }
 
 impl Drain {
@@ -204,6 +200,7 @@ impl BackgroundService for Drain {
         if shutdown.changed().await.is_err() {
             return;
         }
+        self.gateway.state.start_draining();
         let active = self.gateway.active();
         tracing::info!(
             active,
@@ -229,8 +226,8 @@ impl BackgroundService for Drain {
             f.save();
         }
         tracing::info!("drained");
-        if self.exit {
-            std::process::exit(0);
+        if let Some(done) = self.on_drained {
+            done();
         }
     }
 }

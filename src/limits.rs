@@ -1,24 +1,24 @@
 //! Rate limits, token limits, concurrency and budgets per key and tenant. Pure: time comes
 //! from a [`Clock`], and nothing here touches a socket.
 //!
-//! Every limit a request is subject to lives in its tenant's state behind one mutex, so an
-//! admission checks all of them and commits all of them at once: no overshoot under concurrency.
-//! Counters are exact per key (the key set is known at load), and rates use a sliding-window
+//! A [`Governor`] is one config's rules; the counters it checks live in [`Counters`] cells
+//! (one per tenant, one per key) that every snapshot shares, so a reload swaps rules without
+//! moving a count. An admission locks its tenant's cell, then its key's, checks every limit and
+//! commits all of them at once: no overshoot under concurrency. Rates use a sliding-window
 //! estimate (previous minute weighted by what is left of it, plus the current minute), so there
 //! are no 2x bursts at window edges.
 
 mod window;
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::Arc;
-
-use parking_lot::Mutex;
 
 use crate::auth::KeyEntry;
 use crate::clock::Clock;
 use crate::config::{Budget, Config, Limits, Price};
+use crate::glob::Glob;
 use crate::openai::Usage;
-use crate::router::Glob;
+pub use counters::{Cell, Counters, ScopeCounters};
 pub use window::Window;
 
 /// What a request asks for at admission.
@@ -33,13 +33,12 @@ pub struct Ask<'a> {
     pub completion: u64,
 }
 
-/// An admitted request's reservations, released by [`Governor::settle`].
+/// An admitted request's reservations, released by [`Governor::settle`]. It holds the cells it
+/// counted in, so it settles there whatever reloads happened meanwhile.
 #[derive(Debug)]
 pub struct Admitted {
-    /// Position of the tenant, and of the key among the tenant's keys.
-    tenant: usize,
-    key: usize,
-    slots: Slots,
+    /// The tenant's and the key's counters, and the per-model slot counted in each.
+    scopes: Vec<(Cell, Option<Arc<str>>)>,
     tokens: u64,
     /// When the reservation was made (ms), so settlement adjusts that minute's bucket.
     at: u64,
@@ -48,115 +47,117 @@ pub struct Admitted {
     pub headers: RateHeaders,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-enum ScopeId {
-    #[default]
-    Tenant,
-    Key,
-}
-
 #[derive(Debug, Default)]
-struct Slot {
+struct SlotRule {
     rpm: Option<u64>,
     tpm: Option<u64>,
     concurrency: Option<u64>,
-    requests: Window,
-    tokens: Window,
-    inflight: u64,
 }
 
-#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Spend {
     pub window: u64,
     pub usd: f64,
 }
 
-#[derive(Debug, Default)]
-struct Scope {
+/// One scope's limits in this config, over its live counters.
+#[derive(Debug)]
+struct ScopeRule {
+    /// For refusals: `tenant acme`, `key 3`.
     name: String,
-    base: Slot,
-    models: Vec<(Glob, Slot)>,
+    base: SlotRule,
+    models: Vec<(Glob, Arc<str>, SlotRule)>,
     budget: Budget,
-    day: Spend,
-    month: Spend,
-    /// Worst-case cost of admitted requests not yet settled.
-    reserved_usd: f64,
+    cell: Cell,
 }
 
-#[derive(Debug, Default)]
-struct TenantState {
-    tenant: Scope,
-    /// This tenant's keys, and their `key_index` in the config.
-    keys: Vec<Scope>,
-    key_index: Vec<usize>,
+impl ScopeRule {
+    fn model_slot(&self, model: &str) -> Option<(&Arc<str>, &SlotRule)> {
+        self.models
+            .iter()
+            .find(|(g, _, _)| g.matches(model))
+            .map(|(_, p, r)| (p, r))
+    }
 }
 
+/// The limits of one config snapshot. Counters live in [`Counters`], shared by every snapshot.
 pub struct Governor {
-    tenants: Vec<(Arc<str>, Mutex<TenantState>)>,
-    /// For each `key_index`: its tenant's position and its position among the tenant's keys.
-    key_pos: Vec<(usize, usize)>,
+    tenants: Vec<(Arc<str>, ScopeRule)>,
+    /// For each `key_index`: its tenant's position and its own scope.
+    keys: Vec<Option<(usize, ScopeRule)>>,
     pricing: Vec<(Glob, Price)>,
     clock: Arc<dyn Clock>,
 }
 
-fn slot(l: &Limits) -> Slot {
-    Slot {
+fn slot(l: &Limits) -> SlotRule {
+    SlotRule {
         rpm: l.rpm,
         tpm: l.tpm,
         concurrency: l.concurrency,
-        ..Slot::default()
     }
 }
 
-fn scope(name: String, limits: &Limits, budget: Budget) -> Scope {
-    Scope {
+fn rule(name: String, limits: &Limits, budget: Budget, cell: Cell) -> ScopeRule {
+    let models: Vec<(Glob, Arc<str>, SlotRule)> = limits
+        .models
+        .iter()
+        .map(|(g, l)| (g.clone(), Arc::from(g.pattern()), slot(l)))
+        .collect();
+    {
+        // per-model slots exist in config order, so a state file that lists them by position
+        // lands in the right ones
+        let mut c = cell.lock();
+        for (_, p, _) in &models {
+            c.slot_mut(Some(p));
+        }
+    }
+    ScopeRule {
         name,
         base: slot(limits),
-        models: limits
-            .models
-            .iter()
-            .map(|(g, l)| (g.clone(), slot(l)))
-            .collect(),
+        models,
         budget,
-        ..Scope::default()
+        cell,
     }
 }
 
 impl Governor {
-    pub fn new(config: &Config, clock: Arc<dyn Clock>) -> Self {
-        let mut tenants: Vec<(Arc<str>, TenantState)> = Vec::new();
-        let position = |tenants: &mut Vec<(Arc<str>, TenantState)>, name: &str| {
-            tenants
-                .iter()
-                .position(|(n, _)| &**n == name)
-                .unwrap_or_else(|| {
-                    let mut st = TenantState::default();
-                    st.tenant.name = format!("tenant {name}");
-                    tenants.push((name.into(), st));
-                    tenants.len() - 1
-                })
+    /// The rules of `config` over the cells of `counters`; cells no config names any more are
+    /// dropped once no request holds them.
+    pub fn new(config: &Config, counters: &Counters, clock: Arc<dyn Clock>) -> Self {
+        let mut live = HashSet::new();
+        let mut tenants: Vec<(Arc<str>, ScopeRule)> = Vec::new();
+        let mut position = |name: &str, limits: &Limits, budget: Budget| {
+            if let Some(i) = tenants.iter().position(|(n, _)| &**n == name) {
+                return i;
+            }
+            let id = format!("tenant:{name}");
+            let r = rule(format!("tenant {name}"), limits, budget, counters.cell(&id));
+            live.insert(id);
+            tenants.push((name.into(), r));
+            tenants.len() - 1
         };
         for t in &config.tenants {
-            let i = position(&mut tenants, &t.name);
-            tenants[i].1.tenant = scope(format!("tenant {}", t.name), &t.limits, t.budget);
+            position(&t.name, &t.limits, t.budget);
         }
-        let mut key_pos = vec![(0, 0); config.keys.len()];
+        let mut key_ids = Vec::new();
+        let mut keys: Vec<Option<(usize, ScopeRule)>> = Vec::new();
+        keys.resize_with(config.keys.len(), || None);
         for k in &config.keys {
-            let i = position(&mut tenants, &k.principal.tenant);
-            let st = &mut tenants[i].1;
+            let t = position(&k.principal.tenant, &Limits::default(), Budget::default());
+            let id = format!("key:{}", k.id());
             let name = format!("key {}", k.principal.key_index);
-            st.keys.push(scope(name, &k.limits, k.budget));
-            st.key_index.push(k.principal.key_index);
-            if let Some(p) = key_pos.get_mut(k.principal.key_index) {
-                *p = (i, st.keys.len() - 1);
+            let r = rule(name, &k.limits, k.budget, counters.cell(&id));
+            key_ids.push(id);
+            if let Some(slot) = keys.get_mut(k.principal.key_index) {
+                *slot = Some((t, r));
             }
         }
+        drop(position);
+        live.extend(key_ids);
+        counters.retain(&live);
         Self {
-            tenants: tenants
-                .into_iter()
-                .map(|(n, st)| (n, Mutex::new(st)))
-                .collect(),
-            key_pos,
+            tenants,
+            keys,
             pricing: config.pricing.clone(),
             clock,
         }
@@ -170,62 +171,51 @@ impl Governor {
             .map(|(_, p)| *p)
     }
 
-    /// Checks every limit and budget that applies, then reserves them all, or refuses.
+    /// Checks every limit and budget that applies, then reserves them all, or refuses. Cells
+    /// are locked tenant first, then key, on every path.
     pub fn admit(&self, ask: &Ask<'_>) -> Result<Admitted, Denied> {
         let price = self.price(ask.model);
         let usd = price.map_or(0.0, |p| cost_of(&p, ask.prompt, ask.completion, 0));
         let tokens = ask.prompt.saturating_add(ask.completion);
-        let (tenant, key) = self
-            .key_pos
-            .get(ask.key.principal.key_index)
-            .copied()
-            .unwrap_or((usize::MAX, 0));
         let now = self.clock.now_ms();
         let mut adm = Admitted {
-            tenant,
-            key,
-            slots: Slots::default(),
+            scopes: Vec::new(),
             tokens,
             at: now,
             usd,
             price,
             headers: RateHeaders::default(),
         };
-        let Some((_, state)) = self.tenants.get(tenant) else {
+        let Some(Some((t, key_rule))) = self.keys.get(ask.key.principal.key_index) else {
             return Ok(adm);
         };
-        let cal = Calendar::at(now);
-        let mut st = state.lock();
-        let st = &mut *st;
-        let Some(key_scope) = st.keys.get_mut(key) else {
+        let Some((_, tenant_rule)) = self.tenants.get(*t) else {
             return Ok(adm);
         };
-        for (id, sc) in [(ScopeId::Tenant, &mut st.tenant), (ScopeId::Key, key_scope)] {
-            let model_slot = sc.models.iter().position(|(g, _)| g.matches(ask.model));
-            // the scope's own slot (`None`), then its matching per-model slot
-            for which in std::iter::once(None).chain(model_slot.map(Some)) {
-                let s = match which {
-                    None => &mut sc.base,
-                    Some(i) => &mut sc.models[i].1,
-                };
-                check_slot(s, &sc.name, tokens, now, &mut adm.headers)?;
-                adm.slots.push((id, which));
-            }
-            check_budget(sc, usd, &cal, &adm.headers)?;
+        let want = Want {
+            model: ask.model,
+            tokens,
+            usd,
+            now,
+            cal: Calendar::at(now),
+        };
+        let mut tc = tenant_rule.cell.lock();
+        let mut kc = key_rule.cell.lock();
+        let mut pairs = [(tenant_rule, &mut *tc), (key_rule, &mut *kc)];
+        for (r, c) in pairs.iter_mut() {
+            check_scope(r, c, &want, &mut adm.headers)?;
         }
         // every check passed: commit the whole reservation
-        for (id, which) in adm.slots.iter() {
-            let sc = scope_mut(st, id, key);
-            let s = match which {
-                None => &mut sc.base,
-                Some(i) => &mut sc.models[i].1,
-            };
-            s.requests.add(now, 1.0);
-            s.tokens.add(now, tokens as f64);
-            s.inflight += 1;
-        }
-        for id in [ScopeId::Tenant, ScopeId::Key] {
-            scope_mut(st, id, key).reserved_usd += usd;
+        for (r, c) in pairs {
+            let model = r.model_slot(ask.model).map(|(p, _)| p.clone());
+            for which in std::iter::once(None).chain(model.as_deref().map(Some)) {
+                let s = c.slot_mut(which);
+                s.requests.add(now, 1.0);
+                s.tokens.add(now, tokens as f64);
+                s.inflight += 1;
+            }
+            c.reserved_usd += usd;
+            adm.scopes.push((r.cell.clone(), model));
         }
         Ok(adm)
     }
@@ -239,33 +229,20 @@ impl Governor {
                 .unwrap_or(0);
             cost_of(&p, used.prompt_tokens, used.completion_tokens, cached)
         });
-        let Some((_, state)) = self.tenants.get(adm.tenant) else {
-            return cost;
-        };
         let now = self.clock.now_ms();
         let cal = Calendar::at(now);
         let actual = used.prompt_tokens.saturating_add(used.completion_tokens) as f64;
-        let mut st = state.lock();
-        // a key removed by a reload while its request ran: only the tenant is settled
-        let has_key = st.keys.get(adm.key).is_some();
-        for (id, which) in adm.slots.iter() {
-            let sc = scope_mut(&mut st, id, adm.key);
-            let s = match which {
-                None => &mut sc.base,
-                Some(i) => &mut sc.models[i].1,
-            };
-            s.tokens.adjust_at(now, adm.at, actual - adm.tokens as f64);
-            s.inflight = s.inflight.saturating_sub(1);
-        }
-        for id in [ScopeId::Tenant, ScopeId::Key] {
-            if id == ScopeId::Key && !has_key {
-                continue;
+        for (cell, model) in &adm.scopes {
+            let mut c = cell.lock();
+            for which in std::iter::once(None).chain(model.as_deref().map(Some)) {
+                let s = c.slot_mut(which);
+                s.tokens.adjust_at(now, adm.at, actual - adm.tokens as f64);
+                s.inflight = s.inflight.saturating_sub(1);
             }
-            let sc = scope_mut(&mut st, id, adm.key);
-            sc.reserved_usd = (sc.reserved_usd - adm.usd).max(0.0);
-            roll_spend(sc, &cal);
-            sc.day.usd += cost;
-            sc.month.usd += cost;
+            c.reserved_usd = (c.reserved_usd - adm.usd).max(0.0);
+            roll_spend(&mut c, &cal);
+            c.day.usd += cost;
+            c.month.usd += cost;
         }
         cost
     }
@@ -274,74 +251,50 @@ impl Governor {
     pub fn budget_remaining(&self) -> Vec<(String, &'static str, f64)> {
         let cal = Calendar::at(self.clock.now_ms());
         let mut out = Vec::new();
-        for (name, state) in &self.tenants {
-            let mut st = state.lock();
-            let sc = &mut st.tenant;
-            roll_spend(sc, &cal);
-            if let Some(b) = sc.budget.usd_per_day {
-                out.push((name.to_string(), "day", (b - sc.day.usd).max(0.0)));
+        for (name, r) in &self.tenants {
+            let mut c = r.cell.lock();
+            roll_spend(&mut c, &cal);
+            if let Some(b) = r.budget.usd_per_day {
+                out.push((name.to_string(), "day", (b - c.day.usd).max(0.0)));
             }
-            if let Some(b) = sc.budget.usd_per_month {
-                out.push((name.to_string(), "month", (b - sc.month.usd).max(0.0)));
+            if let Some(b) = r.budget.usd_per_month {
+                out.push((name.to_string(), "month", (b - c.month.usd).max(0.0)));
             }
         }
         out
     }
-
-    /// Spend and windows, for persistence.
-    pub fn export(&self, key_ids: &HashMap<usize, String>) -> persist::StateFile {
-        let mut scopes = HashMap::new();
-        for (name, state) in &self.tenants {
-            let st = state.lock();
-            scopes.insert(
-                format!("tenant:{name}"),
-                persist::ScopeFile::from_scope(&st.tenant),
-            );
-            for (k, sc) in st.key_index.iter().zip(&st.keys) {
-                if let Some(id) = key_ids.get(k) {
-                    scopes.insert(format!("key:{id}"), persist::ScopeFile::from_scope(sc));
-                }
-            }
-        }
-        persist::StateFile { version: 1, scopes }
-    }
-
-    /// Restores spend and windows saved by [`Governor::export`].
-    pub fn import(&self, file: &persist::StateFile, key_ids: &HashMap<usize, String>) {
-        for (name, state) in &self.tenants {
-            let mut st = state.lock();
-            if let Some(f) = file.scopes.get(&format!("tenant:{name}")) {
-                f.apply(&mut st.tenant);
-            }
-            let TenantState {
-                keys, key_index, ..
-            } = &mut *st;
-            for (k, sc) in key_index.iter().zip(keys.iter_mut()) {
-                if let Some(f) = key_ids
-                    .get(k)
-                    .and_then(|id| file.scopes.get(&format!("key:{id}")))
-                {
-                    f.apply(sc);
-                }
-            }
-        }
-    }
 }
 
-fn scope_mut(st: &mut TenantState, id: ScopeId, key: usize) -> &mut Scope {
-    match id {
-        ScopeId::Tenant => &mut st.tenant,
-        ScopeId::Key => st.keys.get_mut(key).unwrap_or(&mut st.tenant),
+/// What one admission checks each scope against.
+struct Want<'a> {
+    model: &'a str,
+    tokens: u64,
+    usd: f64,
+    now: u64,
+    cal: Calendar,
+}
+
+/// Every check of one scope: its own slot, its matching per-model slot, its budget.
+fn check_scope(
+    r: &ScopeRule,
+    c: &mut ScopeCounters,
+    w: &Want<'_>,
+    h: &mut RateHeaders,
+) -> Result<(), Denied> {
+    check_slot(&r.base, c.slot_mut(None), &r.name, w.tokens, w.now, h)?;
+    if let Some((p, s)) = r.model_slot(w.model) {
+        check_slot(s, c.slot_mut(Some(p)), &r.name, w.tokens, w.now, h)?;
     }
+    check_budget(&r.budget, &r.name, c, w.usd, &w.cal, h)
 }
 
 mod check;
+pub mod counters;
 pub mod flush;
-mod handover;
 mod refusal;
 
 pub use check::cost_of;
-use check::{check_budget, check_slot, roll_spend, Calendar, Slots};
+use check::{check_budget, check_slot, roll_spend, Calendar};
 pub use refusal::{fmt_reset, Denied, HeaderTrio, LimitKind, RateHeaders};
 pub mod persist;
 

@@ -21,6 +21,6 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let cli = llmedge::cli::Cli::parse();
-    let code = llmedge::run::main(cli);
+    let code = llmedge::run::main(cli, || std::process::exit(0));
     std::process::exit(code);
 }

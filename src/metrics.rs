@@ -51,6 +51,9 @@ pub struct Metrics {
     pub spend: prometheus::CounterVec,
     /// `llmedge_budget_remaining_usd{tenant,window}`, window = day | month.
     pub budget_remaining: prometheus::GaugeVec,
+    /// `llmedge_route_available{route}`: 1 when a backend of the route's pool or of a fallback
+    /// takes requests.
+    pub route_available: IntGaugeVec,
     /// `llmedge_config_reload_total{result}`, result = success | failure.
     pub reloads: IntCounterVec,
     /// Every registered metric family's name (dashboards are checked against it).
@@ -176,6 +179,12 @@ impl Metrics {
                 "What is left of each tenant budget",
                 &["tenant", "window"],
             )?,
+            route_available: int_gauge(
+                &r,
+                "llmedge_route_available",
+                "1 when a backend of the route's pool or of a fallback takes requests",
+                &["route"],
+            )?,
             reloads: counter(
                 &r,
                 "llmedge_config_reload_total",
@@ -222,6 +231,16 @@ impl Metrics {
                     }
                 }
             }
+        }
+    }
+
+    /// Sets the per-route availability gauge (called at scrape time).
+    pub fn refresh_routes(&self, routes: &[(&str, bool)]) {
+        self.route_available.reset();
+        for (route, up) in routes {
+            self.route_available
+                .with_label_values(&[route])
+                .set(i64::from(*up));
         }
     }
 
@@ -283,6 +302,15 @@ fn gauge(
     labels: &[&str],
 ) -> Result<prometheus::GaugeVec, prometheus::Error> {
     register(r, prometheus::GaugeVec::new(Opts::new(name, help), labels)?)
+}
+
+fn int_gauge(
+    r: &Reg,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntGaugeVec, prometheus::Error> {
+    register(r, IntGaugeVec::new(Opts::new(name, help), labels)?)
 }
 
 /// A latency histogram labelled by route and pool.

@@ -3,14 +3,16 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use parking_lot::Mutex;
 use pingora::connectors::http::Connector;
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::auth::KeyEntry;
+use crate::config::Config;
 use crate::router;
-use crate::state::Snapshot;
 use crate::upstream::{probe, Pool};
 
 const FRESH_FOR: Duration = Duration::from_secs(10);
@@ -22,10 +24,29 @@ const MAX_LIST_BYTES: usize = 4_194_304; // 4 MiB
 /// When a pool's list was fetched, and the ids (`None` = the fetch failed).
 type Fetched = (Instant, Option<Vec<String>>);
 
-/// Upstream model ids per pool index.
-#[derive(Default)]
+/// Upstream model ids per pool name, kept across reloads. Each pool's entry has its own async
+/// lock: when it expires one caller fetches and the others wait for that answer. Fetches share
+/// one connector, so their connections are pooled.
 pub struct ModelsCache {
-    entries: Mutex<HashMap<usize, Fetched>>,
+    entries: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Fetched>>>>>,
+    connector: Connector,
+}
+
+impl Default for ModelsCache {
+    fn default() -> Self {
+        Self {
+            entries: Mutex::default(),
+            connector: Connector::new(None),
+        }
+    }
+}
+
+/// What the model list is built from: the pinned snapshot's config and pools, and the cache.
+#[derive(Clone, Copy)]
+pub struct Sources<'a> {
+    pub config: &'a Config,
+    pub pools: &'a [Pool],
+    pub cache: &'a ModelsCache,
 }
 
 #[derive(Deserialize)]
@@ -39,7 +60,7 @@ struct ModelItem {
 }
 
 /// Builds the OpenAI list body for `key`.
-pub async fn list(snap: &Snapshot, key: &KeyEntry) -> Vec<u8> {
+pub async fn list(snap: Sources<'_>, key: &KeyEntry) -> Vec<u8> {
     let data: Vec<_> = entries(snap, key)
         .await
         .into_iter()
@@ -51,7 +72,7 @@ pub async fn list(snap: &Snapshot, key: &KeyEntry) -> Vec<u8> {
 }
 
 /// `GET /v1/models/{id}`: the model object, when `id` is one of the models `key` may use.
-pub async fn info(snap: &Snapshot, key: &KeyEntry, id: &str) -> Option<Vec<u8>> {
+pub async fn info(snap: Sources<'_>, key: &KeyEntry, id: &str) -> Option<Vec<u8>> {
     let (id, owner) = entries(snap, key)
         .await
         .into_iter()
@@ -64,7 +85,7 @@ fn model_object(id: &str, owner: &str) -> serde_json::Value {
 }
 
 /// `(id, owner)` of every model `key` may use, in list order.
-async fn entries(snap: &Snapshot, key: &KeyEntry) -> Vec<(String, String)> {
+async fn entries(snap: Sources<'_>, key: &KeyEntry) -> Vec<(String, String)> {
     let wanted: Vec<usize> = {
         let mut p: Vec<usize> = snap.config.routes.iter().map(|r| r.pool).collect();
         p.sort_unstable();
@@ -100,8 +121,19 @@ async fn entries(snap: &Snapshot, key: &KeyEntry) -> Vec<(String, String)> {
     ids
 }
 
-async fn pool_models(snap: &Snapshot, pool_index: usize) -> Vec<String> {
-    if let Some((at, cached)) = snap.models.entries.lock().get(&pool_index) {
+async fn pool_models(snap: Sources<'_>, pool_index: usize) -> Vec<String> {
+    let Some(pool) = snap.pools.get(pool_index) else {
+        return Vec::new();
+    };
+    let entry = snap
+        .cache
+        .entries
+        .lock()
+        .entry(pool.name().to_string())
+        .or_default()
+        .clone();
+    let mut entry = entry.lock().await;
+    if let Some((at, cached)) = &*entry {
         let ttl = if cached.is_some() {
             FRESH_FOR
         } else {
@@ -111,29 +143,22 @@ async fn pool_models(snap: &Snapshot, pool_index: usize) -> Vec<String> {
             return cached.clone().unwrap_or_default();
         }
     }
-    let Some(pool) = snap.pools.get(pool_index) else {
-        return Vec::new();
-    };
-    let fetched = match fetch(pool).await {
+    let fetched = match fetch(&snap.cache.connector, pool).await {
         Ok(ids) => Some(ids),
         Err(why) => {
             tracing::warn!(pool = %pool.name(), why, "model list unavailable; pool skipped");
             None
         }
     };
-    snap.models
-        .entries
-        .lock()
-        .insert(pool_index, (Instant::now(), fetched.clone()));
+    *entry = Some((Instant::now(), fetched.clone()));
     fetched.unwrap_or_default()
 }
 
 /// `GET <base>/v1/models` on one backend of the pool, with the pool's key.
-async fn fetch(pool: &Pool) -> Result<Vec<String>, &'static str> {
-    let connector = Connector::new(None);
+async fn fetch(connector: &Connector, pool: &Pool) -> Result<Vec<String>, &'static str> {
     let backend = pool.pick_any();
     let (status, body) = probe::get(
-        &connector,
+        connector,
         pool,
         backend,
         "/v1/models",

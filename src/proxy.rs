@@ -24,32 +24,27 @@ use pingora::upstreams::peer::HttpPeer;
 pub use ctx::{Endpoint, RequestCtx};
 
 use crate::metrics::Metrics;
-use crate::state::SharedState;
+use crate::live::Live;
 
 /// The gateway: shared, swappable state plus metrics. Cheap to clone into services.
 #[derive(Clone)]
 pub struct Gateway {
-    pub state: SharedState,
+    pub state: Arc<Live>,
     pub metrics: Arc<Metrics>,
     /// Requests between header and access line, for the shutdown drain.
     pub active: Arc<AtomicUsize>,
     /// Set to true when a graceful shutdown's grace period ends: open streams get a final
     /// error event and end.
     pub drain: Arc<watch::Sender<bool>>,
-    /// Held for reading while a request admits or settles, for writing while a reload moves
-    /// the counters to a new snapshot and swaps it in: no reservation lands in a governor
-    /// after its counters were copied.
-    pub counters: Arc<parking_lot::RwLock<()>>,
 }
 
 impl Gateway {
-    pub fn new(state: SharedState, metrics: Arc<Metrics>) -> Self {
+    pub fn new(state: Arc<Live>, metrics: Arc<Metrics>) -> Self {
         Self {
             state,
             metrics,
             active: Arc::new(AtomicUsize::new(0)),
             drain: Arc::new(watch::channel(false).0),
-            counters: Arc::new(parking_lot::RwLock::new(())),
         }
     }
 
@@ -64,7 +59,7 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        let mut ctx = RequestCtx::new(self.state.load_full());
+        let mut ctx = RequestCtx::new(self.state.load());
         ctx.active = Some(ctx::ActiveGuard::new(self.active.clone()));
         ctx
     }

@@ -18,7 +18,8 @@ use crate::Launch;
 pub const EXIT_CONFIG: i32 = 64;
 pub const EXIT_STARTUP: i32 = 1;
 
-pub fn main(cli: Cli) -> i32 {
+/// Runs the command; `on_drained` ends the process once a graceful shutdown has drained.
+pub fn main(cli: Cli, on_drained: fn()) -> i32 {
     let Cli {
         command,
         config,
@@ -28,8 +29,8 @@ pub fn main(cli: Cli) -> i32 {
     } = cli;
     match (command, config) {
         (Some(Command::Mock(args)), _) => mock(args),
-        (Some(Command::Demo(args)), _) => demo(args),
-        (None, Some(path)) => gateway(&path, test, watch, upgrade),
+        (Some(Command::Demo(args)), _) => demo(args, on_drained),
+        (None, Some(path)) => gateway(&path, test, watch, upgrade, on_drained),
         (None, None) => {
             say_err("error: --config PATH is required (or use `llmedge demo` / `llmedge mock`)");
             EXIT_CONFIG
@@ -37,7 +38,7 @@ pub fn main(cli: Cli) -> i32 {
     }
 }
 
-fn gateway(path: &str, test: bool, watch: bool, upgrade: bool) -> i32 {
+fn gateway(path: &str, test: bool, watch: bool, upgrade: bool, on_drained: fn()) -> i32 {
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -52,7 +53,7 @@ fn gateway(path: &str, test: bool, watch: bool, upgrade: bool) -> i32 {
     tracing::info!(config = %path, watch, upgrade, "config loaded");
     let how = Launch {
         upgrade,
-        exit_when_drained: true,
+        on_drained: Some(on_drained),
     };
     let (mut server, gateway) = match crate::launch(config, &how) {
         Ok(s) => s,
@@ -103,7 +104,7 @@ fn mock(args: MockArgs) -> i32 {
     server.run_forever()
 }
 
-fn demo(args: DemoArgs) -> i32 {
+fn demo(args: DemoArgs, on_drained: fn()) -> i32 {
     let mock_addr = match TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
         Ok(a) => a.to_string(),
         Err(e) => {
@@ -121,7 +122,7 @@ fn demo(args: DemoArgs) -> i32 {
     };
     let how = Launch {
         upgrade: false,
-        exit_when_drained: true,
+        on_drained: Some(on_drained),
     };
     let mut server = match crate::launch(config, &how) {
         Ok((s, _)) => s,

@@ -32,10 +32,11 @@ pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 const STALE_AFTER_INTERVALS: u32 = 3;
 const MIN_STALE_AFTER: Duration = Duration::from_secs(1);
 
-/// Runtime state of one backend.
+/// Runtime state of one backend, shared by every config snapshot that has the backend (same
+/// pool name, same URL): health, ejections, scraped load and in-flight slots live here, never
+/// in a snapshot.
+#[derive(Default)]
 pub struct BackendState {
-    /// Stable identity for consistent hashing: a hash of the URL.
-    pub id: u64,
     inflight: Arc<AtomicUsize>,
     health: Mutex<Health>,
     load: Mutex<Option<(Instant, Scraped)>>,
@@ -49,10 +50,44 @@ const SERVICE_EWMA_ALPHA: f64 = 0.2;
 /// Assumed slot holding time before the first request on a backend finished.
 const DEFAULT_SERVICE_SECS: f64 = 1.0;
 
-/// Runtime state of one pool.
+/// Every backend's live state by pool name and backend id.
+#[derive(Default)]
+pub struct Backends {
+    states: Mutex<HashMap<(String, u64), Arc<BackendState>>>,
+}
+
+impl Backends {
+    fn state(&self, pool: &str, id: u64) -> Arc<BackendState> {
+        self.states
+            .lock()
+            .entry((pool.to_string(), id))
+            .or_default()
+            .clone()
+    }
+
+    /// Forgets backends that are in none of `pools`; requests still running on one keep it.
+    pub fn retain(&self, pools: &[Pool]) {
+        let live: std::collections::HashSet<(&str, u64)> = pools
+            .iter()
+            .flat_map(|p| p.ids.iter().map(move |&id| (p.name(), id)))
+            .collect();
+        self.states
+            .lock()
+            .retain(|(p, id), s| live.contains(&(p.as_str(), *id)) || Arc::strong_count(s) > 1);
+    }
+}
+
+/// Stable identity of a backend within its pool (and for consistent hashing): a hash of its URL.
+pub fn backend_id(b: &BackendUrl) -> u64 {
+    balance::hash_bytes(format!("{}{}", b.authority, b.base_path).as_bytes())
+}
+
+/// One pool of one config snapshot, over the live backend states.
 pub struct Pool {
     pub config: PoolConfig,
-    backends: Vec<BackendState>,
+    /// Each backend's id, in config order.
+    ids: Vec<u64>,
+    backends: Vec<Arc<BackendState>>,
     seq: AtomicU64,
     dns: Mutex<HashMap<usize, (Instant, SocketAddr)>>,
     /// The pool's own trusted roots (`tls.ca_file`), built once.
@@ -72,19 +107,17 @@ impl Drop for BackendGuard {
 }
 
 impl Pool {
-    pub fn new(config: PoolConfig) -> Self {
-        let backends = config
-            .backends
-            .iter()
-            .map(|b| BackendState {
-                id: balance::hash_bytes(format!("{}{}", b.authority, b.base_path).as_bytes()),
-                inflight: Arc::new(AtomicUsize::new(0)),
-                health: Mutex::new(Health::default()),
-                load: Mutex::new(None),
-                sent_since_scrape: AtomicUsize::new(0),
-                service: Mutex::new(None),
-            })
-            .collect();
+    /// The pool of `config` over the live states in `live` (created for new backends).
+    pub fn new(config: PoolConfig, live: &Backends) -> Self {
+        let ids: Vec<u64> = config.backends.iter().map(backend_id).collect();
+        let backends: Vec<Arc<BackendState>> =
+            ids.iter().map(|&id| live.state(&config.name, id)).collect();
+        if config.health.is_none() {
+            // no active checks any more: an old verdict would hold the backend down for good
+            for b in &backends {
+                b.health.lock().clear_active();
+            }
+        }
         let ca = config.tls.ca.as_ref().map(|ders| {
             let certs: Vec<WrappedX509> = ders
                 .iter()
@@ -99,6 +132,7 @@ impl Pool {
         group.push(u8::from(config.tls.verify));
         Self {
             config,
+            ids,
             backends,
             seq: AtomicU64::new(0),
             dns: Mutex::new(HashMap::new()),
@@ -107,19 +141,13 @@ impl Pool {
         }
     }
 
-    /// After a reload: backends that were already in `old` keep their health, ejections,
-    /// scraped load and in-flight count (shared, so requests still running on the old
-    /// snapshot release their slots here).
-    pub fn adopt(&mut self, old: &Pool) {
-        for b in &mut self.backends {
-            let Some(o) = old.backends.iter().find(|o| o.id == b.id) else {
-                continue;
-            };
-            b.inflight = o.inflight.clone();
-            *b.health.get_mut() = o.health.lock().clone();
-            *b.load.get_mut() = *o.load.lock();
-            *b.service.get_mut() = *o.service.lock();
-        }
+    /// The position of the backend with `id` in this snapshot's pool.
+    pub fn position(&self, id: u64) -> Option<usize> {
+        self.ids.iter().position(|&i| i == id)
+    }
+
+    pub fn id(&self, index: usize) -> Option<u64> {
+        self.ids.get(index).copied()
     }
 
     pub fn name(&self) -> &str {
@@ -154,6 +182,17 @@ impl Pool {
         balance::select(self.config.balance, &cands, seq, key)
     }
 
+    /// When nothing can be selected because backends asked to be left alone (`Retry-After`):
+    /// the shortest remaining pause among them, else `None`.
+    pub fn paused_for(&self, exclude: &[usize], now: Instant) -> Option<Duration> {
+        self.backends
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !exclude.contains(i))
+            .filter_map(|(_, b)| b.health.lock().held_for(now))
+            .min()
+    }
+
     /// Whether `select` would find anything.
     pub fn has_candidate(&self, exclude: &[usize], now: Instant) -> bool {
         !self.candidates(exclude, now, true).is_empty()
@@ -177,7 +216,7 @@ impl Pool {
                 index: i,
                 weight: self.config.backends[i].weight,
                 inflight: b.inflight.load(Ordering::Relaxed),
-                id: b.id,
+                id: self.ids[i],
                 load: self.load_signal(i, now),
             })
             .collect()

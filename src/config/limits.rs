@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::errors::ConfigError;
-use crate::router::Glob;
+use crate::glob::Glob;
 
 const MAX_LIMIT: u64 = 1_000_000_000_000;
 const DEFAULT_FLUSH_MS: u64 = 5_000;

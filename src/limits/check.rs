@@ -2,9 +2,10 @@
 
 use std::time::Duration;
 
-use super::{Denied, HeaderTrio, LimitKind, RateHeaders, Scope, ScopeId, Slot, Spend};
+use super::counters::{ScopeCounters, SlotCounters};
+use super::{Denied, HeaderTrio, LimitKind, RateHeaders, SlotRule, Spend};
 use crate::clock;
-use crate::config::Price;
+use crate::config::{Budget, Price};
 
 /// UTC calendar facts for one instant, computed once per admission.
 pub(super) struct Calendar {
@@ -25,28 +26,9 @@ impl Calendar {
     }
 }
 
-/// The (scope, model slot) pairs a request counted in: at most two per scope.
-#[derive(Debug, Default)]
-pub(super) struct Slots {
-    items: [(ScopeId, Option<usize>); 4],
-    len: usize,
-}
-
-impl Slots {
-    pub(super) fn push(&mut self, item: (ScopeId, Option<usize>)) {
-        if let Some(slot) = self.items.get_mut(self.len) {
-            *slot = item;
-            self.len += 1;
-        }
-    }
-
-    pub(super) fn iter(&self) -> impl Iterator<Item = (ScopeId, Option<usize>)> + '_ {
-        self.items[..self.len].iter().copied()
-    }
-}
-
 pub(super) fn check_slot(
-    s: &mut Slot,
+    rule: &SlotRule,
+    s: &mut SlotCounters,
     scope: &str,
     tokens: u64,
     now: u64,
@@ -59,7 +41,7 @@ pub(super) fn check_slot(
         retry_after,
         headers,
     };
-    if let Some(rpm) = s.rpm {
+    if let Some(rpm) = rule.rpm {
         let used = s.requests.estimate(now);
         let trio = trio(rpm, used + 1.0, s.requests.wait_for(now, rpm as f64, 1.0));
         merge(&mut h.requests, trio);
@@ -67,7 +49,7 @@ pub(super) fn check_slot(
             return Err(deny(LimitKind::Rpm, rpm, trio.reset, *h));
         }
     }
-    if let Some(tpm) = s.tpm {
+    if let Some(tpm) = rule.tpm {
         let used = s.tokens.estimate(now);
         let cost = tokens as f64;
         let trio = trio(tpm, used + cost, s.tokens.wait_for(now, tpm as f64, cost));
@@ -76,7 +58,7 @@ pub(super) fn check_slot(
             return Err(deny(LimitKind::Tpm, tpm, trio.reset, *h));
         }
     }
-    if let Some(c) = s.concurrency {
+    if let Some(c) = rule.concurrency {
         if s.inflight + 1 > c {
             return Err(deny(LimitKind::Concurrency, c, Duration::from_secs(1), *h));
         }
@@ -99,7 +81,7 @@ fn merge(slot: &mut Option<HeaderTrio>, t: HeaderTrio) {
     }
 }
 
-pub(super) fn roll_spend(sc: &mut Scope, cal: &Calendar) {
+pub(super) fn roll_spend(sc: &mut ScopeCounters, cal: &Calendar) {
     let (d, m) = (cal.day, cal.month);
     if sc.day.window != d {
         sc.day = Spend {
@@ -116,25 +98,27 @@ pub(super) fn roll_spend(sc: &mut Scope, cal: &Calendar) {
 }
 
 pub(super) fn check_budget(
-    sc: &mut Scope,
+    budget: &Budget,
+    scope: &str,
+    sc: &mut ScopeCounters,
     usd: f64,
     cal: &Calendar,
     h: &RateHeaders,
 ) -> Result<(), Denied> {
-    if sc.budget.is_empty() {
+    if budget.is_empty() {
         return Ok(());
     }
     roll_spend(sc, cal);
     let checks = [
         (
             LimitKind::BudgetDay,
-            sc.budget.usd_per_day,
+            budget.usd_per_day,
             sc.day.usd,
             cal.until_day,
         ),
         (
             LimitKind::BudgetMonth,
-            sc.budget.usd_per_month,
+            budget.usd_per_month,
             sc.month.usd,
             cal.until_month,
         ),
@@ -145,7 +129,7 @@ pub(super) fn check_budget(
         if spent + sc.reserved_usd + usd > budget + 1e-9 {
             return Err(Denied {
                 kind,
-                scope: sc.name.clone(),
+                scope: scope.to_string(),
                 limit: budget,
                 retry_after: Duration::from_millis(reset_ms),
                 headers: *h,

@@ -1,49 +1,69 @@
 //! The background service that writes spend and limit windows to the counter store
 //! periodically and once more at shutdown.
+//!
+//! Two processes write the same file during an `--upgrade` (the old one finishing its streams,
+//! the new one serving): each save merges what the other counted since this process last read
+//! or wrote the file, then writes the sum, under the store's lock. So neither overwrites the
+//! other's spend, however their saves interleave.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use parking_lot::Mutex;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use super::persist::CounterStore;
-use crate::state::SharedState;
+use super::persist::{CounterStore, StateFile};
+use super::Counters;
 
 pub struct Flusher {
-    pub state: SharedState,
-    pub store: Box<dyn CounterStore>,
-    pub every: Duration,
+    live: Arc<crate::live::Live>,
+    store: Box<dyn CounterStore>,
+    every: Duration,
     /// Whether the last save failed: a failure is logged when it starts and when it ends, not
     /// on every flush of a read-only directory.
-    pub failing: AtomicBool,
-    /// One save at a time: the last one written is the newest.
-    saving: parking_lot::Mutex<()>,
+    failing: AtomicBool,
+    /// The stored state as this process last read or wrote it (one save at a time).
+    seen: Mutex<StateFile>,
 }
 
 impl Flusher {
-    pub fn new(state: SharedState, store: Box<dyn CounterStore>, every: Duration) -> Self {
-        Self {
-            state,
+    /// Loads the stored counters into the live cells; the flusher then keeps them saved.
+    pub fn start(
+        live: Arc<crate::live::Live>,
+        store: Box<dyn CounterStore>,
+        every: Duration,
+    ) -> Result<Self, String> {
+        let seen = store.load()?.unwrap_or_default();
+        live.counters().import(&seen);
+        Ok(Self {
+            live,
             store,
             every,
             failing: AtomicBool::new(false),
-            saving: parking_lot::Mutex::new(()),
-        }
+            seen: Mutex::new(seen),
+        })
     }
 
     pub fn save(&self) {
-        let _one = self.saving.lock();
-        let snap = self.state.load();
-        match self.store.save(&snap.governor.export(&snap.key_ids)) {
+        let mut seen = self.seen.lock();
+        let counters: &Counters = self.live.counters();
+        let saved = self.store.update(&mut |stored| {
+            if let Some(stored) = stored {
+                counters.merge_since(&seen, &stored);
+            }
+            counters.export()
+        });
+        match saved {
             Err(e) => {
                 if !self.failing.swap(true, Ordering::Relaxed) {
                     tracing::warn!(error = %e, "saving limit and spend counters failed; spend will not survive a restart until it succeeds");
                 }
             }
-            Ok(()) => {
+            Ok(state) => {
+                *seen = state;
                 if self.failing.swap(false, Ordering::Relaxed) {
                     tracing::info!("saving limit and spend counters works again");
                 }
@@ -67,5 +87,58 @@ impl BackgroundService for FlushService {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::limits::persist::FileStore;
+
+    fn live() -> Arc<crate::live::Live> {
+        let yaml = "pools: {p: {backends: ['http://h']}}\nroutes: [{prefix: '', pool: p}]\nkeys: [{key: a, tenant: t}]\npricing: {m: {input: 1000000, output: 0}}";
+        crate::live::Live::new(Config::from_yaml(yaml, &|_| None).unwrap())
+    }
+
+    fn spend(live: &crate::live::Live, usd: u64) {
+        let snap = live.load();
+        let key = snap.config.keys[0].clone();
+        let crate::live::Admission::Admitted(a) = live.admit(&snap, &key, ("m", 0, 0)).unwrap()
+        else {
+            panic!("admitted")
+        };
+        let used = crate::openai::Usage {
+            prompt_tokens: usd,
+            ..Default::default()
+        };
+        live.settle(&a, used);
+    }
+
+    fn day_usd(path: &std::path::Path) -> f64 {
+        let f: StateFile = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        f.scopes["tenant:t"].day.usd
+    }
+
+    #[test]
+    fn two_processes_sharing_the_file_lose_no_spend_in_any_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let store = || Box::new(FileStore { path: path.clone() });
+        let (old, new) = (live(), live());
+        let old_f = Flusher::start(old.clone(), store(), Duration::from_secs(1)).unwrap();
+        spend(&old, 1);
+        old_f.save(); // 1
+        // the upgrade: the new process loads the file, then both keep spending and saving
+        let new_f = Flusher::start(new.clone(), store(), Duration::from_secs(1)).unwrap();
+        spend(&new, 2);
+        new_f.save();
+        spend(&old, 4); // a stream the old process finished after the hand-over
+        old_f.save(); // the old process's final save
+        spend(&new, 8);
+        new_f.save();
+        assert!((day_usd(&path) - 15.0).abs() < 1e-9, "{}", day_usd(&path));
+        new_f.save();
+        assert!((day_usd(&path) - 15.0).abs() < 1e-9, "saving again adds nothing");
     }
 }

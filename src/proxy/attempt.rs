@@ -40,11 +40,10 @@ pub async fn peer(gw: &Gateway, session: &Session, ctx: &mut RequestCtx) -> Resu
     loop {
         ctx.attempt = None;
         let Some((p, b)) = next_target(gw, session, ctx, Instant::now()) else {
-            let e = ctx
-                .plan
-                .last_error
-                .take()
-                .unwrap_or_else(|| GatewayError::NoBackend(ctx.pool_name().to_string()));
+            let e = match ctx.plan.last_error.take() {
+                Some(e) => e,
+                None => nothing_to_try(ctx, Instant::now()),
+            };
             ctx.error = Some(e);
             return Err(Error::explain(ConnectNoRoute, "no backend left to try"));
         };
@@ -84,6 +83,25 @@ pub async fn peer(gw: &Gateway, session: &Session, ctx: &mut RequestCtx) -> Resu
             .peer(b, addr)
             .map_err(|_| Error::explain(InternalError, "backend vanished"))?;
         return Ok(Box::new(peer));
+    }
+}
+
+/// Why no attempt could be made: every backend that could serve is paused by its own
+/// `Retry-After` (the client gets that 429, with the remaining pause), or none is usable.
+fn nothing_to_try(ctx: &RequestCtx, now: Instant) -> GatewayError {
+    let paused = ctx
+        .plan
+        .chain
+        .iter()
+        .filter_map(|&p| ctx.snap.pools.get(p))
+        .filter_map(|p| p.paused_for(&[], now))
+        .min();
+    match paused {
+        Some(d) => GatewayError::UpstreamPaused {
+            retry: crate::limits::fmt_reset(d),
+            retry_after_ms: (d.as_millis() as u64).max(1),
+        },
+        None => GatewayError::NoBackend(ctx.pool_name().to_string()),
     }
 }
 

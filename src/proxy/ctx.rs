@@ -91,8 +91,7 @@ pub struct RequestCtx {
     pub usage: Option<Usage>,
     pub inflight: Option<InflightGuard>,
     /// Limits and budget reserved at admission, settled in `logging`.
-    /// The snapshot whose governor holds the reservation (the newest at admission).
-    pub admitted: Option<(Arc<Snapshot>, Admitted)>,
+    pub admitted: Option<Admitted>,
     /// `x-ratelimit-*` values for the response, and the wait a refusal announces.
     pub rate_headers: Option<RateHeaders>,
     pub prompt_estimate: u64,

@@ -58,7 +58,7 @@ pub fn finish(gw: &Gateway, e: Option<&Error>, ctx: &mut RequestCtx) {
 /// Replaces the admission reservation by what was used: the upstream's usage, or for a stream
 /// cut short, the prompt estimate and one token per streamed choice.
 fn settle(gw: &Gateway, ctx: &mut RequestCtx, model_label: Option<&str>) {
-    let Some((gov, adm)) = ctx.admitted.take() else {
+    let Some(adm) = ctx.admitted.take() else {
         return;
     };
     let estimate = |completion: u64| Usage {
@@ -79,22 +79,8 @@ fn settle(gw: &Gateway, ctx: &mut RequestCtx, model_label: Option<&str>) {
     if ctx.usage.is_none() && used.completion_tokens > 0 {
         ctx.usage = Some(used); // reported as what was charged
     }
-    // a reload since admission moved the counters on: settle where they are now
-    let stable = gw.counters.read();
-    let current = gw.state.load();
-    let cost = if std::sync::Arc::ptr_eq(&current, &gov) {
-        gov.governor.settle(&adm, used)
-    } else {
-        let tenant = ctx.principal.as_ref().map_or("", |p| &*p.tenant);
-        let key = ctx
-            .principal
-            .as_ref()
-            .and_then(|p| current.same_key(&ctx.snap, p.key_index));
-        let model = ctx.client_model.as_deref().unwrap_or_default();
-        let moved = current.governor.rebind(&adm, tenant, key, model);
-        current.governor.settle(&moved, used)
-    };
-    drop(stable);
+    // the reservation settles in the cells it was made in, whatever reloads came since
+    let cost = gw.state.settle(&adm, used);
     if let (Some(p), Some(model), true) = (&ctx.principal, model_label, cost > 0.0) {
         gw.metrics
             .spend

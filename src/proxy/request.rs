@@ -1,6 +1,5 @@
 //! Request side: dispatch, auth, bounded body read, route, rewrite; the upstream peer and header.
 
-use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use http::Method;
@@ -13,7 +12,7 @@ use super::{attempt, respond, Gateway};
 use crate::auth::KeyEntry;
 use crate::endpoint::StreamKind;
 use crate::errors::GatewayError;
-use crate::limits::Ask;
+use crate::live::Admission;
 use crate::multipart::Scan;
 use crate::openai::{inspect_request, rewrite_request};
 use crate::router;
@@ -56,15 +55,16 @@ pub async fn execute(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) 
     let endpoint = match path.as_str() {
         "/healthz" => return respond::json(session, ctx, 200, br#"{"status":"ok"}"#).await,
         "/readyz" => {
-            let (status, body) = ctx.snap.readiness();
-            return respond::json(session, ctx, status, &body).await;
+            // unauthenticated: says whether to send traffic here, never which routes work
+            let (status, body) = readiness(gw.state.ready());
+            return respond::json(session, ctx, status, body).await;
         }
         "/v1/models" if method == Method::GET => {
-            return list_models(session, ctx, None).await;
+            return list_models(gw, session, ctx, None).await;
         }
         p if p.starts_with("/v1/models/") && method == Method::GET => {
             let id = percent_decode(&p["/v1/models/".len()..]);
-            return list_models(session, ctx, Some(id)).await;
+            return list_models(gw, session, ctx, Some(id)).await;
         }
         "/v1/models" => return method_not_allowed(session, ctx, method, path).await,
         p if p.starts_with("/v1/models/") => {
@@ -88,6 +88,15 @@ pub async fn execute(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) 
     match prepare(gw, session, ctx, endpoint).await {
         Ok(()) => Ok(false),
         Err(e) => respond::error(session, ctx, e).await,
+    }
+}
+
+/// The `/readyz` answer: ready unless draining.
+pub fn readiness(ready: bool) -> (u16, &'static [u8]) {
+    if ready {
+        (200, br#"{"status":"ready"}"#)
+    } else {
+        (503, br#"{"status":"draining"}"#)
     }
 }
 
@@ -444,38 +453,14 @@ fn admit(
     model: &str,
     completion: u64,
 ) -> Result<(), GatewayError> {
-    // counters live in the newest snapshot: a request that started before a reload is
-    // admitted there, under the new limits, unless the reload removed its key
-    let _stable = gw.counters.read();
-    let current = gw.state.load();
-    let gov = if Arc::ptr_eq(&current, &ctx.snap) {
-        ctx.snap.clone()
-    } else {
-        arc_swap::Guard::into_inner(current)
-    };
-    let key = if Arc::ptr_eq(&gov, &ctx.snap) {
-        key
-    } else {
-        // a reload revoked the key after this request authenticated
-        let i = gov
-            .same_key(&ctx.snap, key.principal.key_index)
-            .filter(|&i| gov.config.keys.get(i).is_some())
-            .ok_or(GatewayError::InvalidApiKey)?;
-        &gov.config.keys[i]
-    };
-    let ask = Ask {
-        key,
-        model,
-        prompt: ctx.prompt_estimate,
-        completion,
-    };
-    match gov.governor.admit(&ask) {
-        Ok(adm) => {
+    let ask = (model, ctx.prompt_estimate, completion);
+    match gw.state.admit(&ctx.snap, key, ask)? {
+        Admission::Admitted(adm) => {
             ctx.rate_headers = Some(adm.headers);
-            ctx.admitted = Some((gov, adm));
+            ctx.admitted = Some(adm);
             Ok(())
         }
-        Err(denied) => {
+        Admission::Refused(denied) => {
             gw.metrics
                 .ratelimited
                 .with_label_values(&[&*key.principal.tenant, denied.kind.label()])
@@ -509,6 +494,7 @@ async fn read_body(
 
 /// `GET /v1/models`, or `GET /v1/models/{id}` when `id` is given.
 async fn list_models(
+    gw: &Gateway,
     session: &mut Session,
     ctx: &mut RequestCtx,
     id: Option<String>,
@@ -519,11 +505,16 @@ async fn list_models(
         Err(e) => return respond::error(session, ctx, e).await,
     };
     ctx.principal = Some(key.principal.clone());
+    let sources = crate::models::Sources {
+        config: &snap.config,
+        pools: &snap.pools,
+        cache: &gw.state.models,
+    };
     let Some(id) = id else {
-        let body = crate::models::list(&snap, key).await;
+        let body = crate::models::list(sources, key).await;
         return respond::json(session, ctx, 200, &body).await;
     };
-    match crate::models::info(&snap, key, &id).await {
+    match crate::models::info(sources, key, &id).await {
         Some(body) => respond::json(session, ctx, 200, &body).await,
         None => respond::error(session, ctx, GatewayError::UnknownModel(id)).await,
     }

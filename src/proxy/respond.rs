@@ -44,7 +44,10 @@ pub async fn write(
     rate_headers(&mut resp, ctx)?;
     cors_headers(&mut resp, ctx)?;
     match &ctx.error {
-        Some(GatewayError::RateLimited { retry_after_ms, .. }) => {
+        Some(
+            GatewayError::RateLimited { retry_after_ms, .. }
+            | GatewayError::UpstreamPaused { retry_after_ms, .. },
+        ) => {
             // OpenAI's SDKs read retry-after-ms first, then retry-after (whole seconds)
             resp.insert_header(
                 "retry-after",

@@ -47,6 +47,13 @@ impl Health {
         }
     }
 
+    /// How long the backend's own `Retry-After` still holds it, if it does.
+    pub fn held_for(&self, now: Instant) -> Option<Duration> {
+        self.hold_until
+            .filter(|&t| now < t)
+            .map(|t| t.saturating_duration_since(now))
+    }
+
     fn held(&self, now: Instant) -> bool {
         self.hold_until.is_some_and(|t| now < t)
     }
@@ -69,6 +76,13 @@ impl Health {
                 self.down = true;
             }
         }
+    }
+
+    /// Active checks were turned off: their verdict no longer applies.
+    pub fn clear_active(&mut self) {
+        self.down = false;
+        self.ok_streak = 0;
+        self.fail_streak = 0;
     }
 
     /// A live request failed in a way that blames the backend (connect error, 5xx, timeout).

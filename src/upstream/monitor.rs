@@ -1,7 +1,9 @@
-//! The background service that runs active health checks and load scrapes for every pool.
+//! The background service that runs active health checks and load scrapes. It follows the live
+//! state: after every reload it starts checks for backends and pools that are new, and each
+//! check finds its backend in the current snapshot on every round, so it stops by itself when
+//! a reload removes the backend or its `health:` / `metrics:` section.
 
-use std::future::Future;
-use std::pin::Pin;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,89 +11,148 @@ use async_trait::async_trait;
 use pingora::connectors::http::Connector;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
+use tokio::task::JoinHandle;
 
-use super::{load, probe};
-use crate::state::{SharedState, Snapshot};
+use super::{load, probe, Pool};
+use crate::live::Live;
 
 const MAX_HEALTH_BODY: usize = 65_536;
 const MAX_METRICS_BODY: usize = 8_388_608; // 8 MiB
 
 pub struct Monitor {
-    pub state: SharedState,
+    pub live: Arc<Live>,
 }
 
-type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Health,
+    Scrape,
+}
+
+/// One check loop: which backend (pool name and backend id) and what it does.
+type TaskKey = (String, u64, Kind);
+
+/// The checks the current snapshot asks for.
+fn wanted(live: &Live) -> Vec<TaskKey> {
+    let snap = live.load();
+    let mut out = Vec::new();
+    for pool in &snap.pools {
+        for b in 0..pool.len() {
+            let Some(id) = pool.id(b) else { continue };
+            if pool.config.health.is_some() {
+                out.push((pool.name().to_string(), id, Kind::Health));
+            }
+            if pool.config.metrics.is_some() {
+                out.push((pool.name().to_string(), id, Kind::Scrape));
+            }
+        }
+    }
+    out
+}
+
+/// Starts the loops that are wanted and not running; forgets those that ended.
+fn reconcile(
+    live: &Arc<Live>,
+    connector: &Arc<Connector>,
+    tasks: &mut HashMap<TaskKey, JoinHandle<()>>,
+) {
+    let want = wanted(live);
+    tasks.retain(|k, h| !h.is_finished() && want.contains(k));
+    for key in want {
+        if tasks.contains_key(&key) {
+            continue;
+        }
+        let (live, connector) = (live.clone(), connector.clone());
+        let k = key.clone();
+        let handle = tokio::spawn(async move {
+            match k.2 {
+                Kind::Health => health_loop(&live, &connector, &k.0, k.1).await,
+                Kind::Scrape => scrape_loop(&live, &connector, &k.0, k.1).await,
+            }
+        });
+        tasks.insert(key, handle);
+    }
+}
 
 #[async_trait]
 impl BackgroundService for Monitor {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let snap = self.state.load_full();
         let connector = Arc::new(Connector::new(None));
-        let mut tasks: Vec<Task> = Vec::new();
-        for (p, pool) in snap.pools.iter().enumerate() {
-            for b in 0..pool.len() {
-                if pool.config.health.is_some() {
-                    tasks.push(Box::pin(health_loop(snap.clone(), connector.clone(), p, b)));
-                }
-                if pool.config.metrics.is_some() {
-                    tasks.push(Box::pin(scrape_loop(snap.clone(), connector.clone(), p, b)));
-                }
+        let mut tasks = HashMap::new();
+        let mut swaps = self.live.subscribe();
+        loop {
+            reconcile(&self.live, &connector, &mut tasks);
+            tokio::select! {
+                changed = swaps.changed() => if changed.is_err() { break },
+                _ = shutdown.changed() => break,
             }
         }
-        if tasks.is_empty() {
-            return;
-        }
-        tokio::select! {
-            _ = futures::future::join_all(tasks) => {}
-            _ = shutdown.changed() => {}
+        for (_, h) in tasks {
+            h.abort();
         }
     }
 }
 
-async fn health_loop(snap: Arc<Snapshot>, connector: Arc<Connector>, p: usize, b: usize) {
-    let Some(pool) = snap.pools.get(p) else {
-        return;
-    };
-    let Some(cfg) = pool.config.health.clone() else {
-        return;
-    };
-    let label = pool
-        .backend(b)
-        .map(|u| u.authority.clone())
-        .unwrap_or_default();
+/// Runs `f` with the backend's pool and index in the current snapshot; `None` once a reload
+/// removed it.
+fn with_backend<R>(live: &Live, pool: &str, id: u64, f: impl FnOnce(&Pool, usize) -> R) -> Option<R> {
+    let snap = live.load();
+    let p = snap.pool_by_name(pool)?;
+    let b = p.position(id)?;
+    Some(f(p, b))
+}
+
+async fn health_loop(live: &Live, connector: &Connector, pool: &str, id: u64) {
     loop {
-        let result = probe::get(&connector, pool, b, &cfg.path, cfg.timeout, MAX_HEALTH_BODY).await;
+        let snap = live.load();
+        let Some(p) = snap.pool_by_name(pool) else { return };
+        let (Some(b), Some(cfg)) = (p.position(id), p.config.health.clone()) else {
+            return;
+        };
+        let result = probe::get(connector, p, b, &cfg.path, cfg.timeout, MAX_HEALTH_BODY).await;
+        drop(snap);
         let ok = matches!(result, Ok((200..=299, _)));
-        let now = Instant::now();
-        let before = pool.is_up(b, now);
-        pool.with_health(b, |h| h.on_check(ok, now, &cfg));
-        let after = pool.is_up(b, now);
-        if before != after {
-            let why = match &result {
-                Ok((status, _)) => format!("status {status}"),
-                Err(e) => (*e).to_string(),
-            };
-            tracing::warn!(pool = %pool.name(), backend = %label, up = after, why, "backend health changed");
+        // the verdict goes to the backend as the snapshot current now has it
+        let changed = with_backend(live, pool, id, |p, b| {
+            let now = Instant::now();
+            let before = p.is_up(b, now);
+            p.with_health(b, |h| h.on_check(ok, now, &cfg));
+            let after = p.is_up(b, now);
+            (before != after).then(|| (after, p.backend(b).map(|u| u.authority.clone())))
+        });
+        match changed {
+            None => return,
+            Some(Some((up, label))) => {
+                let why = match &result {
+                    Ok((status, _)) => format!("status {status}"),
+                    Err(e) => (*e).to_string(),
+                };
+                let backend = label.unwrap_or_default();
+                tracing::warn!(pool, backend = %backend, up, why, "backend health changed");
+            }
+            Some(None) => {}
         }
         tokio::time::sleep(cfg.interval).await;
     }
 }
 
-async fn scrape_loop(snap: Arc<Snapshot>, connector: Arc<Connector>, p: usize, b: usize) {
-    let Some(pool) = snap.pools.get(p) else {
-        return;
-    };
-    let Some(cfg) = pool.config.metrics.clone() else {
-        return;
-    };
-    let timeout = cfg.interval.max(Duration::from_secs(1));
+async fn scrape_loop(live: &Live, connector: &Connector, pool: &str, id: u64) {
     loop {
-        let scraped =
-            match probe::get(&connector, pool, b, &cfg.path, timeout, MAX_METRICS_BODY).await {
-                Ok((200, body)) => load::parse(&String::from_utf8_lossy(&body)),
-                _ => None,
-            };
-        pool.set_load(b, scraped, Instant::now());
+        let snap = live.load();
+        let Some(p) = snap.pool_by_name(pool) else { return };
+        let (Some(b), Some(cfg)) = (p.position(id), p.config.metrics.clone()) else {
+            return;
+        };
+        let timeout = cfg.interval.max(Duration::from_secs(1));
+        let got = probe::get(connector, p, b, &cfg.path, timeout, MAX_METRICS_BODY).await;
+        drop(snap);
+        let scraped = match got {
+            Ok((200, body)) => load::parse(&String::from_utf8_lossy(&body)),
+            _ => None,
+        };
+        if with_backend(live, pool, id, |p, b| p.set_load(b, scraped, Instant::now())).is_none() {
+            return;
+        }
         tokio::time::sleep(cfg.interval).await;
     }
 }

@@ -1,0 +1,194 @@
+//! The gateway's one live state: the swappable config snapshot, and the runtime state every
+//! snapshot shares by stable id (backend health, ejections, scraped load and in-flight slots;
+//! limit counters and spend; the model-list cache). A reload builds a new snapshot over the same
+//! runtime state and swaps it in: nothing is copied, so nothing is lost or left behind.
+//!
+//! Admission and settlement go through here. They need no barrier against a reload: the
+//! counters a request reserves in are the cells it settles in, whichever snapshot is current.
+//! Background services (health checks, load scrapes, the counter flush, the drain) read this
+//! state each time they run, never a snapshot they captured.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+use crate::auth::KeyEntry;
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::errors::GatewayError;
+use crate::limits::{Admitted, Ask, Counters, Denied};
+use crate::models::ModelsCache;
+use crate::openai::Usage;
+use crate::state::Snapshot;
+use crate::upstream::Backends;
+
+pub struct Live {
+    snap: ArcSwap<Snapshot>,
+    backends: Backends,
+    counters: Counters,
+    pub models: ModelsCache,
+    clock: Arc<dyn Clock>,
+    /// Bumped by every swap; the upstream monitor waits on it to check new backends.
+    generation: watch::Sender<u64>,
+    /// One swap at a time: snapshots are built in order over the shared state.
+    swapping: Mutex<()>,
+    /// Set when a graceful shutdown starts: `/readyz` answers 503 from then on.
+    draining: AtomicBool,
+}
+
+/// What admission decided.
+pub enum Admission {
+    Admitted(Admitted),
+    /// A limit or budget refused.
+    Refused(Denied),
+}
+
+impl Live {
+    pub fn new(config: Config) -> Arc<Self> {
+        Self::with_clock(config, Arc::new(SystemClock))
+    }
+
+    pub fn with_clock(config: Config, clock: Arc<dyn Clock>) -> Arc<Self> {
+        let backends = Backends::default();
+        let counters = Counters::default();
+        let snap = Snapshot::new(config, &backends, &counters, clock.clone());
+        Arc::new(Self {
+            snap: ArcSwap::from_pointee(snap),
+            backends,
+            counters,
+            models: ModelsCache::default(),
+            clock,
+            generation: watch::channel(0).0,
+            swapping: Mutex::new(()),
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    /// The current snapshot.
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.snap.load_full()
+    }
+
+    /// Builds the snapshot of `config` over the live state and makes it current; requests in
+    /// flight finish on the snapshot they pinned.
+    pub fn swap(&self, config: Config) {
+        let _one = self.swapping.lock();
+        let next = Snapshot::new(config, &self.backends, &self.counters, self.clock.clone());
+        self.snap.store(Arc::new(next));
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// A receiver that changes whenever a new snapshot is swapped in.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Reserves a request against every limit and budget of its key and tenant, under the
+    /// newest rules: a request that authenticated on an older snapshot is admitted as the key
+    /// stands now, and refused if a reload revoked the key meanwhile.
+    pub fn admit(
+        &self,
+        pinned: &Snapshot,
+        key: &KeyEntry,
+        ask: (&str, u64, u64),
+    ) -> Result<Admission, GatewayError> {
+        let current = self.snap.load();
+        let key = if std::ptr::eq(&**current, pinned) {
+            key
+        } else {
+            current
+                .same_key(pinned, key.principal.key_index)
+                .ok_or(GatewayError::InvalidApiKey)?
+        };
+        let (model, prompt, completion) = ask;
+        let ask = Ask {
+            key,
+            model,
+            prompt,
+            completion,
+        };
+        Ok(match current.governor.admit(&ask) {
+            Ok(a) => Admission::Admitted(a),
+            Err(d) => Admission::Refused(d),
+        })
+    }
+
+    /// Replaces an admission's reservation by what the request used; returns its cost.
+    pub fn settle(&self, adm: &Admitted, used: Usage) -> f64 {
+        self.snap.load().governor.settle(adm, used)
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// `/readyz`: the config is loaded and the listeners are up (this answers), and the process
+    /// is not draining. Backend availability does not enter: every replica sees the same
+    /// backends, and one dead pool must not take them all out of their load balancer.
+    pub fn ready(&self) -> bool {
+        !self.draining.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(yaml: &str) -> Config {
+        let base = format!(
+            "pools: {{p: {{backends: ['http://h:1', 'http://h:2']}}}}\nroutes: [{{prefix: '', pool: p}}]\n{yaml}"
+        );
+        Config::from_yaml(&base, &|_| None).unwrap()
+    }
+
+    #[test]
+    fn a_swap_keeps_backend_state_and_counters_without_copying() {
+        let live = Live::new(config("keys: [{key: a, tenant: t, limits: {concurrency: 1}}]"));
+        let old = live.load();
+        let key = old.keys.lookup(b"a").unwrap().clone();
+        let Admission::Admitted(running) = live.admit(&old, &key, ("m", 0, 0)).unwrap() else {
+            panic!("first request admitted")
+        };
+        let now = std::time::Instant::now();
+        old.pools[0].with_health(1, |h| h.eject(now));
+        // the new config puts a key before "a" and a backend before the ejected one
+        live.swap(Config::from_yaml(
+            "pools: {p: {backends: ['http://h:0', 'http://h:1', 'http://h:2']}}\nroutes: [{prefix: '', pool: p}]\nkeys: [{key: z, tenant: u}, {key: a, tenant: t, limits: {concurrency: 1}}]",
+            &|_| None,
+        ).unwrap());
+        let new = live.load();
+        assert!(!new.pools[0].is_up(2, now), "the ejected backend is still ejected");
+        assert!(new.pools[0].is_up(1, now));
+        let Admission::Refused(d) = live.admit(&old, &key, ("m", 0, 0)).unwrap() else {
+            panic!("the running request still holds the only slot")
+        };
+        assert_eq!(d.scope, "key 1", "under the new rules, where the key now sits");
+        live.settle(&running, Usage::default());
+        assert!(matches!(
+            live.admit(&new, &new.config.keys[1], ("m", 0, 0)).unwrap(),
+            Admission::Admitted(_)
+        ));
+    }
+
+    #[test]
+    fn a_key_revoked_by_a_reload_is_refused_and_draining_is_unready() {
+        let live = Live::new(config("keys: [{key: a, tenant: t}]"));
+        let old = live.load();
+        let key = old.keys.lookup(b"a").unwrap().clone();
+        live.swap(config("keys: [{key: b, tenant: t}]"));
+        assert!(matches!(
+            live.admit(&old, &key, ("m", 0, 0)),
+            Err(GatewayError::InvalidApiKey)
+        ));
+        assert!(live.ready());
+        live.start_draining();
+        assert!(!live.ready());
+    }
+}
