@@ -288,6 +288,12 @@ pub fn failed_while_proxying(
         return e; // a status retry decided in `status_received`
     }
     let cause = ctx.cause(&e);
+    if let Cause::Refused(_) = cause {
+        // the gateway stopped the client's upload: no backend's fault, nothing to retry with
+        record(gw, ctx, "client_refused");
+        e.set_retry(false);
+        return e;
+    }
     if let Cause::Timeout(kind) = cause {
         let gerr = timeout_error(kind);
         record(gw, ctx, gerr.label());

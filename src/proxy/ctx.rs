@@ -148,13 +148,15 @@ impl RequestCtx {
 }
 
 /// Why a proxied exchange broke, as the gateway sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cause {
     /// One of this request's upstream deadlines passed. The session wrapper reports it through
     /// the downstream watcher, so Pingora labels it a downstream error; it is not a hang-up.
     Timeout(TimeoutKind),
     /// The client went away.
     ClientGone,
+    /// The gateway refused the rest of the client's body while it streamed upstream.
+    Refused(GatewayError),
     /// Anything else (an upstream or internal failure).
     Other,
 }
@@ -163,6 +165,9 @@ impl RequestCtx {
     pub fn cause(&self, e: &pingora::Error) -> Cause {
         if let Some(kind) = self.shared.as_ref().and_then(|s| s.fired()) {
             return Cause::Timeout(kind);
+        }
+        if let Some(refusal) = self.shared.as_ref().and_then(|s| s.refused()) {
+            return Cause::Refused(refusal);
         }
         if matches!(e.esource(), pingora::ErrorSource::Downstream) {
             return Cause::ClientGone;

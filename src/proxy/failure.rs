@@ -17,12 +17,19 @@ pub async fn respond(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> 
         error_code: code,
         can_reuse_downstream: false,
     };
-    match ctx.cause(e) {
+    let cause = ctx.cause(e);
+    let refused = matches!(cause, Cause::Refused(_));
+    match cause {
         Cause::Timeout(kind) => ctx.error = Some(attempt::timeout_error(kind)),
         Cause::ClientGone => {
             ctx.client_gone = true;
             ctx.status = CLIENT_CLOSED;
             return no_reuse(0);
+        }
+        Cause::Refused(refusal) => {
+            // the rest of the body is unread: answer, then close the connection
+            session.set_keepalive(None);
+            ctx.error = Some(refusal);
         }
         Cause::Other => {}
     }
@@ -49,11 +56,11 @@ pub async fn respond(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> 
     let written = respond::write(session, ctx, status, &body).await;
     ctx.error = Some(gerr);
     match written {
-        Ok(()) => FailToProxy {
+        Ok(()) if !refused => FailToProxy {
             error_code: status,
             can_reuse_downstream: true,
         },
-        Err(_) => no_reuse(status),
+        _ => no_reuse(status),
     }
 }
 

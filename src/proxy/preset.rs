@@ -25,6 +25,8 @@ use pingora::protocols::l4::socket::SocketAddr;
 use pingora::protocols::Digest;
 use pingora::{Error, ErrorType, Result};
 
+use crate::errors::GatewayError;
+
 pub type Slot = Arc<Mutex<Option<ServerSession>>>;
 
 /// Which upstream time limit a deadline stands for.
@@ -46,6 +48,9 @@ pub struct Shared {
     tail: Mutex<Option<Tail>>,
     /// Watches a streamed tail for a second `model` field.
     watch: Mutex<Option<crate::multipart::Watch>>,
+    /// Why the gateway refused the streamed tail (too large, a second `model`): the client
+    /// gets this error, not a hang-up.
+    refused: Mutex<Option<GatewayError>>,
 }
 
 /// A body only partly read before routing (a multipart upload): the preset bytes are its
@@ -76,6 +81,7 @@ impl Shared {
             fired: Mutex::new(None),
             tail: Mutex::new(None),
             watch: Mutex::new(None),
+            refused: Mutex::new(None),
         })
     }
 
@@ -120,6 +126,16 @@ impl Shared {
         } else {
             (total_at, TimeoutKind::Total)
         };
+    }
+
+    /// The refusal of a streamed tail, if the gateway refused it.
+    pub fn refused(&self) -> Option<GatewayError> {
+        self.refused.lock().clone()
+    }
+
+    fn refuse(&self, e: GatewayError, why: &'static str) -> Result<()> {
+        *self.refused.lock() = Some(e);
+        Error::e_explain(ErrorType::InvalidHTTPHeader, why)
     }
 
     /// The limit that ended the request, if one did.
@@ -187,7 +203,9 @@ fn pass_tail(shared: &Shared, chunk: Option<&Bytes>, done: bool) -> Result<()> {
     let len = chunk.map_or(0, Bytes::len);
     t.streamed += len;
     if t.head_read + t.streamed > t.max {
-        return Error::e_explain(ErrorType::InvalidHTTPHeader, "request body over the limit");
+        let limit = t.max;
+        drop(tail);
+        return shared.refuse(GatewayError::BodyTooLarge { limit }, "request body over the limit");
     }
     let finished = done && !t.finished;
     t.finished |= done;
@@ -195,7 +213,11 @@ fn pass_tail(shared: &Shared, chunk: Option<&Bytes>, done: bool) -> Result<()> {
     drop(tail);
     if let (Some(c), Some(w)) = (chunk, shared.watch.lock().as_mut()) {
         if !w.feed(c, "model") {
-            return Error::e_explain(ErrorType::InvalidHTTPHeader, "a second model field");
+            let e = GatewayError::InvalidParam {
+                param: "model",
+                msg: "the form has more than one model field".into(),
+            };
+            return shared.refuse(e, "a second model field");
         }
     }
     if finished {
