@@ -124,7 +124,11 @@ fn limits(c: &mut Criterion) {
     }
     let config = llmedge::config::Config::from_yaml(&yaml, &|_| None)
         .unwrap_or_else(|_| std::process::abort());
-    let g = Governor::new(&config, &llmedge::limits::Counters::default(), Arc::new(SystemClock));
+    let g = Governor::new(
+        &config,
+        &llmedge::limits::Counters::default(),
+        Arc::new(SystemClock),
+    );
     let mut i = 0usize;
     c.bench_function("limits/admit_and_settle_10k_keys", |b| {
         b.iter(|| {

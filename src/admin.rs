@@ -8,8 +8,8 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
 use crate::errors::GatewayError;
-use crate::metrics::Metrics;
 use crate::live::Live;
+use crate::metrics::Metrics;
 
 pub struct AdminApp {
     pub metrics: Arc<Metrics>,

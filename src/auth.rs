@@ -88,7 +88,6 @@ fn strip_bearer(v: &[u8]) -> Option<&[u8]> {
 mod tests {
     use super::*;
     use crate::glob::Glob;
-    use std::sync::Arc;
 
     fn store() -> KeyStore {
         KeyStore::new(vec![

@@ -3,8 +3,8 @@
 mod keys;
 pub mod limits;
 pub mod pool;
-pub mod secret;
 mod route;
+pub mod secret;
 pub mod server;
 
 use std::collections::{BTreeMap, HashSet};
@@ -15,13 +15,13 @@ use crate::endpoint::EndpointSet;
 use crate::errors::ConfigError;
 use crate::glob::Glob;
 pub use keys::{KeyEntry, Principal};
-pub use route::Route;
 pub use limits::{Budget, Limits, Price, StateConfig};
 use limits::{RawBudget, RawLimits, RawState, RawTenant};
 use pool::RawPool;
 pub use pool::{
     parse_backend, BackendUrl, Balance, HashKey, HealthConfig, PoolConfig, ScrapeConfig, Timeouts,
 };
+pub use route::Route;
 pub use secret::{EnvLookup, Secret};
 use server::RawServer;
 pub use server::{CorsConfig, ServerConfig, TlsConfig};

@@ -28,7 +28,12 @@ pub enum GatewayError {
     #[error("unknown request URL: {method} {path}")]
     UnknownPath { method: String, path: String },
     #[error("method {method} is not allowed on {path}")]
-    MethodNotAllowed { method: String, path: String },
+    MethodNotAllowed {
+        method: String,
+        path: String,
+        /// The `Allow` header value: the methods the path answers.
+        allow: &'static str,
+    },
     #[error("pool `{0}` has no usable backend")]
     NoBackend(String),
     /// Every backend that could serve the request asked the gateway to back off (its own 429

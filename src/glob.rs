@@ -60,7 +60,6 @@ impl Glob {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -150,7 +150,9 @@ mod tests {
 
     #[test]
     fn a_swap_keeps_backend_state_and_counters_without_copying() {
-        let live = Live::new(config("keys: [{key: a, tenant: t, limits: {concurrency: 1}}]"));
+        let live = Live::new(config(
+            "keys: [{key: a, tenant: t, limits: {concurrency: 1}}]",
+        ));
         let old = live.load();
         let key = old.keys.lookup(b"a").unwrap().clone();
         let Admission::Admitted(running) = live.admit(&old, &key, ("m", 0, 0)).unwrap() else {
@@ -164,12 +166,18 @@ mod tests {
             &|_| None,
         ).unwrap());
         let new = live.load();
-        assert!(!new.pools[0].is_up(2, now), "the ejected backend is still ejected");
+        assert!(
+            !new.pools[0].is_up(2, now),
+            "the ejected backend is still ejected"
+        );
         assert!(new.pools[0].is_up(1, now));
         let Admission::Refused(d) = live.admit(&old, &key, ("m", 0, 0)).unwrap() else {
             panic!("the running request still holds the only slot")
         };
-        assert_eq!(d.scope, "key 1", "under the new rules, where the key now sits");
+        assert_eq!(
+            d.scope, "key 1",
+            "under the new rules, where the key now sits"
+        );
         live.settle(&running, Usage::default());
         assert!(matches!(
             live.admit(&new, &new.config.keys[1], ("m", 0, 0)).unwrap(),

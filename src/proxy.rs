@@ -23,8 +23,8 @@ use pingora::upstreams::peer::HttpPeer;
 
 pub use ctx::{Endpoint, RequestCtx};
 
-use crate::metrics::Metrics;
 use crate::live::Live;
+use crate::metrics::Metrics;
 
 /// The gateway: shared, swappable state plus metrics. Cheap to clone into services.
 #[derive(Clone)]

@@ -72,5 +72,4 @@ mod tests {
         assert_eq!(resolve(&r, "gpt-4o").unwrap().upstream_model, "gpt-4o");
         assert_eq!(resolve(&r, "claude"), None);
     }
-
 }

@@ -26,4 +26,3 @@ pub struct KeyEntry {
     pub limits: Limits,
     pub budget: Budget,
 }
-

@@ -12,4 +12,3 @@ pub struct Route {
     /// The endpoints the route serves (`routes[].endpoints`; all when absent).
     pub endpoints: crate::endpoint::EndpointSet,
 }
-

@@ -31,8 +31,8 @@ impl fmt::Display for Secret {
 /// Where environment variables come from; tests pass a map instead of mutating the process env.
 pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
-/// Resolves `env:VAR` (the whole value) or `${VAR}` / `${VAR:-default}` (anywhere in the value);
-/// anything else is literal.
+/// Resolves `env:VAR` (the whole value) or `${VAR}` (anywhere in the value); anything else is
+/// literal. `${VAR:-default}` is refused: a secret never falls back to a value in the file.
 pub fn resolve(path: &str, raw: &str, env: EnvLookup<'_>) -> Result<Secret, ConfigError> {
     let value = if let Some(var) = raw.strip_prefix("env:") {
         lookup(path, var, env)?
@@ -83,10 +83,16 @@ fn expand(path: &str, raw: &str, env: EnvLookup<'_>) -> Result<String, ConfigErr
             .find('}')
             .ok_or_else(|| ConfigError::new(path, "unterminated ${ in value"))?;
         let inner = &after[..end];
-        let value = match inner.split_once(":-") {
-            Some((var, default)) => env(var).unwrap_or_else(|| default.to_string()),
-            None => lookup(path, inner, env)?,
-        };
+        if let Some((var, _)) = inner.split_once(":-") {
+            // a misspelt or unset variable would silently make the default the secret
+            return Err(ConfigError::new(
+                path,
+                format!(
+                    "${{{var}:-...}}: a secret cannot have a default; set {var} or write the value"
+                ),
+            ));
+        }
+        let value = lookup(path, inner, env)?;
         out.push_str(&value);
         rest = &after[end + 1..];
     }
@@ -118,6 +124,23 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "pools.openai.api_key: environment variable NOPE is not set"
+        );
+    }
+
+    #[test]
+    fn a_default_in_a_secret_is_refused_naming_the_variable() {
+        let e = resolve("keys[0].key", "${KEY_TYPO:-sk-dev}", &env).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "keys[0].key: ${KEY_TYPO:-...}: a secret cannot have a default; set KEY_TYPO or write the value"
+        );
+        assert!(
+            !e.to_string().contains("sk-dev"),
+            "the default is not echoed"
+        );
+        assert!(
+            resolve("p", "${K:-x}", &env).is_err(),
+            "even when the variable is set"
         );
     }
 

@@ -154,7 +154,10 @@ mod tests {
         let day = c.cell("tenant:t").lock().day;
         assert!((day.usd - 5.5).abs() < 1e-12, "{day:?}");
         c.merge_since(&other, &other);
-        assert!((c.cell("tenant:t").lock().day.usd - 5.5).abs() < 1e-12, "idempotent");
+        assert!(
+            (c.cell("tenant:t").lock().day.usd - 5.5).abs() < 1e-12,
+            "idempotent"
+        );
     }
 
     #[test]

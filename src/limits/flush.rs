@@ -129,7 +129,7 @@ mod tests {
         let old_f = Flusher::start(old.clone(), store(), Duration::from_secs(1)).unwrap();
         spend(&old, 1);
         old_f.save(); // 1
-        // the upgrade: the new process loads the file, then both keep spending and saving
+                      // the upgrade: the new process loads the file, then both keep spending and saving
         let new_f = Flusher::start(new.clone(), store(), Duration::from_secs(1)).unwrap();
         spend(&new, 2);
         new_f.save();
@@ -139,6 +139,9 @@ mod tests {
         new_f.save();
         assert!((day_usd(&path) - 15.0).abs() < 1e-9, "{}", day_usd(&path));
         new_f.save();
-        assert!((day_usd(&path) - 15.0).abs() < 1e-9, "saving again adds nothing");
+        assert!(
+            (day_usd(&path) - 15.0).abs() < 1e-9,
+            "saving again adds nothing"
+        );
     }
 }

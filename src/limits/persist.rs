@@ -154,7 +154,7 @@ impl CounterStore for FileStore {
     ) -> Result<StateFile, String> {
         let at = |e: std::io::Error| format!("{}: {e}", self.path.display());
         let _held = self.lock().map_err(at)?; // released when the file closes
-        // an unreadable file is not merged, but still replaced: the live counters are newer
+                                              // an unreadable file is not merged, but still replaced: the live counters are newer
         let stored = self.load().ok().flatten();
         let state = next(stored);
         self.write(&state).map_err(at)?;
@@ -187,11 +187,12 @@ mod tests {
                 ..ScopeFile::default()
             },
         );
-        store.update(&mut |old| {
-            assert!(old.is_none());
-            f.clone()
-        })
-        .unwrap();
+        store
+            .update(&mut |old| {
+                assert!(old.is_none());
+                f.clone()
+            })
+            .unwrap();
         let back = store.load().unwrap().unwrap();
         assert_eq!(back.scopes["tenant:a"].day.usd, 1.5);
         assert!(

@@ -29,7 +29,11 @@ fn setup(yaml: &str) -> (Governor, Config, Arc<ManualClock>) {
     let config = Config::from_yaml(&base, &|_| None).unwrap();
     let clock = Arc::new(ManualClock(AtomicU64::new(T0)));
     let counters = Counters::default();
-    (Governor::new(&config, &counters, clock.clone()), config, clock)
+    (
+        Governor::new(&config, &counters, clock.clone()),
+        config,
+        clock,
+    )
 }
 
 fn ask<'a>(c: &'a Config, key: usize, model: &'a str, prompt: u64, completion: u64) -> Ask<'a> {
@@ -252,7 +256,10 @@ fn export_and_import_keep_spend_and_windows() {
         "window survived"
     );
     let back = fresh.export();
-    assert_eq!(back.scopes[&id].models, saved.scopes[&id].models, "per-model windows too");
+    assert_eq!(
+        back.scopes[&id].models, saved.scopes[&id].models,
+        "per-model windows too"
+    );
 }
 
 #[test]
@@ -313,7 +320,10 @@ fn a_reload_shares_windows_reservations_and_spend_and_settles_where_they_were_ma
     let e = counters.export();
     let key_a = &e.scopes[&format!("key:{}", nc.keys[1].id())];
     assert!((key_a.day.usd - 1.0).abs() < 1e-9);
-    assert_eq!(key_a.requests.curr, 2.0, "both requests of the minute counted once");
+    assert_eq!(
+        key_a.requests.curr, 2.0,
+        "both requests of the minute counted once"
+    );
     assert!(
         (e.scopes["tenant:t"].day.usd - 1.0).abs() < 1e-9,
         "the tenant it was admitted under pays"

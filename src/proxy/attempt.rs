@@ -57,6 +57,11 @@ pub async fn peer(gw: &Gateway, session: &Session, ctx: &mut RequestCtx) -> Resu
             .get(p)
             .ok_or_else(|| Error::explain(InternalError, "pool vanished"))?;
         set_body_for(pool, ctx)?;
+        if ctx.pool != Some(p) {
+            // the request is in flight on the pool that serves it, not the first it tried
+            let gauge = gw.metrics.inflight.with_label_values(&[pool.name()]);
+            ctx.inflight = Some(super::ctx::InflightGuard::new(gauge));
+        }
         ctx.pool = Some(p);
         ctx.backend = Some(b);
         let addr = match pool.resolve(b).await {

@@ -205,7 +205,10 @@ fn pass_tail(shared: &Shared, chunk: Option<&Bytes>, done: bool) -> Result<()> {
     if t.head_read + t.streamed > t.max {
         let limit = t.max;
         drop(tail);
-        return shared.refuse(GatewayError::BodyTooLarge { limit }, "request body over the limit");
+        return shared.refuse(
+            GatewayError::BodyTooLarge { limit },
+            "request body over the limit",
+        );
     }
     let finished = done && !t.finished;
     t.finished |= done;

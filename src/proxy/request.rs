@@ -1,6 +1,5 @@
 //! Request side: dispatch, auth, bounded body read, route, rewrite; the upstream peer and header.
 
-
 use bytes::{Bytes, BytesMut};
 use http::Method;
 use pingora::prelude::*;
@@ -19,8 +18,9 @@ use crate::router;
 
 /// Client headers that carry credentials or billing choices meant for the gateway, never for an
 /// upstream that is called with the pool's own key.
-const CLIENT_CREDENTIAL_HEADERS: [&str; 6] = [
+const CLIENT_CREDENTIAL_HEADERS: [&str; 7] = [
     "authorization",
+    "proxy-authorization",
     "api-key",
     "x-api-key",
     "openai-organization",
@@ -126,9 +126,15 @@ async fn method_not_allowed(
     method: Method,
     path: String,
 ) -> Result<bool> {
+    let allow = if path.starts_with("/v1/models") {
+        "GET"
+    } else {
+        "POST"
+    };
     let e = GatewayError::MethodNotAllowed {
         method: method.to_string(),
         path,
+        allow,
     };
     respond::error(session, ctx, e).await
 }

@@ -55,6 +55,9 @@ pub async fn write(
             )?;
             resp.insert_header("retry-after-ms", retry_after_ms.to_string())?;
         }
+        Some(GatewayError::MethodNotAllowed { allow, .. }) => {
+            resp.insert_header("allow", *allow)?;
+        }
         Some(GatewayError::QuotaExceeded { .. }) => {
             // retrying cannot help until the window turns; the SDKs honour this header
             resp.insert_header("x-should-retry", "false")?;

@@ -95,7 +95,12 @@ impl BackgroundService for Monitor {
 
 /// Runs `f` with the backend's pool and index in the current snapshot; `None` once a reload
 /// removed it.
-fn with_backend<R>(live: &Live, pool: &str, id: u64, f: impl FnOnce(&Pool, usize) -> R) -> Option<R> {
+fn with_backend<R>(
+    live: &Live,
+    pool: &str,
+    id: u64,
+    f: impl FnOnce(&Pool, usize) -> R,
+) -> Option<R> {
     let snap = live.load();
     let p = snap.pool_by_name(pool)?;
     let b = p.position(id)?;
@@ -105,7 +110,9 @@ fn with_backend<R>(live: &Live, pool: &str, id: u64, f: impl FnOnce(&Pool, usize
 async fn health_loop(live: &Live, connector: &Connector, pool: &str, id: u64) {
     loop {
         let snap = live.load();
-        let Some(p) = snap.pool_by_name(pool) else { return };
+        let Some(p) = snap.pool_by_name(pool) else {
+            return;
+        };
         let (Some(b), Some(cfg)) = (p.position(id), p.config.health.clone()) else {
             return;
         };
@@ -139,7 +146,9 @@ async fn health_loop(live: &Live, connector: &Connector, pool: &str, id: u64) {
 async fn scrape_loop(live: &Live, connector: &Connector, pool: &str, id: u64) {
     loop {
         let snap = live.load();
-        let Some(p) = snap.pool_by_name(pool) else { return };
+        let Some(p) = snap.pool_by_name(pool) else {
+            return;
+        };
         let (Some(b), Some(cfg)) = (p.position(id), p.config.metrics.clone()) else {
             return;
         };
@@ -150,7 +159,11 @@ async fn scrape_loop(live: &Live, connector: &Connector, pool: &str, id: u64) {
             Ok((200, body)) => load::parse(&String::from_utf8_lossy(&body)),
             _ => None,
         };
-        if with_backend(live, pool, id, |p, b| p.set_load(b, scraped, Instant::now())).is_none() {
+        if with_backend(live, pool, id, |p, b| {
+            p.set_load(b, scraped, Instant::now())
+        })
+        .is_none()
+        {
             return;
         }
         tokio::time::sleep(cfg.interval).await;

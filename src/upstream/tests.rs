@@ -28,7 +28,10 @@ fn selection_skips_tried_ejected_and_held_backends() {
         "Retry-After is always honoured"
     );
     assert_eq!(p.paused_for(&[0, 1], now), Some(Duration::from_secs(5)));
-    assert_eq!(p.paused_for(&[0, 1], now + Duration::from_secs(2)), Some(Duration::from_secs(3)));
+    assert_eq!(
+        p.paused_for(&[0, 1], now + Duration::from_secs(2)),
+        Some(Duration::from_secs(3))
+    );
     assert_eq!(p.paused_for(&[0, 1], now + Duration::from_secs(5)), None);
     assert!(!p.has_candidate(&[0, 1], now));
     assert!(p.has_candidate(&[0], now));
@@ -118,7 +121,9 @@ fn peers_use_the_pool_timeouts() {
 fn pools_of_two_snapshots_share_backend_state_by_url() {
     let live = Backends::default();
     let yaml = |backends: &str, health: &str| {
-        format!("pools:\n  p:\n    backends: [{backends}]\n{health}\nroutes: [{{prefix: '', pool: p}}]")
+        format!(
+            "pools:\n  p:\n    backends: [{backends}]\n{health}\nroutes: [{{prefix: '', pool: p}}]"
+        )
     };
     let health = "    health: {path: /health, unhealthy_after: 1}";
     let c = Config::from_yaml(&yaml("'http://a:1', 'http://b:1'", health), &|_| None).unwrap();
@@ -129,12 +134,25 @@ fn pools_of_two_snapshots_share_backend_state_by_url() {
     let _slot = old.begin(1);
     let c = Config::from_yaml(&yaml("'http://b:1'", health), &|_| None).unwrap();
     let new = Pool::new(c.pools[0].clone(), &live);
-    assert!(!new.is_up(0, now), "the failed check counts in the new snapshot");
-    assert_eq!(new.inflight(0), 1, "the old snapshot's request holds its slot here");
+    assert!(
+        !new.is_up(0, now),
+        "the failed check counts in the new snapshot"
+    );
+    assert_eq!(
+        new.inflight(0),
+        1,
+        "the old snapshot's request holds its slot here"
+    );
     new.with_health(0, |h| h.on_check(true, now, &cfg));
-    assert!(old.is_up(1, now), "and a check through the new snapshot is seen by the old");
+    assert!(
+        old.is_up(1, now),
+        "and a check through the new snapshot is seen by the old"
+    );
     let c = Config::from_yaml(&yaml("'http://b:1'", ""), &|_| None).unwrap();
     old.with_health(1, |h| h.on_check(false, now, &cfg));
     let unchecked = Pool::new(c.pools[0].clone(), &live);
-    assert!(unchecked.is_up(0, now), "without checks, their old verdict does not hold it down");
+    assert!(
+        unchecked.is_up(0, now),
+        "without checks, their old verdict does not hold it down"
+    );
 }

@@ -320,6 +320,59 @@ async fn uploads_without_a_boundary_or_over_the_limit_are_refused() {
     assert_eq!(mock.completions(), 0, "nothing reached the upstream");
 }
 
+/// A chunked multipart upload (no `Content-Length`): `model` first, so the gateway routes on
+/// the head and streams the rest, which is `tail` after a `file_len`-byte file.
+async fn streamed_upload(gw: &TestGateway, file_len: usize, tail: &str) -> reqwest::Response {
+    let head = "--XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nmock/gpt-image-1\r\n--XyZ\r\nContent-Disposition: form-data; name=\"image\"; filename=\"i.png\"\r\nContent-Type: application/octet-stream\r\n\r\n";
+    let mut chunks = vec![bytes::Bytes::from(head)];
+    for _ in 0..file_len / 8192 {
+        chunks.push(bytes::Bytes::from(vec![b'x'; 8192]));
+    }
+    chunks.push(bytes::Bytes::from(format!("\r\n{tail}--XyZ--\r\n")));
+    let stream = futures::stream::iter(chunks.into_iter().map(Ok::<_, std::io::Error>));
+    reqwest::Client::new()
+        .post(gw.url("/v1/images/edits"))
+        .bearer_auth(CLIENT_KEY)
+        .header("content-type", "multipart/form-data; boundary=XyZ")
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_streamed_upload_refused_after_routing_gets_its_413_or_400_not_a_hang_up() {
+    let mock = MockOpenAi::start().await;
+    let gw = TestGateway::start_with(|p, a| {
+        api_config(p, a, &mock.url(), "").replacen(
+            "  threads: 2\n",
+            "  threads: 2\n  max_body_bytes: 65536\n",
+            1,
+        )
+    })
+    .await;
+    let ok = streamed_upload(&gw, 16_384, "").await;
+    assert_eq!(
+        ok.status(),
+        200,
+        "a streamed upload under the limit goes through"
+    );
+
+    let (status, v) = error_json(streamed_upload(&gw, 81_920, "").await).await;
+    assert_eq!(status, 413, "{v}");
+    assert_eq!(v["error"]["code"], "request_too_large");
+    let line = gw.wait_log("\"status\":413").await;
+    assert!(line.contains("\"error\":\"body_too_large\""), "{line}");
+
+    let second = "--XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nmock/other\r\n";
+    let (status, v) = error_json(streamed_upload(&gw, 16_384, second).await).await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["param"], "model");
+    let line = gw.wait_log("\"status\":400").await;
+    assert!(line.contains("invalid_param"), "{line}");
+    assert!(!gw.logs().contains("\"status\":499"), "{}", gw.logs());
+}
+
 #[tokio::test]
 async fn a_route_refuses_endpoints_it_does_not_serve_with_an_openai_404() {
     let mock = MockOpenAi::start().await;

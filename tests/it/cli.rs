@@ -11,6 +11,7 @@ fn check(path: &std::path::Path) -> (i32, String, String) {
         .arg("--test")
         .env("OPENAI_API_KEY", "sk-test")
         .env("ACME_ALICE_KEY", "sk-test-alice")
+        .env("TEAM_KEY", "sk-test-team")
         .output()
         .unwrap();
     (

@@ -183,6 +183,18 @@ async fn unknown_paths_and_wrong_methods_get_openai_errors() {
     assert_eq!(status, 404);
     assert_eq!(v["error"]["code"], "unknown_url");
     let resp = reqwest::get(gw.url(CHAT)).await.unwrap();
+    assert_eq!(
+        resp.headers()["allow"],
+        "POST",
+        "RFC 9110: a 405 says what is allowed"
+    );
+    assert_eq!(error_json(resp).await.0, 405);
+    let resp = reqwest::Client::new()
+        .delete(gw.url("/v1/models"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["allow"], "GET");
     assert_eq!(error_json(resp).await.0, 405);
     assert_eq!(reqwest::get(gw.url("/readyz")).await.unwrap().status(), 200);
     let admin_404 = reqwest::get(format!("http://127.0.0.1:{}/x", gw.admin))
@@ -299,6 +311,7 @@ async fn provider_account_headers_do_not_cross_the_gateway() {
         .header("openai-organization", "org-client-picks")
         .header("openai-project", "proj-x")
         .header("cookie", "client=1")
+        .header("proxy-authorization", "Basic Y2xpZW50OnNlY3JldA==")
         .body(r#"{"model":"mock/account-headers","messages":[]}"#)
         .send()
         .await
@@ -313,7 +326,12 @@ async fn provider_account_headers_do_not_cross_the_gateway() {
         assert!(!resp.headers().contains_key(h), "{h} reached the client");
     }
     let up = mock.last();
-    for h in ["openai-organization", "openai-project", "cookie"] {
+    for h in [
+        "openai-organization",
+        "openai-project",
+        "cookie",
+        "proxy-authorization",
+    ] {
         assert!(up.header(h).is_none(), "{h} reached the upstream");
     }
     assert_eq!(up.header("accept-encoding"), Some("identity"));

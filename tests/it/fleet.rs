@@ -358,6 +358,25 @@ async fn fallback_pool_serves_with_its_own_model_name_and_key_when_the_primary_i
     assert_eq!(up.header("authorization"), Some("Bearer sk-backup-key"));
     gw.wait_metric(r#"llmedge_fallbacks_total{pool="backup",route="llama/"} 1"#)
         .await;
+
+    // while the fallback serves, the request is in flight on it, not on the primary
+    let url = gw.url(CHAT);
+    let held = tokio::spawn(async move {
+        let body = r#"{"model":"llama/gated","stream":true,"messages":[]}"#;
+        let r = reqwest::Client::new()
+            .post(url)
+            .bearer_auth(CLIENT_KEY)
+            .body(body);
+        r.send().await.unwrap().bytes().await.unwrap()
+    });
+    gw.wait_metric(r#"llmedge_inflight_requests{pool="backup"} 1"#)
+        .await;
+    gw.wait_metric(r#"llmedge_inflight_requests{pool="primary"} 0"#)
+        .await;
+    backup.open_gate();
+    held.await.unwrap();
+    gw.wait_metric(r#"llmedge_inflight_requests{pool="backup"} 0"#)
+        .await;
 }
 
 #[tokio::test]
@@ -387,6 +406,31 @@ async fn a_backends_429_moves_the_request_and_holds_that_backend() {
         "nowhere left: the upstream's answer passes through"
     );
     assert_eq!(resp.headers["retry-after"], "7");
+
+    // both are paused now: the next request gets a 429 with what is left of the pause, not a
+    // 503 for everyone
+    let resp = chat(&gw, "f/echo").await;
+    assert_eq!(
+        resp.status(),
+        429,
+        "paused by the backends' own Retry-After"
+    );
+    let v = resp.json();
+    assert_eq!(v["error"]["code"], "rate_limit_exceeded", "{v}");
+    assert_eq!(v["error"]["type"], "requests");
+    let wait: u64 = resp.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=7).contains(&wait), "the remaining pause: {wait}");
+    let ms: u64 = resp.headers["retry-after-ms"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(ms <= 7000 && ms > 0, "{ms}");
+    assert_eq!(a.completions() + b.completions(), 6, "no backend was asked");
 }
 
 #[tokio::test]
@@ -434,35 +478,67 @@ async fn pinned_pool_needs_the_key_to_allow_it() {
     assert_eq!(other.completions(), 0);
 }
 
+/// The admin `/readyz` body: `{"status":..., "routes": {prefix: {"available": bool}}}`.
+async fn admin_readyz(gw: &TestGateway) -> (u16, serde_json::Value) {
+    let r = reqwest::get(format!("http://127.0.0.1:{}/readyz", gw.admin))
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
 #[tokio::test]
-async fn readyz_reports_routes_without_a_healthy_backend() {
+async fn readyz_stays_ready_with_a_dead_pool_and_reports_routes_in_a_gauge_and_the_admin_body() {
     let a = MockOpenAi::start().await;
     let pools = format!(
         "  f:\n    backends: [\"{}\"]\n    health: {{path: /health, interval_ms: 100, timeout_ms: 100, unhealthy_after: 1, healthy_after: 1}}\n",
         a.url()
     );
     let gw = start_fleet(&pools).await;
-    assert_eq!(reqwest::get(gw.url("/readyz")).await.unwrap().status(), 200);
+    gw.wait_metric(r#"llmedge_route_available{route="f/"} 1"#)
+        .await;
     a.knobs(|k| k.healthy = false);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = reqwest::get(gw.url("/readyz")).await.unwrap();
-        if r.status() == 503 {
-            let v: serde_json::Value = r.json().await.unwrap();
-            assert_eq!(v["routes_without_backend"][0], "f/");
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "readyz never turned 503"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    gw.wait_metric(r#"llmedge_route_available{route="f/"} 0"#)
+        .await;
+    let r = reqwest::get(gw.url("/readyz")).await.unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "one dead pool must not take every replica out"
+    );
+    let body = r.text().await.unwrap();
+    assert_eq!(
+        body, r#"{"status":"ready"}"#,
+        "the API listener names no route or pool"
+    );
+    let (status, v) = admin_readyz(&gw).await;
+    assert_eq!(status, 200);
+    assert_eq!(v["routes"]["f/"]["available"], false, "{v}");
     let resp = post(&gw, CHAT, CLIENT_KEY, r#"{"model":"f/echo","messages":[]}"#).await;
     let (status, v) = error_json(resp).await;
     assert_eq!(status, 503, "a backend failed by its checks is never used");
     assert_eq!(v["error"]["code"], "no_backend");
     assert_eq!(a.completions(), 0);
+}
+
+#[tokio::test]
+async fn readyz_stays_ready_after_the_only_backend_is_ejected() {
+    let a = MockOpenAi::start().await;
+    a.knobs(|k| k.force_status = Some(500));
+    let pools = format!("  f:\n    backends: [\"{}\"]\n    retries: 0\n", a.url());
+    let gw = start_fleet(&pools).await;
+    assert_eq!(chat(&gw, "f/echo").await.status(), 500);
+    gw.wait_metric(&format!(
+        "llmedge_backend_up{{backend=\"{}\",pool=\"f\"}} 0",
+        a.addr
+    ))
+    .await;
+    assert_eq!(reqwest::get(gw.url("/readyz")).await.unwrap().status(), 200);
+    let (status, v) = admin_readyz(&gw).await;
+    assert_eq!(
+        (status, &v["status"]),
+        (200, &serde_json::json!("ready")),
+        "{v}"
+    );
 }
 
 async fn stream_error_label(model: &str, timeouts: &str) -> (String, String) {
@@ -660,6 +736,25 @@ async fn a_primary_answering_503_hands_the_request_to_the_fallback_pool() {
     assert_eq!(resp.status(), 200, "the fallback answered");
     assert_eq!((primary.completions(), backup.completions()), (1, 1));
     gw.wait_metric(r#"llmedge_fallbacks_total{pool="backup",route="llama/"} 1"#)
+        .await;
+
+    // while the fallback serves, the request is in flight on it, not on the primary
+    let url = gw.url(CHAT);
+    let held = tokio::spawn(async move {
+        let body = r#"{"model":"llama/gated","stream":true,"messages":[]}"#;
+        let r = reqwest::Client::new()
+            .post(url)
+            .bearer_auth(CLIENT_KEY)
+            .body(body);
+        r.send().await.unwrap().bytes().await.unwrap()
+    });
+    gw.wait_metric(r#"llmedge_inflight_requests{pool="backup"} 1"#)
+        .await;
+    gw.wait_metric(r#"llmedge_inflight_requests{pool="primary"} 0"#)
+        .await;
+    backup.open_gate();
+    held.await.unwrap();
+    gw.wait_metric(r#"llmedge_inflight_requests{pool="backup"} 0"#)
         .await;
 }
 

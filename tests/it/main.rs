@@ -14,6 +14,7 @@ mod cli;
 mod errors;
 mod fleet;
 mod limits;
+mod live;
 mod ops;
 mod streaming;
 mod support;

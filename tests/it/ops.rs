@@ -254,14 +254,17 @@ async fn streams_still_open_when_the_grace_period_ends_get_a_final_error_event()
 }
 
 #[tokio::test]
-async fn upgrade_hands_the_listener_to_a_new_process_without_dropping_a_stream() {
+async fn upgrade_hands_the_listener_to_a_new_process_without_dropping_a_stream_or_spend() {
     let mock = MockOpenAi::start().await;
     let up = mock.url();
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("upgrade.sock");
+    let state = dir.path().join("state.json");
+    // a dollar a token: the saved spend must equal every token either process charged
     let extra = format!(
-        "  upgrade_sock: \"{}\"\nstate:\n  enabled: false",
-        sock.display()
+        "  upgrade_sock: \"{}\"\nstate:\n  path: \"{}\"\n  flush_ms: 50\npricing:\n  \"mock/*\": {{input: 1000000, output: 1000000}}",
+        sock.display(),
+        state.display()
     );
     let mut old = TestGateway::start_in(
         dir,
@@ -317,7 +320,37 @@ async fn upgrade_hands_the_listener_to_a_new_process_without_dropping_a_stream()
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    let _ = new.kill().await;
+    let pid = new.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(20), new.wait())
+        .await
+        .expect("the new process drains and exits")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let charged = charged_tokens(&old.logs()) + charged_tokens(&new_logs.lock());
+    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    let usd = saved["scopes"]["tenant:acme"]["day"]["usd"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        charged > 0 && (usd - charged as f64).abs() < 1e-6,
+        "saved ${usd}, charged {charged} tokens: spend was lost or counted twice"
+    );
+}
+
+/// Prompt plus completion tokens over every access line in `logs`.
+fn charged_tokens(logs: &str) -> u64 {
+    logs.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("request_id").is_some())
+        .map(|v| {
+            let n = |k: &str| v[k].as_u64().unwrap_or(0);
+            n("prompt_tokens") + n("completion_tokens")
+        })
+        .sum()
 }
 
 #[tokio::test]

@@ -275,6 +275,43 @@ async fn serve(mut sock: TcpStream, shared: Arc<Shared>) {
     }
 }
 
+async fn read_more(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
+    let mut tmp = vec![0u8; 1 << 20];
+    let n = sock.read(&mut tmp).await.ok()?;
+    if n == 0 {
+        return None;
+    }
+    buf.extend_from_slice(&tmp[..n]);
+    Some(())
+}
+
+/// A `Transfer-Encoding: chunked` body starting at `start`: the whole of it, read to the last
+/// chunk (streamed uploads without a length arrive so).
+async fn read_chunked(sock: &mut TcpStream, buf: &mut Vec<u8>, start: usize) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    let mut at = start;
+    loop {
+        let line_end = loop {
+            if let Some(p) = buf[at..].windows(2).position(|w| w == b"\r\n") {
+                break at + p;
+            }
+            read_more(sock, buf).await?;
+        };
+        let size_text = String::from_utf8_lossy(&buf[at..line_end]).to_string();
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        let data = line_end + 2;
+        while buf.len() < data + size + 2 {
+            read_more(sock, buf).await?;
+        }
+        body.extend_from_slice(&buf[data..data + size]);
+        at = data + size + 2;
+        if size == 0 {
+            buf.drain(..at);
+            return Some(body);
+        }
+    }
+}
+
 async fn read_request(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Recorded> {
     let head_end = loop {
         if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -297,21 +334,24 @@ async fn read_request(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Recorde
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect();
-    let len: usize = headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0);
-    while buf.len() < head_end + len {
-        let mut tmp = vec![0u8; 1 << 20];
-        let n = sock.read(&mut tmp).await.ok()?;
-        if n == 0 {
-            return None;
+    let chunked = headers.iter().any(|(k, v)| {
+        k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
+    });
+    let body = if chunked {
+        read_chunked(sock, buf, head_end).await?
+    } else {
+        let len: usize = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        while buf.len() < head_end + len {
+            read_more(sock, buf).await?;
         }
-        buf.extend_from_slice(&tmp[..n]);
-    }
-    let body = buf[head_end..head_end + len].to_vec();
-    buf.drain(..head_end + len);
+        let body = buf[head_end..head_end + len].to_vec();
+        buf.drain(..head_end + len);
+        body
+    };
     Some(Recorded {
         method,
         path,
