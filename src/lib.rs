@@ -124,7 +124,7 @@ fn add_gateway_with(
             on_drained: how.on_drained,
         },
     ));
-    let monitor = upstream::monitor::Monitor {
+    let monitor = live::monitor::Monitor {
         live: gateway.state.clone(),
     };
     server.add_service(pingora::services::background::background_service(
@@ -182,19 +182,19 @@ fn add_api_listener(
 fn add_flusher(
     server: &mut Server,
     gateway: &Gateway,
-) -> Result<Option<std::sync::Arc<limits::flush::Flusher>>, StartupError> {
+) -> Result<Option<std::sync::Arc<live::flush::Flusher>>, StartupError> {
     let Some(st) = gateway.state.load().config.state.clone() else {
         return Ok(None);
     };
     let store = limits::persist::FileStore {
         path: st.path.clone(),
     };
-    let f = limits::flush::Flusher::start(gateway.state.clone(), Box::new(store), st.flush)
+    let f = live::flush::Flusher::start(gateway.state.clone(), Box::new(store), st.flush)
         .map_err(|e| StartupError::Other(format!("state.path: {e}")))?;
     let f = std::sync::Arc::new(f);
     server.add_service(pingora::services::background::background_service(
         "llmedge counters",
-        limits::flush::FlushService(f.clone()),
+        live::flush::FlushService(f.clone()),
     ));
     Ok(Some(f))
 }

@@ -13,7 +13,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::config::Config;
 use crate::errors::ConfigError;
-use crate::limits::flush::Flusher;
+use crate::live::flush::Flusher;
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 

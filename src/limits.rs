@@ -290,7 +290,6 @@ fn check_scope(
 
 mod check;
 pub mod counters;
-pub mod flush;
 mod refusal;
 
 pub use check::cost_of;

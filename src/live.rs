@@ -25,6 +25,9 @@ use crate::openai::Usage;
 use crate::state::Snapshot;
 use crate::upstream::Backends;
 
+pub mod flush;
+pub mod monitor;
+
 pub struct Live {
     snap: ArcSwap<Snapshot>,
     backends: Backends,

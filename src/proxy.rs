@@ -1,19 +1,22 @@
 //! `impl ProxyHttp for Gateway`: each phase delegates to one function in `proxy/`.
 
 mod attempt;
+mod body;
 mod ctx;
+mod deadline;
+mod dispatch;
 mod failure;
+mod gateway;
 mod log;
-mod preset;
-mod request;
+mod plan;
+mod prepare;
 mod respond;
 mod response;
+mod retry;
+mod session;
+mod upstream;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
-
-use tokio::sync::watch;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -22,37 +25,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 
 pub use ctx::{Endpoint, RequestCtx};
-
-use crate::live::Live;
-use crate::metrics::Metrics;
-
-/// The gateway: shared, swappable state plus metrics. Cheap to clone into services.
-#[derive(Clone)]
-pub struct Gateway {
-    pub state: Arc<Live>,
-    pub metrics: Arc<Metrics>,
-    /// Requests between header and access line, for the shutdown drain.
-    pub active: Arc<AtomicUsize>,
-    /// Set to true when a graceful shutdown's grace period ends: open streams get a final
-    /// error event and end.
-    pub drain: Arc<watch::Sender<bool>>,
-}
-
-impl Gateway {
-    pub fn new(state: Arc<Live>, metrics: Arc<Metrics>) -> Self {
-        Self {
-            state,
-            metrics,
-            active: Arc::new(AtomicUsize::new(0)),
-            drain: Arc::new(watch::channel(false).0),
-        }
-    }
-
-    /// Requests in progress.
-    pub fn active(&self) -> usize {
-        self.active.load(Ordering::Relaxed)
-    }
-}
+pub use gateway::Gateway;
 
 #[async_trait]
 impl ProxyHttp for Gateway {
@@ -65,7 +38,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        request::execute(self, session, ctx).await
+        dispatch::execute(self, session, ctx).await
     }
 
     async fn upstream_peer(
@@ -83,7 +56,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         e: Box<Error>,
     ) -> Box<Error> {
-        attempt::connect_failed(self, ctx, e)
+        retry::connect_failed(self, ctx, e)
     }
 
     async fn upstream_response_filter(
@@ -92,7 +65,7 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        attempt::status_received(self, resp, ctx)
+        retry::status_received(self, resp, ctx)
     }
 
     async fn upstream_request_filter(
@@ -101,7 +74,7 @@ impl ProxyHttp for Gateway {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        request::rewrite_upstream_header(session, upstream, ctx)
+        upstream::rewrite_header(session, upstream, ctx)
     }
 
     async fn response_filter(
@@ -133,7 +106,7 @@ impl ProxyHttp for Gateway {
         client_reused: bool,
     ) -> Box<Error> {
         let e = e.more_context(format!("peer: {peer}"));
-        attempt::failed_while_proxying(self, session, ctx, e, client_reused)
+        retry::failed_while_proxying(self, session, ctx, e, client_reused)
     }
 
     async fn fail_to_proxy(
@@ -150,8 +123,8 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        request::unwrap_body(session, ctx);
-        attempt::finished(self, ctx);
+        ctx.restore_session(session);
+        retry::finished(self, ctx);
         log::finish(self, e, ctx);
     }
 }

@@ -1,6 +1,6 @@
 //! The immutable snapshot of one config a request runs against: keys, routes, pools and limit
 //! rules. Everything that changes at runtime (backend health and load, limit counters, spend)
-//! lives in [`crate::live`] and is only referenced from here.
+//! lives in the live state (`live.rs`) and is only referenced from here.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -2,7 +2,6 @@
 
 pub mod health;
 pub mod load;
-pub mod monitor;
 pub mod probe;
 
 use std::collections::HashMap;

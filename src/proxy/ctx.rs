@@ -6,7 +6,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use super::preset::{Shared, Slot, TimeoutKind};
+use super::deadline::TimeoutKind;
+use super::session::{self, Shared, Slot};
 use crate::auth::Principal;
 use crate::errors::GatewayError;
 use crate::limits::{Admitted, RateHeaders};
@@ -79,11 +80,11 @@ pub struct RequestCtx {
     pub shared: Option<Arc<Shared>>,
     /// The attempt in flight on `backend`, released when it ends.
     pub attempt: Option<BackendGuard>,
-    /// Set while the downstream session is wrapped by `preset::wrap`.
+    /// Set while the downstream session is wrapped by `session::wrap`.
     pub preset_slot: Option<Slot>,
     pub response: ResponseMode,
-    /// Status sent to the client (0 until decided).
-    pub status: u16,
+    /// Status sent to the client, once decided (the upstream's, or the gateway's own answer).
+    pub status: Option<u16>,
     pub error: Option<GatewayError>,
     pub client_gone: bool,
     pub ttfb: Option<Duration>,
@@ -122,7 +123,7 @@ impl RequestCtx {
             attempt: None,
             preset_slot: None,
             response: ResponseMode::Passthrough,
-            status: 0,
+            status: None,
             error: None,
             client_gone: false,
             ttfb: None,
@@ -163,7 +164,7 @@ pub enum Cause {
 
 impl RequestCtx {
     pub fn cause(&self, e: &pingora::Error) -> Cause {
-        if let Some(kind) = self.shared.as_ref().and_then(|s| s.fired()) {
+        if let Some(kind) = self.shared.as_ref().and_then(|s| s.deadline.fired()) {
             return Cause::Timeout(kind);
         }
         if let Some(refusal) = self.shared.as_ref().and_then(|s| s.refused()) {
@@ -173,6 +174,16 @@ impl RequestCtx {
             return Cause::ClientGone;
         }
         Cause::Other
+    }
+}
+
+impl RequestCtx {
+    /// Hands the real downstream session back from the wrapper; must run before Pingora
+    /// finishes the session.
+    pub fn restore_session(&mut self, session: &mut pingora::proxy::Session) {
+        if let Some(slot) = self.preset_slot.take() {
+            session::unwrap(&mut session.downstream_session, &slot);
+        }
     }
 }
 

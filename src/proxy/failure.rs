@@ -5,14 +5,14 @@ use pingora::proxy::{FailToProxy, Session};
 use pingora::ErrorSource;
 
 use super::ctx::{Cause, RequestCtx};
-use super::{attempt, request, respond, response};
+use super::{respond, response};
 use crate::errors::GatewayError;
 
 /// Status recorded when the client went away before the response finished (nginx's convention).
 pub const CLIENT_CLOSED: u16 = 499;
 
 pub async fn respond(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
-    request::unwrap_body(session, ctx);
+    ctx.restore_session(session);
     let no_reuse = |code| FailToProxy {
         error_code: code,
         can_reuse_downstream: false,
@@ -20,10 +20,10 @@ pub async fn respond(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> 
     let cause = ctx.cause(e);
     let refused = matches!(cause, Cause::Refused(_));
     match cause {
-        Cause::Timeout(kind) => ctx.error = Some(attempt::timeout_error(kind)),
+        Cause::Timeout(kind) => ctx.error = Some(kind.error()),
         Cause::ClientGone => {
             ctx.client_gone = true;
-            ctx.status = CLIENT_CLOSED;
+            ctx.status = Some(CLIENT_CLOSED);
             return no_reuse(0);
         }
         Cause::Refused(refusal) => {

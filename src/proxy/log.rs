@@ -15,8 +15,8 @@ pub fn finish(gw: &Gateway, e: Option<&Error>, ctx: &mut RequestCtx) {
     }
     let status = if ctx.client_gone {
         CLIENT_CLOSED
-    } else if ctx.status != 0 {
-        ctx.status
+    } else if let Some(s) = ctx.status {
+        s
     } else {
         ctx.error.as_ref().map_or(500, |e| e.status().as_u16())
     };
@@ -68,7 +68,7 @@ fn settle(gw: &Gateway, ctx: &mut RequestCtx, model_label: Option<&str>) {
         prompt_tokens_details: None,
     };
     let dispatched = ctx.plan.attempt_start.is_some();
-    let answered = (200..300).contains(&ctx.status);
+    let answered = ctx.status.is_some_and(|s| (200..300).contains(&s));
     let used = ctx.usage.unwrap_or_else(|| match &ctx.response {
         ResponseMode::Sse(rw) if rw.choice_events() > 0 => estimate(rw.choice_events()),
         // the upstream worked (or may still be working) and said nothing about usage:

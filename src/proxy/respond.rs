@@ -64,7 +64,7 @@ pub async fn write(
         }
         _ => {}
     }
-    ctx.status = status;
+    ctx.status = Some(status);
     session.write_response_header(Box::new(resp), false).await?;
     session
         .write_response_body(Some(bytes::Bytes::copy_from_slice(body)), true)
@@ -140,7 +140,7 @@ pub async fn preflight(
     resp.append_header("vary", "Access-Control-Request-Method")?;
     resp.append_header("vary", "Access-Control-Request-Headers")?;
     resp.insert_header("content-length", "0")?;
-    ctx.status = 204;
+    ctx.status = Some(204);
     session.write_response_header(Box::new(resp), true).await?;
     Ok(true)
 }

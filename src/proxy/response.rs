@@ -4,7 +4,7 @@ use bytes::Bytes;
 use pingora::prelude::*;
 
 use super::ctx::{RequestCtx, ResponseMode};
-use super::preset::TimeoutKind;
+use super::deadline::TimeoutKind;
 use crate::openai::rewrite_response_object;
 use crate::sse::StreamRewriter;
 
@@ -15,7 +15,7 @@ const UPSTREAM_PRIVATE_HEADERS: [&str; 3] = ["set-cookie", "openai-organization"
 const MAX_JSON_BUFFER: usize = 67_108_864; // 64 MiB
 
 pub fn headers(resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
-    ctx.status = resp.status.as_u16();
+    ctx.status = Some(resp.status.as_u16());
     ctx.ttfb = Some(ctx.start.elapsed());
     arm_idle(ctx);
     // the provider account's cookies, organisation and rate limits are not the client's
@@ -87,7 +87,9 @@ fn arm_idle(ctx: &RequestCtx) {
     };
     let t = &pool.config.timeouts;
     let now = std::time::Instant::now();
-    shared.arm(TimeoutKind::Idle, now + t.idle, ctx.start + t.total);
+    shared
+        .deadline
+        .arm(TimeoutKind::Idle, now + t.idle, ctx.start + t.total);
 }
 
 pub fn body(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut RequestCtx) {

@@ -15,11 +15,12 @@ use parking_lot::Mutex;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use super::persist::{CounterStore, StateFile};
-use super::Counters;
+use super::Live;
+use crate::limits::persist::{CounterStore, StateFile};
+use crate::limits::Counters;
 
 pub struct Flusher {
-    live: Arc<crate::live::Live>,
+    live: Arc<Live>,
     store: Box<dyn CounterStore>,
     every: Duration,
     /// Whether the last save failed: a failure is logged when it starts and when it ends, not
@@ -32,7 +33,7 @@ pub struct Flusher {
 impl Flusher {
     /// Loads the stored counters into the live cells; the flusher then keeps them saved.
     pub fn start(
-        live: Arc<crate::live::Live>,
+        live: Arc<Live>,
         store: Box<dyn CounterStore>,
         every: Duration,
     ) -> Result<Self, String> {
@@ -96,12 +97,12 @@ mod tests {
     use crate::config::Config;
     use crate::limits::persist::FileStore;
 
-    fn live() -> Arc<crate::live::Live> {
+    fn live() -> Arc<Live> {
         let yaml = "pools: {p: {backends: ['http://h']}}\nroutes: [{prefix: '', pool: p}]\nkeys: [{key: a, tenant: t}]\npricing: {m: {input: 1000000, output: 0}}";
-        crate::live::Live::new(Config::from_yaml(yaml, &|_| None).unwrap())
+        Live::new(Config::from_yaml(yaml, &|_| None).unwrap())
     }
 
-    fn spend(live: &crate::live::Live, usd: u64) {
+    fn spend(live: &Live, usd: u64) {
         let snap = live.load();
         let key = snap.config.keys[0].clone();
         let crate::live::Admission::Admitted(a) = live.admit(&snap, &key, ("m", 0, 0)).unwrap()

@@ -13,8 +13,8 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::task::JoinHandle;
 
-use super::{load, probe, Pool};
-use crate::live::Live;
+use super::Live;
+use crate::upstream::{load, probe, Pool};
 
 const MAX_HEALTH_BODY: usize = 65_536;
 const MAX_METRICS_BODY: usize = 8_388_608; // 8 MiB

@@ -1,4 +1,5 @@
-//! Forwarding a pre-read, rewritten request body of any size through Pingora's normal proxy path.
+//! The session wrapper: forwarding a pre-read, rewritten request body of any size through
+//! Pingora's normal proxy path.
 //!
 //! Pingora replays a body read in `request_filter` only from its retry buffer, which stops at
 //! 64 KiB (`BODY_BUF_LIMIT` in pingora-core 0.9.1). We wrap the downstream session in a custom
@@ -25,26 +26,16 @@ use pingora::protocols::l4::socket::SocketAddr;
 use pingora::protocols::Digest;
 use pingora::{Error, ErrorType, Result};
 
+use super::deadline::{Deadline, TimeoutKind};
 use crate::errors::GatewayError;
 
 pub type Slot = Arc<Mutex<Option<ServerSession>>>;
-
-/// Which upstream time limit a deadline stands for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TimeoutKind {
-    FirstByte,
-    Idle,
-    Total,
-    /// Not a timeout of the upstream's: the shutdown grace period ended.
-    Shutdown,
-}
 
 /// The body to send (replaceable when a fallback pool needs another model name) and the
 /// request's current upstream deadline. Shared between the request context and the wrapper.
 pub struct Shared {
     body: Mutex<Bytes>,
-    deadline: Mutex<(Instant, TimeoutKind)>,
-    fired: Mutex<Option<TimeoutKind>>,
+    pub deadline: Deadline,
     tail: Mutex<Option<Tail>>,
     /// Watches a streamed tail for a second `model` field.
     watch: Mutex<Option<crate::multipart::Watch>>,
@@ -77,8 +68,7 @@ impl Shared {
     pub fn new(body: Bytes, deadline: Instant) -> Arc<Self> {
         Arc::new(Self {
             body: Mutex::new(body),
-            deadline: Mutex::new((deadline, TimeoutKind::Total)),
-            fired: Mutex::new(None),
+            deadline: Deadline::new(deadline),
             tail: Mutex::new(None),
             watch: Mutex::new(None),
             refused: Mutex::new(None),
@@ -119,15 +109,6 @@ impl Shared {
         self.body.lock().len()
     }
 
-    /// Arms the deadline: `kind` at `at`, unless the total limit `total_at` comes first.
-    pub fn arm(&self, kind: TimeoutKind, at: Instant, total_at: Instant) {
-        *self.deadline.lock() = if at < total_at {
-            (at, kind)
-        } else {
-            (total_at, TimeoutKind::Total)
-        };
-    }
-
     /// The refusal of a streamed tail, if the gateway refused it.
     pub fn refused(&self) -> Option<GatewayError> {
         self.refused.lock().clone()
@@ -136,11 +117,6 @@ impl Shared {
     fn refuse(&self, e: GatewayError, why: &'static str) -> Result<()> {
         *self.refused.lock() = Some(e);
         Error::e_explain(ErrorType::InvalidHTTPHeader, why)
-    }
-
-    /// The limit that ended the request, if one did.
-    pub fn fired(&self) -> Option<TimeoutKind> {
-        *self.fired.lock()
     }
 }
 
@@ -224,7 +200,7 @@ fn pass_tail(shared: &Shared, chunk: Option<&Bytes>, done: bool) -> Result<()> {
         }
     }
     if finished {
-        shared.arm(
+        shared.deadline.arm(
             TimeoutKind::FirstByte,
             Instant::now() + first_byte,
             total_at,
@@ -335,7 +311,7 @@ impl CustomSession for PresetBody {
         // while the tail streams only the total limit applies (a slow upload is no slow backend)
         let deadline = || match (reading, *shared.tail.lock()) {
             (true, Some(t)) => (t.total_at, TimeoutKind::Total),
-            _ => *shared.deadline.lock(),
+            _ => shared.deadline.current(),
         };
         loop {
             let (at, _) = deadline();
@@ -348,13 +324,13 @@ impl CustomSession for PresetBody {
                     return Ok(chunk);
                 }
                 Ok(_) = self.drain.wait_for(|over| *over) => {
-                    *shared.fired.lock() = Some(TimeoutKind::Shutdown);
+                    shared.deadline.fire(TimeoutKind::Shutdown);
                     return Error::e_explain(ErrorType::ReadTimedout, "shutdown grace period over");
                 }
                 () = tokio::time::sleep_until(at.into()) => {
                     let (at, kind) = deadline();
                     if Instant::now() >= at {
-                        *shared.fired.lock() = Some(kind);
+                        shared.deadline.fire(kind);
                         return Error::e_explain(ErrorType::ReadTimedout, "upstream deadline passed");
                     }
                 }

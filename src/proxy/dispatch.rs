@@ -1,0 +1,145 @@
+//! The entry of every request: the gateway's own endpoints (health, readiness, models, CORS
+//! preflights, method and path errors) are answered here; API calls go on to be prepared.
+
+use http::Method;
+use pingora::prelude::*;
+use pingora::proxy::Session;
+
+use super::ctx::{request_id, Endpoint, RequestCtx};
+use super::{prepare, respond, Gateway};
+use crate::errors::GatewayError;
+
+pub async fn execute(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+    let req = session.req_header();
+    ctx.request_id = request_id(req.headers.get("x-request-id").map(|v| v.as_bytes()));
+    let method = req.method.clone();
+    let path = req.uri.path().to_string();
+    if let Some(cors) = &ctx.snap.config.server.cors {
+        if let Some(origin) = req.headers.get(http::header::ORIGIN) {
+            ctx.cors_origin = cors
+                .allow(origin.as_bytes())
+                .map(|o| String::from_utf8_lossy(o).into_owned());
+        }
+        let preflight = method == Method::OPTIONS
+            && req
+                .headers
+                .contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD);
+        if preflight {
+            let max_age = cors.max_age_secs;
+            return respond::preflight(session, ctx, max_age).await;
+        }
+    }
+    let endpoint = match path.as_str() {
+        "/healthz" => return respond::json(session, ctx, 200, br#"{"status":"ok"}"#).await,
+        "/readyz" => {
+            // unauthenticated: says whether to send traffic here, never which routes work
+            let (status, body) = readiness(gw.state.ready());
+            return respond::json(session, ctx, status, body).await;
+        }
+        "/v1/models" if method == Method::GET => {
+            return list_models(gw, session, ctx, None).await;
+        }
+        p if p.starts_with("/v1/models/") && method == Method::GET => {
+            let id = percent_decode(&p["/v1/models/".len()..]);
+            return list_models(gw, session, ctx, Some(id)).await;
+        }
+        "/v1/models" => return method_not_allowed(session, ctx, method, path).await,
+        p if p.starts_with("/v1/models/") => {
+            return method_not_allowed(session, ctx, method, path).await
+        }
+        p => match Endpoint::from_path(p) {
+            Some(e) => e,
+            None => {
+                let e = GatewayError::UnknownPath {
+                    method: method.to_string(),
+                    path,
+                };
+                return respond::error(session, ctx, e).await;
+            }
+        },
+    };
+    if method != Method::POST {
+        return method_not_allowed(session, ctx, method, path).await;
+    }
+    ctx.endpoint = Some(endpoint);
+    match prepare::prepare(gw, session, ctx, endpoint).await {
+        Ok(()) => Ok(false),
+        Err(e) => respond::error(session, ctx, e).await,
+    }
+}
+
+/// The `/readyz` answer: ready unless draining.
+pub fn readiness(ready: bool) -> (u16, &'static [u8]) {
+    if ready {
+        (200, br#"{"status":"ready"}"#)
+    } else {
+        (503, br#"{"status":"draining"}"#)
+    }
+}
+
+/// `%2F` and friends in a model id taken from the path (`/v1/models/ollama%2Fllama3`).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn method_not_allowed(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    method: Method,
+    path: String,
+) -> Result<bool> {
+    let allow = if path.starts_with("/v1/models") {
+        "GET"
+    } else {
+        "POST"
+    };
+    let e = GatewayError::MethodNotAllowed {
+        method: method.to_string(),
+        path,
+        allow,
+    };
+    respond::error(session, ctx, e).await
+}
+
+/// `GET /v1/models`, or `GET /v1/models/{id}` when `id` is given.
+async fn list_models(
+    gw: &Gateway,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    id: Option<String>,
+) -> Result<bool> {
+    let snap = ctx.snap.clone();
+    let key = match snap.keys.authenticate(&session.req_header().headers) {
+        Ok(k) => k,
+        Err(e) => return respond::error(session, ctx, e).await,
+    };
+    ctx.principal = Some(key.principal.clone());
+    let sources = crate::models::Sources {
+        config: &snap.config,
+        pools: &snap.pools,
+        cache: &gw.state.models,
+    };
+    let Some(id) = id else {
+        let body = crate::models::list(sources, key).await;
+        return respond::json(session, ctx, 200, &body).await;
+    };
+    match crate::models::info(sources, key, &id).await {
+        Some(body) => respond::json(session, ctx, 200, &body).await,
+        None => respond::error(session, ctx, GatewayError::UnknownModel(id)).await,
+    }
+}

@@ -1,0 +1,213 @@
+//! An API request becomes a plan: authenticate, read the body, route by model, admit against
+//! limits and budgets, write the body the first pool receives, and wrap the session.
+
+use bytes::Bytes;
+use pingora::proxy::Session;
+
+use super::body::{self, Incoming};
+use super::ctx::{InflightGuard, Plan, RequestCtx};
+use super::plan;
+use super::session::{self, Shared, Tail};
+use super::Gateway;
+use crate::auth::KeyEntry;
+use crate::endpoint::Endpoint;
+use crate::errors::GatewayError;
+use crate::live::Admission;
+use crate::openai::{inspect_request, rewrite_request, RawObject};
+use crate::router::{self, Resolved};
+use crate::state::Snapshot;
+
+/// Authenticates, reads and rewrites the body, and plans where the attempts go.
+pub async fn prepare(
+    gw: &Gateway,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    endpoint: Endpoint,
+) -> Result<(), GatewayError> {
+    let snap = ctx.snap.clone();
+    let key = snap.keys.authenticate(&session.req_header().headers)?;
+    ctx.principal = Some(key.principal.clone());
+    let max = snap.config.server.max_body_bytes;
+    if endpoint.multipart() {
+        let incoming = body::read_multipart(session, max, &ctx.request_id).await?;
+        return plan_request(gw, session, ctx, key, endpoint, incoming, None);
+    }
+    // a JSON body is parsed once: the object (borrowing the body) serves the route, the
+    // admission and the rewrite
+    let json_body = body::read_body(session, max, &ctx.request_id).await?;
+    let (obj, head) = inspect_request(&json_body)?;
+    let max_tokens = snap.config.server.default_max_tokens;
+    let incoming = body::json_incoming(&json_body, &obj, head, endpoint, max_tokens);
+    plan_request(gw, session, ctx, key, endpoint, incoming, Some(&obj))
+}
+
+/// The route for `model`, once the key may use it on this endpoint.
+fn route_for<'m>(
+    snap: &Snapshot,
+    key: &KeyEntry,
+    model: &'m str,
+    endpoint: Endpoint,
+) -> Result<Resolved<'m>, GatewayError> {
+    let resolved = router::resolve(&snap.config.routes, model)
+        .ok_or_else(|| GatewayError::UnknownModel(model.to_string()))?;
+    if !key.allows(model) {
+        return Err(GatewayError::ModelNotAllowed(model.to_string()));
+    }
+    if !snap.config.routes[resolved.route]
+        .endpoints
+        .contains(endpoint)
+    {
+        return Err(GatewayError::EndpointNotServed {
+            model: model.to_string(),
+            path: endpoint.path(),
+        });
+    }
+    Ok(resolved)
+}
+
+/// The body the first pool receives: the client's, with that pool's model name.
+fn first_body(incoming: &Incoming, obj: Option<&RawObject<'_>>, model: &str) -> Bytes {
+    let body = &incoming.body;
+    match (&incoming.multipart, obj, &incoming.json) {
+        (Some(m), _, _) => plan::multipart_for_model(body, m.model_at.clone(), model),
+        (None, Some(obj), Some(head)) => {
+            rewrite_request(obj, head, model).map_or_else(|| body.clone(), Bytes::from)
+        }
+        _ => body.clone(),
+    }
+}
+
+/// Routes, admits and plans a request whose body (or multipart head) has been read.
+fn plan_request(
+    gw: &Gateway,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    key: &KeyEntry,
+    endpoint: Endpoint,
+    incoming: Incoming,
+    obj: Option<&RawObject<'_>>,
+) -> Result<(), GatewayError> {
+    let snap = ctx.snap.clone();
+    let model = match (&incoming.model, &snap.config.default_model) {
+        (Some(m), _) => m.clone(),
+        (None, Some(d)) => d.clone(),
+        (None, None) => return Err(GatewayError::MissingModel),
+    };
+    let resolved = route_for(&snap, key, &model, endpoint)?;
+    let pin = session.req_header().headers.get(plan::PIN_HEADER);
+    let chain = plan::chain(&snap, &snap.config.routes[resolved.route], key, pin)?;
+    let first = snap.pools.get(chain[0]).ok_or(GatewayError::Internal)?;
+    let sent_model = plan::pool_model(first, resolved.upstream_model).to_string();
+    let upstream_body = first_body(&incoming, obj, &sent_model);
+    // characters/4 of the prompt's JSON text: cheap, and over- rather than under-estimates
+    ctx.prompt_estimate = (incoming.prompt.len() as u64).div_ceil(4);
+    ctx.completion_reserve = incoming.max_completion;
+    admit(gw, ctx, key, &model, incoming.max_completion)?;
+    ctx.route = Some(resolved.route);
+    ctx.pool = Some(chain[0]);
+    ctx.stream = incoming.stream;
+    ctx.strip_usage = incoming.json.as_ref().is_some_and(|h| h.inject_usage);
+    let route_model = resolved.upstream_model.to_string();
+    ctx.client_model = Some(model);
+    let mut incoming = incoming;
+    let multipart = incoming.multipart.take();
+    let multipart_model = multipart.as_ref().map(|m| m.model_at.clone());
+    let tail = multipart.filter(|m| !m.complete).map(|m| {
+        let t = &first.config.timeouts;
+        let tail = Tail {
+            declared: m.declared,
+            head_read: incoming.body.len(),
+            streamed: 0,
+            max: snap.config.server.max_body_bytes,
+            first_byte: t.first_byte,
+            total_at: ctx.start + t.total,
+            finished: false,
+        };
+        (tail, m.watch)
+    });
+    let names = (route_model, sent_model);
+    ctx.plan = keep_plan(
+        &snap,
+        chain,
+        names,
+        incoming,
+        multipart_model,
+        &upstream_body,
+    );
+    ctx.inflight = Some(InflightGuard::new(
+        gw.metrics.inflight.with_label_values(&[first.name()]),
+    ));
+    // a client that stops reading must not hold its slots forever: each write to it may take
+    // at most the pool's idle limit
+    session.set_write_timeout(Some(first.config.timeouts.idle));
+    let shared = Shared::new(upstream_body, ctx.start + first.config.timeouts.total);
+    if let Some((tail, watch)) = tail {
+        shared.set_tail(tail, watch);
+    }
+    let drain = gw.drain.subscribe();
+    ctx.preset_slot = Some(session::wrap(
+        &mut session.downstream_session,
+        shared.clone(),
+        drain,
+    ));
+    ctx.shared = Some(shared);
+    Ok(())
+}
+
+/// The attempt plan, holding the body once. A JSON body is kept as rewritten: a fallback pool's
+/// rename rewrites that copy again (the rewrite is idempotent), so a 16 MiB request holds
+/// 16 MiB, not twice that; only the prompt prefix that consistent hashing reads is copied out.
+/// A multipart head is kept as read, since `multipart_model` indexes it.
+fn keep_plan(
+    snap: &Snapshot,
+    chain: Vec<usize>,
+    (route_model, sent_model): (String, String),
+    incoming: Incoming,
+    multipart: Option<Option<std::ops::Range<usize>>>,
+    upstream_body: &Bytes,
+) -> Plan {
+    let (client_body, prompt) = if multipart.is_some() {
+        (incoming.body.clone(), incoming.prompt.clone())
+    } else {
+        let prefix = snap.prompt_prefix_bytes.min(incoming.prompt.len());
+        let prompt = Bytes::copy_from_slice(&incoming.prompt[..prefix]);
+        (upstream_body.clone(), prompt)
+    };
+    Plan {
+        chain,
+        route_model,
+        body_model: sent_model.clone(),
+        sent_model,
+        client_body,
+        prompt,
+        json: incoming.json,
+        multipart_model: multipart.flatten(),
+        ..Plan::default()
+    }
+}
+
+/// Reserves the request against every limit and budget of its key and tenant.
+fn admit(
+    gw: &Gateway,
+    ctx: &mut RequestCtx,
+    key: &KeyEntry,
+    model: &str,
+    completion: u64,
+) -> Result<(), GatewayError> {
+    let ask = (model, ctx.prompt_estimate, completion);
+    match gw.state.admit(&ctx.snap, key, ask)? {
+        Admission::Admitted(adm) => {
+            ctx.rate_headers = Some(adm.headers);
+            ctx.admitted = Some(adm);
+            Ok(())
+        }
+        Admission::Refused(denied) => {
+            gw.metrics
+                .ratelimited
+                .with_label_values(&[&*key.principal.tenant, denied.kind.label()])
+                .inc();
+            ctx.rate_headers = Some(denied.headers);
+            Err(denied.to_error())
+        }
+    }
+}
