@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use parking_lot::Mutex;
 
-use common::{fail, port, spawn, wait_ok};
+use common::{fail, port, spawn, wait_ok, Proc};
 
 const KEY: &str = "sk-load";
 const SMALL_BODY: &str = r#"{"model":"mock/llama3","max_tokens":16,"messages":[{"role":"user","content":"Say hello."}]}"#;
@@ -393,37 +393,8 @@ async fn run() {
     let _ = std::fs::create_dir_all(&dir);
     let (mock_port, ng_port, gw_port, admin) = (port(), port(), port(), port());
     let mock_listen = format!("127.0.0.1:{mock_port}");
-    let _mock = spawn(
-        bin,
-        &[
-            "mock",
-            "--listen",
-            &mock_listen,
-            "--threads",
-            "2",
-            "--tokens",
-            "16",
-            "--delay-ms",
-            "0",
-            "--models",
-            "llama3",
-        ],
-    );
-    wait_ok(&format!("http://{mock_listen}/health")).await;
-    let nginx_bin = ensure_nginx();
-    let nginx = nginx_bin.as_ref().map(|b| {
-        let conf = dir.join("nginx.conf");
-        let _ = std::fs::write(&conf, nginx_conf(&dir, ng_port, mock_port));
-        spawn(
-            b,
-            &[
-                "-c",
-                conf.to_str().unwrap_or_default(),
-                "-p",
-                dir.to_str().unwrap_or_default(),
-            ],
-        )
-    });
+    let _mock = start_mock(bin, &mock_listen).await;
+    let nginx = start_nginx(&dir, ng_port, mock_port).await;
     let gw_conf = dir.join("llmedge.yaml");
     let _ = std::fs::write(
         &gw_conf,
@@ -431,53 +402,94 @@ async fn run() {
     );
     let gw = spawn(bin, &["--config", gw_conf.to_str().unwrap_or_default()]);
     wait_ok(&format!("http://127.0.0.1:{gw_port}/healthz")).await;
-    if nginx.is_some() {
-        wait_ok(&format!("http://127.0.0.1:{ng_port}/health")).await;
-    }
-    let mut targets = vec![Target {
-        name: "direct",
-        base: format!("http://{mock_listen}"),
-        pid: None,
-        model: "llama3",
-    }];
+    let (bare, bare_port) = start_bare(&mock_listen).await;
+    let mut targets = vec![target(
+        "direct",
+        format!("http://{mock_listen}"),
+        None,
+        "llama3",
+    )];
     if let Some(n) = &nginx {
-        targets.push(Target {
-            name: "nginx",
-            base: format!("http://127.0.0.1:{ng_port}"),
-            pid: Some(n.0.id()),
-            model: "llama3",
-        });
+        let base = format!("http://127.0.0.1:{ng_port}");
+        targets.push(target("nginx", base, Some(n.0.id()), "llama3"));
     }
-    let bare_port = port();
-    let me = std::env::current_exe().unwrap_or_else(|e| fail(&format!("current_exe: {e}")));
-    let bare = spawn(
-        me.to_str().unwrap_or_default(),
-        &[
-            "--bare-proxy",
-            &format!("127.0.0.1:{bare_port}"),
-            &mock_listen,
-        ],
-    );
-    wait_ok(&format!("http://127.0.0.1:{bare_port}/health")).await;
-    targets.push(Target {
-        name: "pingora",
-        base: format!("http://127.0.0.1:{bare_port}"),
-        pid: Some(bare.0.id()),
-        model: "llama3",
-    });
-    targets.push(Target {
-        name: "llmedge",
-        base: format!("http://127.0.0.1:{gw_port}"),
-        pid: Some(gw.0.id()),
-        model: "mock/llama3",
-    });
+    let base = format!("http://127.0.0.1:{bare_port}");
+    targets.push(target("pingora", base, Some(bare.0.id()), "llama3"));
+    let base = format!("http://127.0.0.1:{gw_port}");
+    targets.push(target("llmedge", base, Some(gw.0.id()), "mock/llama3"));
     // warm-up: connections and caches
     for t in &targets {
         let _ = open_loop(t, 200, 1).await;
     }
     let mut report = Report::default();
+    measure_open(&targets, &mut report).await;
+    measure_closed(&targets, &mut report).await;
+    measure_streams(&targets, &mut report).await;
+    measure_bodies(&targets, &mut report).await;
+    let text = report.render();
+    eprintln!("{text}");
+    write_section(&text);
+    drop(gw);
+    drop(bare);
+    drop(nginx);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn target(name: &'static str, base: String, pid: Option<u32>, model: &'static str) -> Target {
+    Target {
+        name,
+        base,
+        pid,
+        model,
+    }
+}
+
+/// The mock upstream every target forwards to: 16 tokens per completion, no delay.
+async fn start_mock(bin: &str, listen: &str) -> Proc {
+    let args = [
+        "mock",
+        "--listen",
+        listen,
+        "--threads",
+        "2",
+        "--tokens",
+        "16",
+    ];
+    let more = ["--delay-ms", "0", "--models", "llama3"];
+    let args: Vec<&str> = args.iter().chain(more.iter()).copied().collect();
+    let p = spawn(bin, &args);
+    wait_ok(&format!("http://{listen}/health")).await;
+    p
+}
+
+/// nginx in front of the mock, when it can be installed.
+async fn start_nginx(dir: &std::path::Path, port: u16, mock_port: u16) -> Option<Proc> {
+    let b = ensure_nginx()?;
+    let conf = dir.join("nginx.conf");
+    let _ = std::fs::write(&conf, nginx_conf(dir, port, mock_port));
+    let dir = dir.to_str().unwrap_or_default();
+    let p = spawn(&b, &["-c", conf.to_str().unwrap_or_default(), "-p", dir]);
+    wait_ok(&format!("http://127.0.0.1:{port}/health")).await;
+    Some(p)
+}
+
+/// A bare Pingora proxy (this bench binary, re-executed): the framework's floor.
+async fn start_bare(mock_listen: &str) -> (Proc, u16) {
+    let bare_port = port();
+    let me = std::env::current_exe().unwrap_or_else(|e| fail(&format!("current_exe: {e}")));
+    let listen = format!("127.0.0.1:{bare_port}");
+    let p = spawn(
+        me.to_str().unwrap_or_default(),
+        &["--bare-proxy", &listen, mock_listen],
+    );
+    wait_ok(&format!("http://127.0.0.1:{bare_port}/health")).await;
+    (p, bare_port)
+}
+
+/// Open-loop latency at fixed request rates.
+async fn measure_open(targets: &[Target], report: &mut Report) {
     for rate in [500u64, 2000] {
-        for t in &targets {
+        for t in targets {
             let (mut lat, err) = open_loop(t, rate, 4).await;
             let (p50, p99) = (pct(&mut lat, 0.5), pct(&mut lat, 0.99));
             eprintln!(
@@ -487,7 +499,11 @@ async fn run() {
             report.open.push((rate, t.name, p50, p99, err));
         }
     }
-    for t in &targets {
+}
+
+/// Closed-loop throughput and CPU per request with 64 connections.
+async fn measure_closed(targets: &[Target], report: &mut Report) {
+    for t in targets {
         let c0 = cpu(t);
         let (ok, err, secs) = closed_loop(t, 64, 4).await;
         let per_req_us = if t.pid.is_some() {
@@ -504,7 +520,11 @@ async fn run() {
             .closed
             .push((t.name, ok as f64 / secs, per_req_us, err));
     }
-    for t in &targets {
+}
+
+/// 1,000 concurrent streams: TTFT, chunk gaps, events and peak RSS.
+async fn measure_streams(targets: &[Target], report: &mut Report) {
+    for t in targets {
         let watch = RssWatch::start(t.pid);
         let s = streams(t, 1000, 200, 10).await;
         let rss = watch.stop();
@@ -522,8 +542,12 @@ async fn run() {
             .streams
             .push((t.name, t50, t99, g50, g99, min_ev, max_ev, s.errors, rss));
     }
+}
+
+/// Large prompts: latency and RSS growth.
+async fn measure_bodies(targets: &[Target], report: &mut Report) {
     for size in [256 * 1024, 4 * 1024 * 1024] {
-        for t in &targets {
+        for t in targets {
             let watch = RssWatch::start(t.pid);
             let mut lat = big_bodies(t, size, 20).await;
             let rss = watch.stop_growth();
@@ -537,13 +561,6 @@ async fn run() {
             report.bodies.push((size, t.name, p50, rss, lat.len()));
         }
     }
-    let text = report.render();
-    eprintln!("{text}");
-    write_section(&text);
-    drop(gw);
-    drop(bare);
-    drop(nginx);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// target, TTFT p50/p99, gap p50/p99 (ms), min/max events per stream, errors, peak RSS.
@@ -660,6 +677,15 @@ impl Report {
                 verdict(lm.1 / ng.1 >= 0.7)
             ));
         }
+        s.push_str(&self.stream_targets());
+        s.push_str(&self.body_targets());
+        s
+    }
+}
+
+impl Report {
+    fn stream_targets(&self) -> String {
+        let mut s = String::new();
         let st = |n: &str| self.streams.iter().find(|x| x.0 == n);
         if let (Some(d), Some(l)) = (st("direct"), st("llmedge")) {
             s.push_str(&format!(
@@ -686,6 +712,11 @@ impl Report {
                 verdict(mb(l.8) <= 64.0)
             ));
         }
+        s
+    }
+
+    fn body_targets(&self) -> String {
+        let mut s = String::new();
         let body = |n: &str| {
             self.bodies
                 .iter()

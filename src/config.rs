@@ -154,57 +154,12 @@ impl RawConfig {
         }
         let pool_names: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();
         let keys = validate_keys(self.keys, &pool_names, env)?;
-        let known = || {
-            pools
-                .iter()
-                .map(|p| p.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let mut routes = Vec::with_capacity(self.routes.len());
-        for (i, r) in self.routes.into_iter().enumerate() {
-            let Some(pool) = pools.iter().position(|p| p.name == r.pool) else {
-                return Err(ConfigError::new(
-                    format!("routes[{i}].pool"),
-                    format!("unknown pool \"{}\" (known: {})", r.pool, known()),
-                ));
-            };
-            let mut fallbacks = Vec::with_capacity(r.fallbacks.len());
-            for (j, f) in r.fallbacks.iter().enumerate() {
-                let Some(fp) = pools.iter().position(|p| p.name == *f) else {
-                    return Err(ConfigError::new(
-                        format!("routes[{i}].fallbacks[{j}]"),
-                        format!("unknown pool \"{f}\" (known: {})", known()),
-                    ));
-                };
-                if fp == pool || fallbacks.contains(&fp) {
-                    return Err(ConfigError::new(
-                        format!("routes[{i}].fallbacks[{j}]"),
-                        format!("pool \"{f}\" is already in this route's chain"),
-                    ));
-                }
-                fallbacks.push(fp);
-            }
-            let endpoints = match &r.endpoints {
-                None => EndpointSet::all(),
-                Some(names) => EndpointSet::parse(names.iter().map(String::as_str)).map_err(
-                    |(bad, known)| {
-                        ConfigError::new(
-                            format!("routes[{i}].endpoints"),
-                            format!("unknown endpoint \"{bad}\" (known: {known})"),
-                        )
-                    },
-                )?,
-            };
-            routes.push(Route {
-                prefix: r.prefix,
-                pool,
-                pool_name: r.pool,
-                strip_prefix: r.strip_prefix,
-                fallbacks,
-                endpoints,
-            });
-        }
+        let routes = self
+            .routes
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| r.validate(i, &pool_names))
+            .collect::<Result<Vec<_>, _>>()?;
         if let Some(m) = &self.default_model {
             if !routes.iter().any(|r| m.starts_with(&r.prefix)) {
                 return Err(ConfigError::new(
@@ -235,6 +190,92 @@ impl RawConfig {
     }
 }
 
+impl RawRoute {
+    /// `routes[i]`, with its pool and fallbacks resolved to indexes of `pools`.
+    fn validate(self, i: usize, pools: &[&str]) -> Result<Route, ConfigError> {
+        let unknown = |path: String, name: &str| {
+            ConfigError::new(
+                path,
+                format!("unknown pool \"{name}\" (known: {})", pools.join(", ")),
+            )
+        };
+        let pool = pools
+            .iter()
+            .position(|p| *p == self.pool)
+            .ok_or_else(|| unknown(format!("routes[{i}].pool"), &self.pool))?;
+        let mut fallbacks = Vec::with_capacity(self.fallbacks.len());
+        for (j, f) in self.fallbacks.iter().enumerate() {
+            let path = format!("routes[{i}].fallbacks[{j}]");
+            let fp = pools
+                .iter()
+                .position(|p| p == f)
+                .ok_or_else(|| unknown(path.clone(), f))?;
+            if fp == pool || fallbacks.contains(&fp) {
+                return Err(ConfigError::new(
+                    path,
+                    format!("pool \"{f}\" is already in this route's chain"),
+                ));
+            }
+            fallbacks.push(fp);
+        }
+        let endpoints = match &self.endpoints {
+            None => EndpointSet::all(),
+            Some(names) => {
+                EndpointSet::parse(names.iter().map(String::as_str)).map_err(|(bad, known)| {
+                    ConfigError::new(
+                        format!("routes[{i}].endpoints"),
+                        format!("unknown endpoint \"{bad}\" (known: {known})"),
+                    )
+                })?
+            }
+        };
+        Ok(Route {
+            prefix: self.prefix,
+            pool,
+            pool_name: self.pool,
+            strip_prefix: self.strip_prefix,
+            fallbacks,
+            endpoints,
+        })
+    }
+}
+
+/// `keys[i].models`: non-empty globs.
+fn validate_models(i: usize, list: Option<Vec<String>>) -> Result<Option<Vec<Glob>>, ConfigError> {
+    let Some(list) = list else { return Ok(None) };
+    let mut globs = Vec::with_capacity(list.len());
+    for (j, g) in list.into_iter().enumerate() {
+        if g.is_empty() {
+            return Err(ConfigError::new(
+                format!("keys[{i}].models[{j}]"),
+                "must not be empty",
+            ));
+        }
+        globs.push(Glob::new(&g));
+    }
+    Ok(Some(globs))
+}
+
+/// `keys[i].pools`: names of configured pools, as indexes.
+fn validate_pin_pools(
+    i: usize,
+    list: Option<Vec<String>>,
+    pool_names: &[&str],
+) -> Result<Option<Vec<usize>>, ConfigError> {
+    let Some(list) = list else { return Ok(None) };
+    let mut idx = Vec::with_capacity(list.len());
+    for (j, name) in list.iter().enumerate() {
+        let Some(p) = pool_names.iter().position(|n| n == name) else {
+            return Err(ConfigError::new(
+                format!("keys[{i}].pools[{j}]"),
+                format!("unknown pool \"{name}\" (known: {})", pool_names.join(", ")),
+            ));
+        };
+        idx.push(p);
+    }
+    Ok(Some(idx))
+}
+
 fn validate_keys(
     raw: Vec<RawKey>,
     pool_names: &[&str],
@@ -256,38 +297,8 @@ fn validate_keys(
                 "must not be empty",
             ));
         }
-        let models = match k.models {
-            None => None,
-            Some(list) => {
-                let mut globs = Vec::with_capacity(list.len());
-                for (j, g) in list.into_iter().enumerate() {
-                    if g.is_empty() {
-                        return Err(ConfigError::new(
-                            format!("keys[{i}].models[{j}]"),
-                            "must not be empty",
-                        ));
-                    }
-                    globs.push(Glob::new(&g));
-                }
-                Some(globs)
-            }
-        };
-        let pools = match k.pools {
-            None => None,
-            Some(list) => {
-                let mut idx = Vec::with_capacity(list.len());
-                for (j, name) in list.iter().enumerate() {
-                    let Some(p) = pool_names.iter().position(|n| n == name) else {
-                        return Err(ConfigError::new(
-                            format!("keys[{i}].pools[{j}]"),
-                            format!("unknown pool \"{name}\" (known: {})", pool_names.join(", ")),
-                        ));
-                    };
-                    idx.push(p);
-                }
-                Some(idx)
-            }
-        };
+        let models = validate_models(i, k.models)?;
+        let pools = validate_pin_pools(i, k.pools, pool_names)?;
         let limits = k.limits.validate(&format!("keys[{i}].limits"))?;
         let budget = k.budget.validate(&format!("keys[{i}].budget"))?;
         keys.push(KeyEntry {

@@ -152,7 +152,6 @@ impl Governor {
                 *slot = Some((t, r));
             }
         }
-        drop(position);
         live.extend(key_ids);
         counters.retain(&live);
         Self {

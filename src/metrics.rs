@@ -61,136 +61,126 @@ pub struct Metrics {
     models: ModelLabels,
 }
 
+/// A metric family: name, help and label names.
+type Spec = (&'static str, &'static str, &'static [&'static str]);
+
+const BACKEND: &[&str] = &["pool", "backend"];
+const REQUESTS: Spec = (
+    "llmedge_requests_total",
+    "Requests finished, by route, pool and status",
+    &["route", "pool", "status"],
+);
+const DURATION: Spec = (
+    "llmedge_request_duration_seconds",
+    "Time from request header to the last response byte",
+    &["route", "pool"],
+);
+const TTFT: Spec = (
+    "llmedge_time_to_first_token_seconds",
+    "Time from request header to the first streamed choice",
+    &["route", "pool"],
+);
+const TOKENS: Spec = (
+    "llmedge_tokens_total",
+    "Tokens reported by upstreams",
+    &["tenant", "model", "kind"],
+);
+const UPSTREAM_ERRORS: Spec = (
+    "llmedge_upstream_errors_total",
+    "Upstream failures by reason",
+    &["pool", "reason"],
+);
+const INFLIGHT: Spec = (
+    "llmedge_inflight_requests",
+    "Requests in flight to each pool",
+    &["pool"],
+);
+const ATTEMPTS: Spec = (
+    "llmedge_upstream_attempts_total",
+    "Upstream attempts by outcome",
+    &["pool", "backend", "outcome"],
+);
+const RETRIES: Spec = (
+    "llmedge_retries_total",
+    "Attempts that were retried, by reason",
+    &["pool", "reason"],
+);
+const FALLBACKS: Spec = (
+    "llmedge_fallbacks_total",
+    "Requests moved on to a fallback pool",
+    &["route", "pool"],
+);
+const BACKEND_UP: Spec = (
+    "llmedge_backend_up",
+    "1 when the backend takes new requests",
+    BACKEND,
+);
+const BACKEND_INFLIGHT: Spec = (
+    "llmedge_backend_inflight",
+    "This gateway's requests on the backend",
+    BACKEND,
+);
+const BACKEND_QUEUE: Spec = (
+    "llmedge_backend_queue_depth",
+    "Waiting requests the backend reports",
+    BACKEND,
+);
+const BACKEND_KV: Spec = (
+    "llmedge_backend_kv_cache_usage",
+    "KV-cache usage the backend reports",
+    BACKEND,
+);
+const RATELIMITED: Spec = (
+    "llmedge_ratelimited_total",
+    "Requests refused by a limit or budget",
+    &["tenant", "limit"],
+);
+const SPEND: Spec = (
+    "llmedge_spend_usd_total",
+    "Spend in USD at the configured prices",
+    &["tenant", "model"],
+);
+const BUDGET_REMAINING: Spec = (
+    "llmedge_budget_remaining_usd",
+    "What is left of each tenant budget",
+    &["tenant", "window"],
+);
+const ROUTE_AVAILABLE: Spec = (
+    "llmedge_route_available",
+    "1 when a backend of the route's pool or of a fallback takes requests",
+    &["route"],
+);
+const RELOADS: Spec = (
+    "llmedge_config_reload_total",
+    "Config reloads by result (success | failure)",
+    &["result"],
+);
+
 impl Metrics {
     pub fn new(model_label_cap: usize) -> Result<Arc<Self>, prometheus::Error> {
         let r = Reg {
             registry: Registry::new(),
             names: Mutex::new(Vec::new()),
         };
-        let backend = &["pool", "backend"];
         Ok(Arc::new(Self {
-            requests: counter(
-                &r,
-                "llmedge_requests_total",
-                "Requests finished, by route, pool and status",
-                &["route", "pool", "status"],
-            )?,
-            duration: histogram(
-                &r,
-                "llmedge_request_duration_seconds",
-                "Time from request header to the last response byte",
-            )?,
-            ttft: histogram(
-                &r,
-                "llmedge_time_to_first_token_seconds",
-                "Time from request header to the first streamed choice",
-            )?,
-            tokens: counter(
-                &r,
-                "llmedge_tokens_total",
-                "Tokens reported by upstreams",
-                &["tenant", "model", "kind"],
-            )?,
-            upstream_errors: counter(
-                &r,
-                "llmedge_upstream_errors_total",
-                "Upstream failures by reason",
-                &["pool", "reason"],
-            )?,
-            inflight: register(
-                &r,
-                IntGaugeVec::new(
-                    Opts::new(
-                        "llmedge_inflight_requests",
-                        "Requests in flight to each pool",
-                    ),
-                    &["pool"],
-                )?,
-            )?,
-            attempts: counter(
-                &r,
-                "llmedge_upstream_attempts_total",
-                "Upstream attempts by outcome",
-                &["pool", "backend", "outcome"],
-            )?,
-            retries: counter(
-                &r,
-                "llmedge_retries_total",
-                "Attempts that were retried, by reason",
-                &["pool", "reason"],
-            )?,
-            fallbacks: counter(
-                &r,
-                "llmedge_fallbacks_total",
-                "Requests moved on to a fallback pool",
-                &["route", "pool"],
-            )?,
-            backend_up: register(
-                &r,
-                IntGaugeVec::new(
-                    Opts::new(
-                        "llmedge_backend_up",
-                        "1 when the backend takes new requests",
-                    ),
-                    backend,
-                )?,
-            )?,
-            backend_inflight: register(
-                &r,
-                IntGaugeVec::new(
-                    Opts::new(
-                        "llmedge_backend_inflight",
-                        "This gateway's requests on the backend",
-                    ),
-                    backend,
-                )?,
-            )?,
-            backend_queue: gauge(
-                &r,
-                "llmedge_backend_queue_depth",
-                "Waiting requests the backend reports",
-                backend,
-            )?,
-            backend_kv: gauge(
-                &r,
-                "llmedge_backend_kv_cache_usage",
-                "KV-cache usage the backend reports",
-                backend,
-            )?,
-            ratelimited: counter(
-                &r,
-                "llmedge_ratelimited_total",
-                "Requests refused by a limit or budget",
-                &["tenant", "limit"],
-            )?,
-            spend: register(
-                &r,
-                prometheus::CounterVec::new(
-                    Opts::new(
-                        "llmedge_spend_usd_total",
-                        "Spend in USD at the configured prices",
-                    ),
-                    &["tenant", "model"],
-                )?,
-            )?,
-            budget_remaining: gauge(
-                &r,
-                "llmedge_budget_remaining_usd",
-                "What is left of each tenant budget",
-                &["tenant", "window"],
-            )?,
-            route_available: int_gauge(
-                &r,
-                "llmedge_route_available",
-                "1 when a backend of the route's pool or of a fallback takes requests",
-                &["route"],
-            )?,
-            reloads: counter(
-                &r,
-                "llmedge_config_reload_total",
-                "Config reloads by result (success | failure)",
-                &["result"],
-            )?,
+            requests: r.counter(REQUESTS)?,
+            duration: r.histogram(DURATION)?,
+            ttft: r.histogram(TTFT)?,
+            tokens: r.counter(TOKENS)?,
+            upstream_errors: r.counter(UPSTREAM_ERRORS)?,
+            inflight: r.int_gauge(INFLIGHT)?,
+            attempts: r.counter(ATTEMPTS)?,
+            retries: r.counter(RETRIES)?,
+            fallbacks: r.counter(FALLBACKS)?,
+            backend_up: r.int_gauge(BACKEND_UP)?,
+            backend_inflight: r.int_gauge(BACKEND_INFLIGHT)?,
+            backend_queue: r.gauge(BACKEND_QUEUE)?,
+            backend_kv: r.gauge(BACKEND_KV)?,
+            ratelimited: r.counter(RATELIMITED)?,
+            spend: r.float_counter(SPEND)?,
+            budget_remaining: r.gauge(BUDGET_REMAINING)?,
+            route_available: r.int_gauge(ROUTE_AVAILABLE)?,
+            reloads: r.counter(RELOADS)?,
             registry: r.registry,
             names: r.names.into_inner(),
             models: ModelLabels::new(model_label_cap),
@@ -286,37 +276,37 @@ fn register<C: prometheus::core::Collector + Clone + 'static>(
     Ok(c)
 }
 
-fn counter(
-    r: &Reg,
-    name: &str,
-    help: &str,
-    labels: &[&str],
-) -> Result<IntCounterVec, prometheus::Error> {
-    register(r, IntCounterVec::new(Opts::new(name, help), labels)?)
-}
+impl Reg {
+    fn counter(&self, (name, help, labels): Spec) -> Result<IntCounterVec, prometheus::Error> {
+        register(self, IntCounterVec::new(Opts::new(name, help), labels)?)
+    }
 
-fn gauge(
-    r: &Reg,
-    name: &str,
-    help: &str,
-    labels: &[&str],
-) -> Result<prometheus::GaugeVec, prometheus::Error> {
-    register(r, prometheus::GaugeVec::new(Opts::new(name, help), labels)?)
-}
+    fn float_counter(
+        &self,
+        (name, help, labels): Spec,
+    ) -> Result<prometheus::CounterVec, prometheus::Error> {
+        register(
+            self,
+            prometheus::CounterVec::new(Opts::new(name, help), labels)?,
+        )
+    }
 
-fn int_gauge(
-    r: &Reg,
-    name: &str,
-    help: &str,
-    labels: &[&str],
-) -> Result<IntGaugeVec, prometheus::Error> {
-    register(r, IntGaugeVec::new(Opts::new(name, help), labels)?)
-}
+    fn gauge(&self, (name, help, labels): Spec) -> Result<prometheus::GaugeVec, prometheus::Error> {
+        register(
+            self,
+            prometheus::GaugeVec::new(Opts::new(name, help), labels)?,
+        )
+    }
 
-/// A latency histogram labelled by route and pool.
-fn histogram(r: &Reg, name: &str, help: &str) -> Result<HistogramVec, prometheus::Error> {
-    let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
-    register(r, HistogramVec::new(opts, &["route", "pool"])?)
+    fn int_gauge(&self, (name, help, labels): Spec) -> Result<IntGaugeVec, prometheus::Error> {
+        register(self, IntGaugeVec::new(Opts::new(name, help), labels)?)
+    }
+
+    /// A latency histogram (labelled by route and pool).
+    fn histogram(&self, (name, help, labels): Spec) -> Result<HistogramVec, prometheus::Error> {
+        let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+        register(self, HistogramVec::new(opts, labels)?)
+    }
 }
 
 /// Admits up to `cap` distinct values, then answers `other`.

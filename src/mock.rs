@@ -256,30 +256,41 @@ fn models(ids: &[String]) -> Vec<u8> {
         .into_bytes()
 }
 
+/// What the mock generates for one completion request.
+struct Generated {
+    model: String,
+    id: &'static str,
+    chat: bool,
+    n: usize,
+    finish: &'static str,
+    usage: Value,
+}
+
 fn completion(v: &Value, tokens: usize, delay: Duration, prompt: u64, chat: bool) -> Reply {
-    let model = v["model"].as_str().unwrap_or("mock").to_string();
     let cap = v["max_completion_tokens"]
         .as_u64()
         .or_else(|| v["max_tokens"].as_u64())
         .map_or(tokens, |m| m as usize);
     let n = tokens.min(cap);
-    let finish = if n < tokens { "length" } else { "stop" };
-    let usage =
-        json!({"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n as u64});
-    let (id, object) = if chat {
-        ("chatcmpl-mock", "chat.completion")
-    } else {
-        ("cmpl-mock", "text_completion")
+    let g = Generated {
+        model: v["model"].as_str().unwrap_or("mock").to_string(),
+        id: if chat { "chatcmpl-mock" } else { "cmpl-mock" },
+        chat,
+        n,
+        finish: if n < tokens { "length" } else { "stop" },
+        usage: json!({"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n as u64}),
     };
     if v["stream"].as_bool() != Some(true) {
         let text: String = (0..n).map(word).collect();
-        let choice = if chat {
-            json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish})
+        let (object, choice) = if chat {
+            let m = json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": g.finish});
+            ("chat.completion", m)
         } else {
-            json!({"index": 0, "text": text, "finish_reason": finish})
+            let t = json!({"index": 0, "text": text, "finish_reason": g.finish});
+            ("text_completion", t)
         };
-        let body = json!({"id": id, "object": object, "created": 0, "model": model,
-                          "choices": [choice], "usage": usage});
+        let body = json!({"id": g.id, "object": object, "created": 0, "model": g.model,
+                          "choices": [choice], "usage": g.usage});
         return Reply::Json {
             status: 200,
             body: body.to_string().into_bytes(),
@@ -287,6 +298,11 @@ fn completion(v: &Value, tokens: usize, delay: Duration, prompt: u64, chat: bool
         };
     }
     let include_usage = v["stream_options"]["include_usage"].as_bool() == Some(true);
+    Reply::Stream(stream_events(&g, include_usage), delay)
+}
+
+fn stream_events(g: &Generated, include_usage: bool) -> Vec<String> {
+    let (id, model, chat) = (g.id, &g.model, g.chat);
     let object = if chat {
         "chat.completion.chunk"
     } else {
@@ -307,18 +323,18 @@ fn completion(v: &Value, tokens: usize, delay: Duration, prompt: u64, chat: bool
             json!({"index": 0, "text": text, "finish_reason": finish})
         }
     };
-    let mut events = Vec::with_capacity(n + 4);
+    let mut events = Vec::with_capacity(g.n + 4);
     if chat {
         events.push(chunk(json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null})));
     }
-    events.extend((0..n).map(|i| chunk(piece(word(i), None))));
-    events.push(chunk(piece("", Some(finish))));
+    events.extend((0..g.n).map(|i| chunk(piece(word(i), None))));
+    events.push(chunk(piece("", Some(g.finish))));
     if include_usage {
-        let u = json!({"id": id, "object": object, "created": 0, "model": model, "choices": [], "usage": usage});
+        let u = json!({"id": id, "object": object, "created": 0, "model": model, "choices": [], "usage": g.usage});
         events.push(format!("data: {u}\n\n"));
     }
     events.push("data: [DONE]\n\n".to_string());
-    Reply::Stream(events, delay)
+    events
 }
 
 fn embeddings(v: &Value, prompt: u64) -> Vec<u8> {

@@ -223,6 +223,27 @@ pub struct BackendUrl {
     pub weight: u32,
 }
 
+fn validate_backends(base: &str, raw: Vec<RawBackend>) -> Result<Vec<BackendUrl>, ConfigError> {
+    let mut backends = Vec::with_capacity(raw.len());
+    for (i, b) in raw.into_iter().enumerate() {
+        let path = format!("{base}.backends[{i}]");
+        let (url, weight) = match b {
+            RawBackend::Url(u) => (u, 1),
+            RawBackend::Weighted(w) => (w.url, w.weight),
+        };
+        if !(1..=MAX_WEIGHT).contains(&weight) {
+            return Err(ConfigError::new(
+                format!("{path}.weight"),
+                format!("{weight} must be between 1 and {MAX_WEIGHT}"),
+            ));
+        }
+        let mut parsed = parse_backend(&path, &url)?;
+        parsed.weight = weight;
+        backends.push(parsed);
+    }
+    Ok(backends)
+}
+
 impl RawPool {
     pub(super) fn validate(
         self,
@@ -245,23 +266,7 @@ impl RawPool {
                 "must list at least one URL",
             ));
         }
-        let mut backends = Vec::with_capacity(self.backends.len());
-        for (i, b) in self.backends.into_iter().enumerate() {
-            let path = format!("{base}.backends[{i}]");
-            let (url, weight) = match b {
-                RawBackend::Url(u) => (u, 1),
-                RawBackend::Weighted(w) => (w.url, w.weight),
-            };
-            if !(1..=MAX_WEIGHT).contains(&weight) {
-                return Err(ConfigError::new(
-                    format!("{path}.weight"),
-                    format!("{weight} must be between 1 and {MAX_WEIGHT}"),
-                ));
-            }
-            let mut parsed = parse_backend(&path, &url)?;
-            parsed.weight = weight;
-            backends.push(parsed);
-        }
+        let backends = validate_backends(&base, self.backends)?;
         let api_key = match &self.api_key {
             Some(raw) => Some(secret::resolve(&format!("{base}.api_key"), raw, env)?),
             None => None,

@@ -87,25 +87,7 @@ pub async fn read_multipart(
             msg: "expected multipart/form-data with a boundary".into(),
         })?;
     let declared = begin_body(session, max).await?;
-    let mut buf = BytesMut::new();
-    let mut complete = false;
-    let mut scanner = crate::multipart::Scanner::new(&boundary);
-    let model_at = loop {
-        match scanner.scan(&buf, "model") {
-            Scan::Found(r) => break Some(r),
-            Scan::Absent => break None,
-            Scan::More if complete => break None,
-            Scan::More => {}
-        }
-        match next_chunk(session, request_id).await? {
-            Some(c) if buf.len() + c.len() > max => {
-                session.set_keepalive(None);
-                return Err(GatewayError::BodyTooLarge { limit: max });
-            }
-            Some(c) => buf.extend_from_slice(&c),
-            None => complete = true,
-        }
-    };
+    let (buf, model_at, complete) = read_to_model(session, &boundary, max, request_id).await?;
     let complete = complete || session.is_body_done();
     let body = buf.freeze();
     // the gateway routes, allows and prices by this field: a second one, which an upstream
@@ -144,6 +126,35 @@ pub async fn read_multipart(
         }),
         body,
     })
+}
+
+/// Reads until the form's `model` field is found (or known absent): the bytes read, where the
+/// value sits, and whether that was the whole body.
+async fn read_to_model(
+    session: &mut Session,
+    boundary: &[u8],
+    max: usize,
+    request_id: &str,
+) -> Result<(BytesMut, Option<std::ops::Range<usize>>, bool), GatewayError> {
+    let mut buf = BytesMut::new();
+    let mut complete = false;
+    let mut scanner = crate::multipart::Scanner::new(boundary);
+    loop {
+        match scanner.scan(&buf, "model") {
+            Scan::Found(r) => return Ok((buf, Some(r), complete)),
+            Scan::Absent => return Ok((buf, None, complete)),
+            Scan::More if complete => return Ok((buf, None, complete)),
+            Scan::More => {}
+        }
+        match next_chunk(session, request_id).await? {
+            Some(c) if buf.len() + c.len() > max => {
+                session.set_keepalive(None);
+                return Err(GatewayError::BodyTooLarge { limit: max });
+            }
+            Some(c) => buf.extend_from_slice(&c),
+            None => complete = true,
+        }
+    }
 }
 
 /// Before the first body byte: refuses a declared length over `max` (without draining what

@@ -112,18 +112,10 @@ fn plan_request(
     let mut incoming = incoming;
     let multipart = incoming.multipart.take();
     let multipart_model = multipart.as_ref().map(|m| m.model_at.clone());
+    let total_at = ctx.start + first.config.timeouts.total;
     let tail = multipart.filter(|m| !m.complete).map(|m| {
-        let t = &first.config.timeouts;
-        let tail = Tail {
-            declared: m.declared,
-            head_read: incoming.body.len(),
-            streamed: 0,
-            max: snap.config.server.max_body_bytes,
-            first_byte: t.first_byte,
-            total_at: ctx.start + t.total,
-            finished: false,
-        };
-        (tail, m.watch)
+        let max = snap.config.server.max_body_bytes;
+        streamed_tail(m, incoming.body.len(), max, first, total_at)
     });
     let names = (route_model, sent_model);
     ctx.plan = keep_plan(
@@ -140,7 +132,7 @@ fn plan_request(
     // a client that stops reading must not hold its slots forever: each write to it may take
     // at most the pool's idle limit
     session.set_write_timeout(Some(first.config.timeouts.idle));
-    let shared = Shared::new(upstream_body, ctx.start + first.config.timeouts.total);
+    let shared = Shared::new(upstream_body, total_at);
     if let Some((tail, watch)) = tail {
         shared.set_tail(tail, watch);
     }
@@ -152,6 +144,26 @@ fn plan_request(
     ));
     ctx.shared = Some(shared);
     Ok(())
+}
+
+/// An upload only partly read (its head): the rest streams, watched and limited as it goes.
+fn streamed_tail(
+    m: body::MultipartHead,
+    head_read: usize,
+    max: usize,
+    first: &crate::upstream::Pool,
+    total_at: std::time::Instant,
+) -> (Tail, crate::multipart::Watch) {
+    let tail = Tail {
+        declared: m.declared,
+        head_read,
+        streamed: 0,
+        max,
+        first_byte: first.config.timeouts.first_byte,
+        total_at,
+        finished: false,
+    };
+    (tail, m.watch)
 }
 
 /// The attempt plan, holding the body once. A JSON body is kept as rewritten: a fallback pool's

@@ -12,6 +12,59 @@ fn content_events(sse: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// A chat stream through the gateway, asking the mock for 7 tokens.
+async fn stream_text(gw: &TestGateway) -> String {
+    let resp = reqwest::Client::new()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .header("x-mock-tokens", "7")
+        .body(
+            r#"{"model":"mock/llama3","stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
+        )
+        .send()
+        .await
+        .unwrap();
+    let mut body = resp.bytes_stream();
+    let mut text = String::new();
+    while let Some(chunk) = body.next().await {
+        text.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+    }
+    text
+}
+
+/// Non-streamed answers: `max_tokens` caps the completion, embeddings have the asked shape.
+async fn json_answers_follow_the_request(gw: &TestGateway) {
+    let v: serde_json::Value = post(
+        gw,
+        "/v1/chat/completions",
+        CLIENT_KEY,
+        r#"{"model":"mock/llama3","max_tokens":3,"messages":[{"role":"user","content":"hi"}]}"#,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(
+        v["usage"]["completion_tokens"], 3,
+        "max_tokens caps the mock"
+    );
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+
+    let v: serde_json::Value = post(
+        gw,
+        "/v1/embeddings",
+        CLIENT_KEY,
+        r#"{"model":"mock/mock-embed","input":["a","b"],"dimensions":4}"#,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(v["data"].as_array().unwrap().len(), 2);
+    assert_eq!(v["data"][1]["embedding"].as_array().unwrap().len(), 4);
+    assert_eq!(v["model"], "mock/mock-embed");
+}
+
 #[tokio::test]
 async fn builtin_mock_streams_the_requested_tokens_through_the_gateway() {
     let mock_port = reserve_port();
@@ -28,21 +81,7 @@ async fn builtin_mock_streams_the_requested_tokens_through_the_gateway() {
     wait_http_ok(&format!("http://{listen}/health"), &logs).await;
     let gw = TestGateway::start_with(|p, a| config(&format!("http://{listen}"), p, a, "")).await;
 
-    let resp = reqwest::Client::new()
-        .post(gw.url("/v1/chat/completions"))
-        .bearer_auth(CLIENT_KEY)
-        .header("x-mock-tokens", "7")
-        .body(
-            r#"{"model":"mock/llama3","stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
-        )
-        .send()
-        .await
-        .unwrap();
-    let mut body = resp.bytes_stream();
-    let mut text = String::new();
-    while let Some(chunk) = body.next().await {
-        text.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
-    }
+    let text = stream_text(&gw).await;
     let events = content_events(&text);
     assert_eq!(
         events.len(),
@@ -58,35 +97,7 @@ async fn builtin_mock_streams_the_requested_tokens_through_the_gateway() {
     let line = gw.wait_log("\"stream\":true").await;
     assert!(line.contains("\"completion_tokens\":7"), "{line}");
 
-    let v: serde_json::Value = post(
-        &gw,
-        "/v1/chat/completions",
-        CLIENT_KEY,
-        r#"{"model":"mock/llama3","max_tokens":3,"messages":[{"role":"user","content":"hi"}]}"#,
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
-    assert_eq!(
-        v["usage"]["completion_tokens"], 3,
-        "max_tokens caps the mock"
-    );
-    assert_eq!(v["choices"][0]["finish_reason"], "length");
-
-    let v: serde_json::Value = post(
-        &gw,
-        "/v1/embeddings",
-        CLIENT_KEY,
-        r#"{"model":"mock/mock-embed","input":["a","b"],"dimensions":4}"#,
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
-    assert_eq!(v["data"].as_array().unwrap().len(), 2);
-    assert_eq!(v["data"][1]["embedding"].as_array().unwrap().len(), 4);
-    assert_eq!(v["model"], "mock/mock-embed");
+    json_answers_follow_the_request(&gw).await;
 }
 
 #[tokio::test]

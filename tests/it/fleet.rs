@@ -156,6 +156,34 @@ async fn least_outstanding_sends_new_requests_away_from_a_busy_backend() {
     held.abort();
 }
 
+/// One chat request in conversation `session` (header `x-session-id`, tagged in `user`).
+async fn send_session(gw: &TestGateway, session: usize) {
+    let r = reqwest::Client::new()
+        .post(gw.url(CHAT))
+        .bearer_auth(CLIENT_KEY)
+        .header("x-session-id", format!("conversation-{session}"))
+        .body(format!(
+            r#"{{"model":"f/echo","messages":[],"user":"s{session}"}}"#
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+/// The backends that received requests of conversation `session`.
+fn session_owners(mocks: &[MockOpenAi], session: usize) -> Vec<usize> {
+    let tag = format!("\"user\":\"s{session}\"");
+    (0..mocks.len())
+        .filter(|&i| {
+            mocks[i]
+                .requests()
+                .iter()
+                .any(|r| String::from_utf8_lossy(&r.body).contains(&tag))
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn consistent_hash_keeps_sessions_and_moves_only_the_lost_backends_keys() {
     let mocks = [
@@ -168,36 +196,8 @@ async fn consistent_hash_keeps_sessions_and_moves_only_the_lost_backends_keys() 
         backends(&[&mocks[0], &mocks[1], &mocks[2]])
     );
     let gw = start_fleet(&pools).await;
-    let client = reqwest::Client::new();
-    let send = |session: usize| {
-        let client = client.clone();
-        let url = gw.url(CHAT);
-        async move {
-            let r = client
-                .post(url)
-                .bearer_auth(CLIENT_KEY)
-                .header("x-session-id", format!("conversation-{session}"))
-                .body(format!(
-                    r#"{{"model":"f/echo","messages":[],"user":"s{session}"}}"#
-                ))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 200);
-        }
-    };
-    let owner = |session: usize| {
-        let tag = format!("\"user\":\"s{session}\"");
-        let hits: Vec<usize> = (0..3)
-            .filter(|&i| {
-                mocks[i]
-                    .requests()
-                    .iter()
-                    .any(|r| String::from_utf8_lossy(&r.body).contains(&tag))
-            })
-            .collect();
-        hits
-    };
+    let send = |session: usize| send_session(&gw, session);
+    let owner = |session: usize| session_owners(&mocks, session);
     for s in 0..30 {
         send(s).await;
         send(s).await;

@@ -447,36 +447,52 @@ async fn respond(sock: &mut TcpStream, req: &Recorded, shared: &Shared) -> bool 
     if let Some(done) = other_endpoint(sock, req, &model, stream).await {
         return done;
     }
+    if !stream || req.path.ends_with("/v1/embeddings") {
+        return json_reply(sock, req, &model).await;
+    }
+    stream_reply(sock, &model, include_usage, shared).await
+}
+
+/// A whole JSON answer: an embedding, a completion or a chat completion.
+async fn json_reply(sock: &mut TcpStream, req: &Recorded, model: &str) -> bool {
     if req.path.ends_with("/v1/embeddings") {
         let body = json!({"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.5,0.25]}],
             "model":model,"usage":{"prompt_tokens":4,"total_tokens":4}});
         return write_json(sock, 200, "", body.to_string().as_bytes()).await;
     }
-    if !stream {
-        let body = if req.path.ends_with("/v1/completions") {
-            json!({"id":"cmpl-1","object":"text_completion","created":1,"model":model,
+    let body = if req.path.ends_with("/v1/completions") {
+        json!({"id":"cmpl-1","object":"text_completion","created":1,"model":model,
                 "choices":[{"index":0,"text":"Hello","finish_reason":"stop","logprobs":null}],
                 "usage":{"prompt_tokens":11,"completion_tokens":1,"total_tokens":12}})
-        } else {
-            json!({"id":"chatcmpl-1","object":"chat.completion","created":1,"model":model,
+    } else {
+        json!({"id":"chatcmpl-1","object":"chat.completion","created":1,"model":model,
                 "choices":[{"index":0,"message":{"role":"assistant","content":"Hello"},"finish_reason":"stop"}],
                 "usage":{"prompt_tokens":11,"completion_tokens":1,"total_tokens":12}})
-        };
-        return write_json(sock, 200, "", body.to_string().as_bytes()).await;
-    }
+    };
+    write_json(sock, 200, "", body.to_string().as_bytes()).await
+}
+
+/// A streamed chat answer, shaped by the model name (`cut`, `endless`, `gated`, `stall`, `crlf`,
+/// `frag-N`, anything else: the standard 3-token stream).
+async fn stream_reply(
+    sock: &mut TcpStream,
+    model: &str,
+    include_usage: bool,
+    shared: &Shared,
+) -> bool {
     if sock.write_all(SSE_HEAD).await.is_err() {
         return false;
     }
-    match model.as_str() {
+    match model {
         "cut" => {
-            let body = sse_body(&model, include_usage, false);
+            let body = sse_body(model, include_usage, false);
             let two: String = body.split_inclusive("\n\n").take(2).collect();
             let _ = write_chunk(sock, two.as_bytes()).await;
             false // dropped without the terminating chunk
         }
-        "endless" => endless(sock, &model, shared).await,
+        "endless" => endless(sock, model, shared).await,
         "gated" => {
-            let body = sse_body(&model, include_usage, false);
+            let body = sse_body(model, include_usage, false);
             let (first, rest) = body.split_at(body.find("\n\n").unwrap() + 2);
             if write_chunk(sock, first.as_bytes()).await.is_err() {
                 return false;
@@ -496,7 +512,7 @@ async fn respond(sock: &mut TcpStream, req: &Recorded, shared: &Shared) -> bool 
             finish_sse(sock, rest.as_bytes(), usize::MAX).await
         }
         "stall" => {
-            let body = sse_body(&model, include_usage, false);
+            let body = sse_body(model, include_usage, false);
             let (first, rest) = body.split_at(body.find("\n\n").unwrap() + 2);
             if write_chunk(sock, first.as_bytes()).await.is_err() {
                 return false;
@@ -507,7 +523,7 @@ async fn respond(sock: &mut TcpStream, req: &Recorded, shared: &Shared) -> bool 
         "crlf" => {
             finish_sse(
                 sock,
-                sse_body(&model, include_usage, true).as_bytes(),
+                sse_body(model, include_usage, true).as_bytes(),
                 usize::MAX,
             )
             .await
@@ -517,12 +533,7 @@ async fn respond(sock: &mut TcpStream, req: &Recorded, shared: &Shared) -> bool 
                 .strip_prefix("frag-")
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(usize::MAX);
-            finish_sse(
-                sock,
-                sse_body(&model, include_usage, false).as_bytes(),
-                frag,
-            )
-            .await
+            finish_sse(sock, sse_body(model, include_usage, false).as_bytes(), frag).await
         }
     }
 }
