@@ -189,6 +189,27 @@ mod tests {
     }
 
     #[test]
+    fn admission_does_not_wait_for_a_reload_in_progress() {
+        let live = Live::new(config("keys: [{key: a, tenant: t}]"));
+        let building = live.swapping.lock(); // a reload building its snapshot
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let snap = live.load();
+                let key = snap.config.keys[0].clone();
+                let admitted = matches!(
+                    live.admit(&snap, &key, ("m", 1, 1)),
+                    Ok(Admission::Admitted(_))
+                );
+                let _ = tx.send(admitted);
+            });
+            let got = rx.recv_timeout(std::time::Duration::from_secs(10));
+            drop(building);
+            assert_eq!(got, Ok(true), "admitted while the reload held its lock");
+        });
+    }
+
+    #[test]
     fn a_key_revoked_by_a_reload_is_refused_and_draining_is_unready() {
         let live = Live::new(config("keys: [{key: a, tenant: t}]"));
         let old = live.load();

@@ -21,6 +21,10 @@ pub fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+#[expect(
+    clippy::exit,
+    reason = "a bench binary, not the library: it ends itself on a setup failure"
+)]
 pub fn fail(msg: &str) -> ! {
     eprintln!("bench: {msg}");
     std::process::exit(1)

@@ -198,6 +198,12 @@ async fn the_model_list_is_cached_briefly() {
             .filter(|r| r.method == "GET" && r.path.ends_with("/v1/models"))
             .count()
     };
+    // callers that arrive together while the cache is empty wait for one fetch
+    let lists = (0..8).map(|_| async { openai_client(&gw, CLIENT_KEY).models().list().await });
+    for list in futures::future::join_all(lists).await {
+        assert!(!list.unwrap().data.is_empty());
+    }
+    assert_eq!(fetches(), 1, "eight concurrent lists, one upstream fetch");
     for _ in 0..3 {
         openai_client(&gw, CLIENT_KEY)
             .models()

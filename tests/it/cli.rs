@@ -75,3 +75,13 @@ fn bad_config_prints_one_line_naming_the_field_and_exits_64() {
     assert_eq!(code, 64);
     assert!(err.contains("cannot read config"), "{err}");
 }
+
+#[test]
+fn the_default_state_file_is_not_committed_by_accident() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".gitignore");
+    let ignore = std::fs::read_to_string(path).unwrap();
+    assert!(
+        ignore.lines().any(|l| l.trim() == "llmedge-state.json*"),
+        "the state file (and its lock and temporary files) must be ignored"
+    );
+}
