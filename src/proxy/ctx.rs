@@ -81,7 +81,7 @@ pub struct RequestCtx {
     /// The attempt in flight on `backend`, released when it ends.
     pub attempt: Option<BackendGuard>,
     /// Set while the downstream session is wrapped by `session::wrap`.
-    pub preset_slot: Option<Slot>,
+    pub session_slot: Option<Slot>,
     pub response: ResponseMode,
     /// Status sent to the client, once decided (the upstream's, or the gateway's own answer).
     pub status: Option<u16>,
@@ -121,7 +121,7 @@ impl RequestCtx {
             plan: Plan::default(),
             shared: None,
             attempt: None,
-            preset_slot: None,
+            session_slot: None,
             response: ResponseMode::Passthrough,
             status: None,
             error: None,
@@ -181,7 +181,7 @@ impl RequestCtx {
     /// Hands the real downstream session back from the wrapper; must run before Pingora
     /// finishes the session.
     pub fn restore_session(&mut self, session: &mut pingora::proxy::Session) {
-        if let Some(slot) = self.preset_slot.take() {
+        if let Some(slot) = self.session_slot.take() {
             session::unwrap(&mut session.downstream_session, &slot);
         }
     }

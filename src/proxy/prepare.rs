@@ -137,7 +137,7 @@ fn plan_request(
         shared.set_tail(tail, watch);
     }
     let drain = gw.drain.subscribe();
-    ctx.preset_slot = Some(session::wrap(
+    ctx.session_slot = Some(session::wrap(
         &mut session.downstream_session,
         shared.clone(),
         drain,
