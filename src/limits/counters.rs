@@ -83,10 +83,18 @@ impl Counters {
         StateFile { version: 1, scopes }
     }
 
-    /// Restores what [`Counters::export`] saved.
+    /// The existing cell for `id`: saved or merged counts of a tenant or key the config no
+    /// longer names are not revived.
+    fn existing(&self, id: &str) -> Option<Cell> {
+        self.cells.lock().get(id).cloned()
+    }
+
+    /// Restores what [`Counters::export`] saved, for the scopes the config names.
     pub fn import(&self, file: &StateFile) {
         for (id, f) in &file.scopes {
-            f.apply(&mut self.cell(id).lock());
+            if let Some(c) = self.existing(id) {
+                f.apply(&mut c.lock());
+            }
         }
     }
 
@@ -96,7 +104,9 @@ impl Counters {
         let empty = ScopeFile::default();
         for (id, f) in &file.scopes {
             let b = base.scopes.get(id).unwrap_or(&empty);
-            f.merge_delta(b, &mut self.cell(id).lock());
+            if let Some(c) = self.existing(id) {
+                f.merge_delta(b, &mut c.lock());
+            }
         }
     }
 }
@@ -142,6 +152,7 @@ mod tests {
     #[test]
     fn merging_adds_only_what_others_counted_since_the_base() {
         let c = Counters::default();
+        let _held = c.cell("tenant:t");
         c.cell("tenant:t").lock().day = Spend {
             window: 5,
             usd: 3.0,
@@ -185,6 +196,16 @@ mod tests {
                 usd: 1.0
             }
         );
+    }
+
+    #[test]
+    fn scopes_the_config_does_not_name_are_not_revived() {
+        let c = Counters::default();
+        let mut file = StateFile::default();
+        file.scopes.insert("key:gone".into(), ScopeFile::default());
+        c.import(&file);
+        c.merge_since(&StateFile::default(), &file);
+        assert!(c.export().scopes.is_empty());
     }
 
     #[test]
