@@ -132,7 +132,8 @@ pub(super) fn merge_spend(cell: &mut Spend, base: Spend, file: Spend) {
     }
 }
 
-/// `cell += file - base` for the current minute of a window.
+/// `cell += file - base` for the file's current minute (refunds included); a cell still in an
+/// older minute is rolled forward to it first.
 pub(super) fn merge_window(cell: &mut Window, base: Window, file: Window) {
     let base_curr = if base.minute == file.minute {
         base.curr
@@ -140,8 +141,8 @@ pub(super) fn merge_window(cell: &mut Window, base: Window, file: Window) {
         0.0
     };
     let delta = file.curr - base_curr;
-    if delta > 0.0 && cell.minute == file.minute {
-        cell.curr += delta;
+    if delta != 0.0 && cell.minute <= file.minute {
+        cell.add(file.minute * 60_000, delta);
     }
 }
 

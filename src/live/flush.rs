@@ -54,6 +54,9 @@ impl Flusher {
         let saved = self.store.update(&mut |stored| {
             if let Some(stored) = stored {
                 counters.merge_since(&seen, &stored);
+                // merged into the cells now, whether or not this write succeeds: a failed save
+                // must not add the other writer's counts again next time
+                *seen = stored;
             }
             counters.export()
         });
@@ -119,6 +122,55 @@ mod tests {
     fn day_usd(path: &std::path::Path) -> f64 {
         let f: StateFile = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
         f.scopes["tenant:t"].day.usd
+    }
+
+    /// A file store whose next `fail` writes fail after the merge ran (a full disk).
+    struct Flaky {
+        inner: FileStore,
+        fail: Arc<parking_lot::Mutex<u32>>,
+    }
+
+    impl CounterStore for Flaky {
+        fn load(&self) -> Result<Option<StateFile>, String> {
+            self.inner.load()
+        }
+
+        fn update(
+            &self,
+            next: &mut dyn FnMut(Option<StateFile>) -> StateFile,
+        ) -> Result<StateFile, String> {
+            let mut fail = self.fail.lock();
+            if *fail > 0 {
+                *fail -= 1;
+                let _ = next(self.inner.load()?);
+                return Err("disk full".into());
+            }
+            self.inner.update(next)
+        }
+    }
+
+    #[test]
+    fn a_failed_save_does_not_count_the_other_writer_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let (old, new) = (live(), live());
+        let every = Duration::from_secs(1);
+        let file = || FileStore { path: path.clone() };
+        let old_f = Flusher::start(old.clone(), Box::new(file()), every).unwrap();
+        let fail = Arc::new(parking_lot::Mutex::new(0));
+        let flaky = Flaky {
+            inner: file(),
+            fail: fail.clone(),
+        };
+        let new_f = Flusher::start(new.clone(), Box::new(flaky), every).unwrap();
+        spend(&old, 4);
+        old_f.save();
+        *fail.lock() = 3;
+        for _ in 0..3 {
+            new_f.save(); // merges the old process's 4, then the write fails
+        }
+        new_f.save();
+        assert!((day_usd(&path) - 4.0).abs() < 1e-9, "{}", day_usd(&path));
     }
 
     #[test]

@@ -57,7 +57,14 @@ fn reconcile(
     tasks: &mut HashMap<TaskKey, JoinHandle<()>>,
 ) {
     let want = wanted(live);
-    tasks.retain(|k, h| !h.is_finished() && want.contains(k));
+    tasks.retain(|k, h| {
+        let keep = !h.is_finished() && want.contains(k);
+        if !keep {
+            // a loop whose backend a reload removed and a later one re-added must not run twice
+            h.abort();
+        }
+        keep
+    });
     for key in want {
         if tasks.contains_key(&key) {
             continue;
@@ -121,6 +128,9 @@ async fn health_loop(live: &Live, connector: &Connector, pool: &str, id: u64) {
         let ok = matches!(result, Ok((200..=299, _)));
         // the verdict goes to the backend as the snapshot current now has it
         let changed = with_backend(live, pool, id, |p, b| {
+            if p.config.health.is_none() {
+                return None; // a reload turned checks off while this probe ran
+            }
             let now = Instant::now();
             let before = p.is_up(b, now);
             p.with_health(b, |h| h.on_check(ok, now, &cfg));
