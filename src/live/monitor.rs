@@ -128,9 +128,8 @@ async fn health_loop(live: &Live, connector: &Connector, pool: &str, id: u64) {
         let ok = matches!(result, Ok((200..=299, _)));
         // the verdict goes to the backend as the snapshot current now has it
         let changed = with_backend(live, pool, id, |p, b| {
-            if p.config.health.is_none() {
-                return None; // a reload turned checks off while this probe ran
-            }
+            // a reload turned checks off while this probe ran: no verdict
+            p.config.health.as_ref()?;
             let now = Instant::now();
             let before = p.is_up(b, now);
             p.with_health(b, |h| h.on_check(ok, now, &cfg));
