@@ -114,17 +114,32 @@ fn with_backend<R>(
     Some(f(p, b))
 }
 
+/// One probe's GET on the backend as the current snapshot has it, with the section `section`
+/// picks from its pool's config; `None` once a reload removed the backend or the section.
+async fn probe_now<C>(
+    live: &Live,
+    connector: &Connector,
+    (pool, id): (&str, u64),
+    section: impl Fn(&Pool) -> Option<C>,
+    request: impl Fn(&C) -> (String, Duration, usize),
+) -> Option<(C, Result<(u16, Vec<u8>), probe::ProbeError>)> {
+    let snap = live.load();
+    let p = snap.pool_by_name(pool)?;
+    let (b, cfg) = (p.position(id)?, section(p)?);
+    let (path, timeout, max) = request(&cfg);
+    let got = probe::get(connector, p, b, &path, timeout, max).await;
+    Some((cfg, got))
+}
+
 async fn health_loop(live: &Live, connector: &Connector, pool: &str, id: u64) {
     loop {
-        let snap = live.load();
-        let Some(p) = snap.pool_by_name(pool) else {
+        let section = |p: &Pool| p.config.health.clone();
+        let request =
+            |c: &crate::config::HealthConfig| (c.path.clone(), c.timeout, MAX_HEALTH_BODY);
+        let Some((cfg, result)) = probe_now(live, connector, (pool, id), section, request).await
+        else {
             return;
         };
-        let (Some(b), Some(cfg)) = (p.position(id), p.config.health.clone()) else {
-            return;
-        };
-        let result = probe::get(connector, p, b, &cfg.path, cfg.timeout, MAX_HEALTH_BODY).await;
-        drop(snap);
         let ok = matches!(result, Ok((200..=299, _)));
         // the verdict goes to the backend as the snapshot current now has it
         let changed = with_backend(live, pool, id, |p, b| {
@@ -154,16 +169,15 @@ async fn health_loop(live: &Live, connector: &Connector, pool: &str, id: u64) {
 
 async fn scrape_loop(live: &Live, connector: &Connector, pool: &str, id: u64) {
     loop {
-        let snap = live.load();
-        let Some(p) = snap.pool_by_name(pool) else {
+        let section = |p: &Pool| p.config.metrics.clone();
+        let request = |c: &crate::config::ScrapeConfig| {
+            let timeout = c.interval.max(Duration::from_secs(1));
+            (c.path.clone(), timeout, MAX_METRICS_BODY)
+        };
+        let Some((cfg, got)) = probe_now(live, connector, (pool, id), section, request).await
+        else {
             return;
         };
-        let (Some(b), Some(cfg)) = (p.position(id), p.config.metrics.clone()) else {
-            return;
-        };
-        let timeout = cfg.interval.max(Duration::from_secs(1));
-        let got = probe::get(connector, p, b, &cfg.path, timeout, MAX_METRICS_BODY).await;
-        drop(snap);
         let scraped = match got {
             Ok((200, body)) => load::parse(&String::from_utf8_lossy(&body)),
             _ => None,

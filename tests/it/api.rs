@@ -32,6 +32,18 @@ async fn start(mock: &MockOpenAi) -> TestGateway {
     TestGateway::start_with(|p, a| api_config(p, a, &mock.url(), "")).await
 }
 
+/// [`start`] with `max_body_bytes: 65536`.
+async fn start_limited(mock: &MockOpenAi) -> TestGateway {
+    TestGateway::start_with(|p, a| {
+        api_config(p, a, &mock.url(), "").replacen(
+            "  threads: 2\n",
+            "  threads: 2\n  max_body_bytes: 65536\n",
+            1,
+        )
+    })
+    .await
+}
+
 async fn post_json(gw: &TestGateway, path: &str, body: serde_json::Value) -> reqwest::Response {
     post(gw, path, CLIENT_KEY, &body.to_string()).await
 }
@@ -289,14 +301,7 @@ async fn the_sdk_transcribes_and_translates_with_the_model_after_the_file() {
 #[tokio::test]
 async fn uploads_without_a_boundary_or_over_the_limit_are_refused() {
     let mock = MockOpenAi::start().await;
-    let gw = TestGateway::start_with(|p, a| {
-        api_config(p, a, &mock.url(), "").replacen(
-            "  threads: 2\n",
-            "  threads: 2\n  max_body_bytes: 65536\n",
-            1,
-        )
-    })
-    .await;
+    let gw = start_limited(&mock).await;
     let resp = reqwest::Client::new()
         .post(gw.url("/v1/images/edits"))
         .bearer_auth(CLIENT_KEY)
@@ -343,14 +348,7 @@ async fn streamed_upload(gw: &TestGateway, file_len: usize, tail: &str) -> reqwe
 #[tokio::test]
 async fn a_streamed_upload_refused_after_routing_gets_its_413_or_400_not_a_hang_up() {
     let mock = MockOpenAi::start().await;
-    let gw = TestGateway::start_with(|p, a| {
-        api_config(p, a, &mock.url(), "").replacen(
-            "  threads: 2\n",
-            "  threads: 2\n  max_body_bytes: 65536\n",
-            1,
-        )
-    })
-    .await;
+    let gw = start_limited(&mock).await;
     let ok = streamed_upload(&gw, 16_384, "").await;
     assert_eq!(
         ok.status(),

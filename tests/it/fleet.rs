@@ -737,25 +737,6 @@ async fn a_primary_answering_503_hands_the_request_to_the_fallback_pool() {
     assert_eq!((primary.completions(), backup.completions()), (1, 1));
     gw.wait_metric(r#"llmedge_fallbacks_total{pool="backup",route="llama/"} 1"#)
         .await;
-
-    // while the fallback serves, the request is in flight on it, not on the primary
-    let url = gw.url(CHAT);
-    let held = tokio::spawn(async move {
-        let body = r#"{"model":"llama/gated","stream":true,"messages":[]}"#;
-        let r = reqwest::Client::new()
-            .post(url)
-            .bearer_auth(CLIENT_KEY)
-            .body(body);
-        r.send().await.unwrap().bytes().await.unwrap()
-    });
-    gw.wait_metric(r#"llmedge_inflight_requests{pool="backup"} 1"#)
-        .await;
-    gw.wait_metric(r#"llmedge_inflight_requests{pool="primary"} 0"#)
-        .await;
-    backup.open_gate();
-    held.await.unwrap();
-    gw.wait_metric(r#"llmedge_inflight_requests{pool="backup"} 0"#)
-        .await;
 }
 
 #[tokio::test]
