@@ -39,6 +39,10 @@ impl Flusher {
     ) -> Result<Self, String> {
         let seen = store.load()?.unwrap_or_default();
         live.counters().import(&seen);
+        tracing::info!(
+            scopes = seen.scopes.len(),
+            "limit and spend counters loaded"
+        );
         Ok(Self {
             live,
             store,

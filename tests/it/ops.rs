@@ -295,6 +295,17 @@ async fn upgrade_hands_the_listener_to_a_new_process_without_dropping_a_stream_o
         &new_logs,
     )
     .await;
+    // the new process has read the state file: what the old one charges from here on (its
+    // stream below) must not be overwritten by the new one's saves
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !new_logs.lock().contains("limit and spend counters loaded") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}",
+            new_logs.lock()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
     // requests keep working throughout; the old process stops accepting once it handed over
     for i in 0..5 {
         assert_eq!(
