@@ -60,20 +60,31 @@ pub enum ResponseMode {
 
 pub use crate::endpoint::Endpoint;
 
+/// An API request as routing and admission decided it.
+#[derive(Debug, Clone)]
+pub struct Routed {
+    pub endpoint: Endpoint,
+    /// The client-facing model name.
+    pub model: String,
+    pub route: usize,
+    pub stream: bool,
+    /// The gateway injected `include_usage`, so the usage chunk must not reach the client.
+    pub strip_usage: bool,
+    /// Prompt tokens estimated, and completion tokens reserved, at admission.
+    pub prompt_estimate: u64,
+    pub completion_reserve: u64,
+}
+
 pub struct RequestCtx {
     pub snap: Arc<Snapshot>,
     pub start: Instant,
     pub request_id: String,
     pub principal: Option<Principal>,
-    pub endpoint: Option<Endpoint>,
-    pub client_model: Option<String>,
-    pub route: Option<usize>,
+    /// What routing and admission decided, once they did.
+    pub routed: Option<Routed>,
     /// The pool serving the current attempt.
     pub pool: Option<usize>,
     pub backend: Option<usize>,
-    pub stream: bool,
-    /// The gateway injected `include_usage`, so the usage chunk must not reach the client.
-    pub strip_usage: bool,
     /// Where attempts go: the route's pool then its fallbacks, or the one pinned pool.
     pub plan: Plan,
     /// The body and deadline shared with the session wrapper (set once the request is routed).
@@ -95,9 +106,6 @@ pub struct RequestCtx {
     pub admitted: Option<Admitted>,
     /// `x-ratelimit-*` values for the response, and the wait a refusal announces.
     pub rate_headers: Option<RateHeaders>,
-    pub prompt_estimate: u64,
-    /// Completion tokens reserved at admission.
-    pub completion_reserve: u64,
     /// Counts this request as active until the context is dropped.
     pub active: Option<ActiveGuard>,
     /// The `Access-Control-Allow-Origin` value when `server.cors` allows the request's origin.
@@ -111,13 +119,9 @@ impl RequestCtx {
             start: Instant::now(),
             request_id: String::new(),
             principal: None,
-            endpoint: None,
-            client_model: None,
-            route: None,
+            routed: None,
             pool: None,
             backend: None,
-            stream: false,
-            strip_usage: false,
             plan: Plan::default(),
             shared: None,
             attempt: None,
@@ -132,15 +136,23 @@ impl RequestCtx {
             inflight: None,
             admitted: None,
             rate_headers: None,
-            prompt_estimate: 0,
-            completion_reserve: 0,
             active: None,
             cors_origin: None,
         }
     }
 
+    /// The route, once routed.
+    pub fn route(&self) -> Option<usize> {
+        self.routed.as_ref().map(|r| r.route)
+    }
+
+    /// The client-facing model, once routed.
+    pub fn client_model(&self) -> Option<&str> {
+        self.routed.as_ref().map(|r| r.model.as_str())
+    }
+
     pub fn route_name(&self) -> &str {
-        self.snap.route_label(self.route)
+        self.snap.route_label(self.route())
     }
 
     pub fn pool_name(&self) -> &str {

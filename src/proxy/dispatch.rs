@@ -61,7 +61,6 @@ pub async fn execute(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) 
     if method != Method::POST {
         return method_not_allowed(session, ctx, method, path).await;
     }
-    ctx.endpoint = Some(endpoint);
     match prepare::prepare(gw, session, ctx, endpoint).await {
         Ok(()) => Ok(false),
         Err(e) => respond::error(session, ctx, e).await,

@@ -23,7 +23,7 @@ pub fn finish(gw: &Gateway, e: Option<&Error>, ctx: &mut RequestCtx) {
     let elapsed = ctx.start.elapsed();
     // labels borrow the pinned snapshot, not the context that settlement mutates below
     let snap = ctx.snap.clone();
-    let (route, pool) = (snap.route_label(ctx.route), snap.pool_label(ctx.pool));
+    let (route, pool) = (snap.route_label(ctx.route()), snap.pool_label(ctx.pool));
     let m = &gw.metrics;
     m.requests
         .with_label_values(&[route, pool, &status.to_string()])
@@ -41,7 +41,7 @@ pub fn finish(gw: &Gateway, e: Option<&Error>, ctx: &mut RequestCtx) {
             .with_label_values(&[pool, err.label()])
             .inc();
     }
-    let model_label = ctx.client_model.as_deref().map(|mdl| m.model_label(mdl));
+    let model_label = ctx.client_model().map(|mdl| m.model_label(mdl));
     settle(gw, ctx, model_label.as_deref());
     if let (Some(u), Some(p), Some(model)) = (ctx.usage, &ctx.principal, &model_label) {
         m.tokens
@@ -61,10 +61,14 @@ fn settle(gw: &Gateway, ctx: &mut RequestCtx, model_label: Option<&str>) {
     let Some(adm) = ctx.admitted.take() else {
         return;
     };
+    let (prompt, reserve) = ctx
+        .routed
+        .as_ref()
+        .map_or((0, 0), |r| (r.prompt_estimate, r.completion_reserve));
     let estimate = |completion: u64| Usage {
-        prompt_tokens: ctx.prompt_estimate,
+        prompt_tokens: prompt,
         completion_tokens: completion,
-        total_tokens: ctx.prompt_estimate + completion,
+        total_tokens: prompt + completion,
         prompt_tokens_details: None,
     };
     let dispatched = ctx.plan.attempt_start.is_some();
@@ -73,7 +77,7 @@ fn settle(gw: &Gateway, ctx: &mut RequestCtx, model_label: Option<&str>) {
         ResponseMode::Sse(rw) if rw.choice_events() > 0 => estimate(rw.choice_events()),
         // the upstream worked (or may still be working) and said nothing about usage:
         // charge the reservation rather than nothing
-        _ if dispatched && (answered || ctx.client_gone) => estimate(ctx.completion_reserve),
+        _ if dispatched && (answered || ctx.client_gone) => estimate(reserve),
         _ => Usage::default(),
     });
     if ctx.usage.is_none() && used.completion_tokens > 0 {
@@ -126,7 +130,7 @@ fn access_line(
         tenant: ctx.principal.as_ref().map(|p| &*p.tenant),
         user: ctx.principal.as_ref().map(|p| &*p.user),
         key: ctx.principal.as_ref().map(|p| p.key_index),
-        model: ctx.client_model.as_deref(),
+        model: ctx.client_model(),
         route,
         pool,
         backend: ctx
@@ -134,7 +138,7 @@ fn access_line(
             .zip(ctx.backend)
             .and_then(|(p, b)| ctx.snap.pools.get(p)?.backend(b))
             .map(|b| b.authority.as_str()),
-        stream: ctx.stream,
+        stream: ctx.routed.as_ref().is_some_and(|r| r.stream),
         status,
         error: ctx.error.as_ref().map(|e| e.label()),
         ttfb_ms: ctx.ttfb.map(ms),

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use pingora::proxy::Session;
 
 use super::body::{self, Incoming};
-use super::ctx::{InflightGuard, Plan, RequestCtx};
+use super::ctx::{InflightGuard, Plan, RequestCtx, Routed};
 use super::plan;
 use super::session::{self, Shared, Tail};
 use super::Gateway;
@@ -100,15 +100,24 @@ fn plan_request(
     let sent_model = plan::pool_model(first, resolved.upstream_model).to_string();
     let upstream_body = first_body(&incoming, obj, &sent_model);
     // characters/4 of the prompt's JSON text: cheap, and over- rather than under-estimates
-    ctx.prompt_estimate = (incoming.prompt.len() as u64).div_ceil(4);
-    ctx.completion_reserve = incoming.max_completion;
-    admit(gw, ctx, key, &model, incoming.max_completion)?;
-    ctx.route = Some(resolved.route);
+    let prompt_estimate = (incoming.prompt.len() as u64).div_ceil(4);
+    admit(
+        gw,
+        ctx,
+        key,
+        (&model, prompt_estimate, incoming.max_completion),
+    )?;
     ctx.pool = Some(chain[0]);
-    ctx.stream = incoming.stream;
-    ctx.strip_usage = incoming.json.as_ref().is_some_and(|h| h.inject_usage);
     let route_model = resolved.upstream_model.to_string();
-    ctx.client_model = Some(model);
+    ctx.routed = Some(Routed {
+        endpoint,
+        route: resolved.route,
+        stream: incoming.stream,
+        strip_usage: incoming.json.as_ref().is_some_and(|h| h.inject_usage),
+        prompt_estimate,
+        completion_reserve: incoming.max_completion,
+        model,
+    });
     let mut incoming = incoming;
     let multipart = incoming.multipart.take();
     let multipart_model = multipart.as_ref().map(|m| m.model_at.clone());
@@ -126,12 +135,27 @@ fn plan_request(
         multipart_model,
         &upstream_body,
     );
+    wrap_session(gw, session, ctx, first, upstream_body, tail);
+    Ok(())
+}
+
+/// Counts the request in flight on its first pool, bounds each write to the client by the
+/// pool's idle limit, and wraps the session around the body to send.
+fn wrap_session(
+    gw: &Gateway,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    first: &crate::upstream::Pool,
+    upstream_body: Bytes,
+    tail: Option<(Tail, crate::multipart::Watch)>,
+) {
     ctx.inflight = Some(InflightGuard::new(
         gw.metrics.inflight.with_label_values(&[first.name()]),
     ));
     // a client that stops reading must not hold its slots forever: each write to it may take
     // at most the pool's idle limit
     session.set_write_timeout(Some(first.config.timeouts.idle));
+    let total_at = ctx.start + first.config.timeouts.total;
     let shared = Shared::new(upstream_body, total_at);
     if let Some((tail, watch)) = tail {
         shared.set_tail(tail, watch);
@@ -143,7 +167,6 @@ fn plan_request(
         drain,
     ));
     ctx.shared = Some(shared);
-    Ok(())
 }
 
 /// An upload only partly read (its head): the rest streams, watched and limited as it goes.
@@ -203,10 +226,8 @@ fn admit(
     gw: &Gateway,
     ctx: &mut RequestCtx,
     key: &KeyEntry,
-    model: &str,
-    completion: u64,
+    ask: (&str, u64, u64),
 ) -> Result<(), GatewayError> {
-    let ask = (model, ctx.prompt_estimate, completion);
     match gw.state.admit(&ctx.snap, key, ask)? {
         Admission::Admitted(adm) => {
             ctx.rate_headers = Some(adm.headers);

@@ -49,9 +49,10 @@ pub fn headers(resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
         .get("content-type")
         .map(|v| v.as_bytes().to_ascii_lowercase())
         .unwrap_or_default();
-    let (Some(model), Some(endpoint)) = (&ctx.client_model, ctx.endpoint) else {
+    let Some(routed) = &ctx.routed else {
         return Ok(());
     };
+    let (model, endpoint, strip_usage) = (&routed.model, routed.endpoint, routed.strip_usage);
     if !ok || encoded {
         return Ok(()); // upstream errors pass through with status, headers and body
     }
@@ -61,11 +62,7 @@ pub fn headers(resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
         resp.insert_header("x-accel-buffering", "no")?;
     }
     ctx.response = if let (true, Some(kind)) = (sse, endpoint.stream_kind()) {
-        ResponseMode::Sse(Box::new(StreamRewriter::for_kind(
-            kind,
-            model,
-            ctx.strip_usage,
-        )))
+        ResponseMode::Sse(Box::new(StreamRewriter::for_kind(kind, model, strip_usage)))
     } else if sse {
         return Ok(()); // other event streams (partial images, speech) pass through as sent
     } else if ctype.starts_with(b"application/json") {
@@ -135,7 +132,7 @@ pub fn body(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut RequestCtx)
                 return;
             }
             let raw = std::mem::take(buf);
-            let model = ctx.client_model.as_deref().unwrap_or_default();
+            let model = ctx.client_model().unwrap_or_default();
             let r = rewrite_response_object(&raw, model, false);
             ctx.usage = r.usage;
             *body = Some(Bytes::from(r.bytes.unwrap_or(raw)));
