@@ -42,7 +42,8 @@ impl Reloader {
 
     /// Loads the file; a valid config takes effect for new requests in one swap over the live
     /// state (limit counters, spend and backend state are shared, not carried over); requests
-    /// in flight finish on the snapshot they started with. An invalid one is refused and the old config keeps serving.
+    /// in flight finish on the snapshot they started with. An invalid one is refused and the
+    /// old config keeps serving.
     pub fn reload(&self, trigger: &'static str) -> Result<(), ConfigError> {
         let _one = self.lock.lock();
         let metrics: &Metrics = &self.gateway.metrics;
