@@ -179,8 +179,8 @@ impl RequestCtx {
         if let Some(kind) = self.shared.as_ref().and_then(|s| s.deadline.fired()) {
             return Cause::Timeout(kind);
         }
-        if let Some(refusal) = self.shared.as_ref().and_then(|s| s.refused()) {
-            return Cause::Refused(refusal);
+        if let Some(refusal) = e.root_cause().downcast_ref::<GatewayError>() {
+            return Cause::Refused(refusal.clone());
         }
         if matches!(e.esource(), pingora::ErrorSource::Downstream) {
             return Cause::ClientGone;

@@ -39,9 +39,6 @@ pub struct Shared {
     tail: Mutex<Option<Tail>>,
     /// Watches a streamed tail for a second `model` field.
     watch: Mutex<Option<crate::multipart::Watch>>,
-    /// Why the gateway refused the streamed tail (too large, a second `model`): the client
-    /// gets this error, not a hang-up.
-    refused: Mutex<Option<GatewayError>>,
 }
 
 /// A body only partly read before routing (a multipart upload): the preset bytes are its
@@ -71,7 +68,6 @@ impl Shared {
             deadline: Deadline::new(deadline),
             tail: Mutex::new(None),
             watch: Mutex::new(None),
-            refused: Mutex::new(None),
         })
     }
 
@@ -107,16 +103,6 @@ impl Shared {
 
     pub fn body_len(&self) -> usize {
         self.body.lock().len()
-    }
-
-    /// The refusal of a streamed tail, if the gateway refused it.
-    pub fn refused(&self) -> Option<GatewayError> {
-        self.refused.lock().clone()
-    }
-
-    fn refuse(&self, e: GatewayError, why: &'static str) -> Result<()> {
-        *self.refused.lock() = Some(e);
-        Error::e_explain(ErrorType::InvalidHTTPHeader, why)
     }
 }
 
@@ -179,12 +165,8 @@ fn pass_tail(shared: &Shared, chunk: Option<&Bytes>, done: bool) -> Result<()> {
     let len = chunk.map_or(0, Bytes::len);
     t.streamed += len;
     if t.head_read + t.streamed > t.max {
-        let limit = t.max;
-        drop(tail);
-        return shared.refuse(
-            GatewayError::BodyTooLarge { limit },
-            "request body over the limit",
-        );
+        let e = GatewayError::BodyTooLarge { limit: t.max };
+        return refuse(e, "request body over the limit");
     }
     let finished = done && !t.finished;
     t.finished |= done;
@@ -196,7 +178,7 @@ fn pass_tail(shared: &Shared, chunk: Option<&Bytes>, done: bool) -> Result<()> {
                 param: "model",
                 msg: "the form has more than one model field".into(),
             };
-            return shared.refuse(e, "a second model field");
+            return refuse(e, "a second model field");
         }
     }
     if finished {
@@ -207,6 +189,12 @@ fn pass_tail(shared: &Shared, chunk: Option<&Bytes>, done: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The gateway stops reading the client's body: the error carries the client-facing refusal,
+/// which `RequestCtx::cause` finds at its root (the client gets it, not a hang-up).
+fn refuse(e: GatewayError, why: &'static str) -> Result<()> {
+    Error::e_because(ErrorType::InvalidHTTPHeader, why, e)
 }
 
 fn placeholder() -> ServerSession {
