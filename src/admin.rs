@@ -20,16 +20,15 @@ impl AdminApp {
     /// The same verdict as the API listener's `/readyz`, with each route's availability (this
     /// listener is the operators').
     fn readiness(&self) -> (u16, Vec<u8>) {
-        let ready = self.state.ready();
+        let (code, status) = self.state.readiness();
         let snap = self.state.load();
         let routes: serde_json::Map<String, serde_json::Value> = snap
             .route_availability()
             .into_iter()
             .map(|(prefix, up)| (prefix.to_string(), serde_json::json!({ "available": up })))
             .collect();
-        let status = if ready { "ready" } else { "draining" };
         let body = serde_json::json!({"status": status, "routes": routes});
-        (if ready { 200 } else { 503 }, body.to_string().into_bytes())
+        (code, body.to_string().into_bytes())
     }
 }
 

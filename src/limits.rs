@@ -37,8 +37,9 @@ pub struct Ask<'a> {
 /// counted in, so it settles there whatever reloads happened meanwhile.
 #[derive(Debug)]
 pub struct Admitted {
-    /// The tenant's and the key's counters, and the per-model slot counted in each.
-    scopes: Vec<(Cell, Option<Arc<str>>)>,
+    /// The tenant's and the key's counters, and the per-model slot counted in each (`None`
+    /// for a key the config does not know, which counts nowhere).
+    scopes: Option<[(Cell, Option<Arc<str>>); 2]>,
     tokens: u64,
     /// When the reservation was made (ms), so settlement adjusts that minute's bucket.
     at: u64,
@@ -58,6 +59,30 @@ struct SlotRule {
 pub struct Spend {
     pub window: u64,
     pub usd: f64,
+}
+
+impl Spend {
+    /// `self += file - base` for one UTC window, where `base` is the spend as another writer
+    /// last left it: only what it added in the file's window counts.
+    pub fn merge_delta(&mut self, base: Spend, file: Spend) {
+        let base_usd = if base.window == file.window {
+            base.usd
+        } else {
+            0.0
+        };
+        let delta = file.usd - base_usd;
+        if delta <= 0.0 {
+            return;
+        }
+        if self.window == file.window {
+            self.usd += delta;
+        } else if file.window > self.window {
+            *self = Spend {
+                window: file.window,
+                usd: delta,
+            };
+        }
+    }
 }
 
 /// One scope's limits in this config, over its live counters.
@@ -178,7 +203,7 @@ impl Governor {
         let tokens = ask.prompt.saturating_add(ask.completion);
         let now = self.clock.now_ms();
         let mut adm = Admitted {
-            scopes: Vec::new(),
+            scopes: None,
             tokens,
             at: now,
             usd,
@@ -192,21 +217,23 @@ impl Governor {
             return Ok(adm);
         };
         let want = Want {
-            model: ask.model,
             tokens,
             usd,
             now,
             cal: Calendar::at(now),
         };
+        let (tm, km) = (
+            tenant_rule.model_slot(ask.model),
+            key_rule.model_slot(ask.model),
+        );
         let mut tc = tenant_rule.cell.lock();
         let mut kc = key_rule.cell.lock();
-        let mut pairs = [(tenant_rule, &mut *tc), (key_rule, &mut *kc)];
-        for (r, c) in pairs.iter_mut() {
-            check_scope(r, c, &want, &mut adm.headers)?;
-        }
+        check_scope(tenant_rule, tm, &mut tc, &want, &mut adm.headers)?;
+        check_scope(key_rule, km, &mut kc, &want, &mut adm.headers)?;
         // every check passed: commit the whole reservation
-        for (r, c) in pairs {
-            let model = r.model_slot(ask.model).map(|(p, _)| p.clone());
+        let model_of = |m: Option<(&Arc<str>, &SlotRule)>| m.map(|(p, _)| p.clone());
+        let (tm, km) = (model_of(tm), model_of(km));
+        for (c, model) in [(&mut *tc, &tm), (&mut *kc, &km)] {
             for which in std::iter::once(None).chain(model.as_deref().map(Some)) {
                 let s = c.slot_mut(which);
                 s.requests.add(now, 1.0);
@@ -214,36 +241,14 @@ impl Governor {
                 s.inflight += 1;
             }
             c.reserved_usd += usd;
-            adm.scopes.push((r.cell.clone(), model));
         }
+        adm.scopes = Some([(tenant_rule.cell.clone(), tm), (key_rule.cell.clone(), km)]);
         Ok(adm)
     }
 
     /// Replaces the reservation by what the request really used; returns its cost in USD.
     pub fn settle(&self, adm: &Admitted, used: Usage) -> f64 {
-        let cost = adm.price.map_or(0.0, |p| {
-            let cached = used
-                .prompt_tokens_details
-                .and_then(|d| d.cached_tokens)
-                .unwrap_or(0);
-            cost_of(&p, used.prompt_tokens, used.completion_tokens, cached)
-        });
-        let now = self.clock.now_ms();
-        let cal = Calendar::at(now);
-        let actual = used.prompt_tokens.saturating_add(used.completion_tokens) as f64;
-        for (cell, model) in &adm.scopes {
-            let mut c = cell.lock();
-            for which in std::iter::once(None).chain(model.as_deref().map(Some)) {
-                let s = c.slot_mut(which);
-                s.tokens.adjust_at(now, adm.at, actual - adm.tokens as f64);
-                s.inflight = s.inflight.saturating_sub(1);
-            }
-            c.reserved_usd = (c.reserved_usd - adm.usd).max(0.0);
-            roll_spend(&mut c, &cal);
-            c.day.usd += cost;
-            c.month.usd += cost;
-        }
-        cost
+        adm.settle(used, &*self.clock)
     }
 
     /// `(tenant, window, remaining USD)` for every tenant budget, for the metrics gauge.
@@ -264,24 +269,55 @@ impl Governor {
     }
 }
 
+impl Admitted {
+    /// Replaces the reservation by what the request really used, in the cells it was made in
+    /// (whatever config is current now); returns its cost in USD.
+    pub fn settle(&self, used: Usage, clock: &dyn Clock) -> f64 {
+        let cost = self.price.map_or(0.0, |p| {
+            let cached = used
+                .prompt_tokens_details
+                .and_then(|d| d.cached_tokens)
+                .unwrap_or(0);
+            cost_of(&p, used.prompt_tokens, used.completion_tokens, cached)
+        });
+        let now = clock.now_ms();
+        let cal = Calendar::at(now);
+        let actual = used.prompt_tokens.saturating_add(used.completion_tokens) as f64;
+        for (cell, model) in self.scopes.iter().flatten() {
+            let mut c = cell.lock();
+            for which in std::iter::once(None).chain(model.as_deref().map(Some)) {
+                let s = c.slot_mut(which);
+                s.tokens
+                    .adjust_at(now, self.at, actual - self.tokens as f64);
+                s.inflight = s.inflight.saturating_sub(1);
+            }
+            c.reserved_usd = (c.reserved_usd - self.usd).max(0.0);
+            roll_spend(&mut c, &cal);
+            c.day.usd += cost;
+            c.month.usd += cost;
+        }
+        cost
+    }
+}
+
 /// What one admission checks each scope against.
-struct Want<'a> {
-    model: &'a str,
+struct Want {
     tokens: u64,
     usd: f64,
     now: u64,
     cal: Calendar,
 }
 
-/// Every check of one scope: its own slot, its matching per-model slot, its budget.
+/// Every check of one scope: its own slot, its matching per-model slot (`model`), its budget.
 fn check_scope(
     r: &ScopeRule,
+    model: Option<(&Arc<str>, &SlotRule)>,
     c: &mut ScopeCounters,
-    w: &Want<'_>,
+    w: &Want,
     h: &mut RateHeaders,
 ) -> Result<(), Denied> {
     check_slot(&r.base, c.slot_mut(None), &r.name, w.tokens, w.now, h)?;
-    if let Some((p, s)) = r.model_slot(w.model) {
+    if let Some((p, s)) = model {
         check_slot(s, c.slot_mut(Some(p)), &r.name, w.tokens, w.now, h)?;
     }
     check_budget(&r.budget, &r.name, c, w.usd, &w.cal, h)

@@ -125,18 +125,23 @@ impl Live {
 
     /// Replaces an admission's reservation by what the request used; returns its cost.
     pub fn settle(&self, adm: &Admitted, used: Usage) -> f64 {
-        self.snap.load().governor.settle(adm, used)
+        adm.settle(used, &*self.clock)
     }
 
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
     }
 
-    /// `/readyz`: the config is loaded and the listeners are up (this answers), and the process
-    /// is not draining. Backend availability does not enter: every replica sees the same
-    /// backends, and one dead pool must not take them all out of their load balancer.
-    pub fn ready(&self) -> bool {
-        !self.draining.load(Ordering::Relaxed)
+    /// `/readyz`, as its status and `status` word (200 `ready`, 503 `draining`): the config is
+    /// loaded and the listeners are up (this answers), and the process is not draining. Backend
+    /// availability does not enter: every replica sees the same backends, and one dead pool
+    /// must not take them all out of their load balancer.
+    pub fn readiness(&self) -> (u16, &'static str) {
+        if !self.draining.load(Ordering::Relaxed) {
+            (200, "ready")
+        } else {
+            (503, "draining")
+        }
     }
 }
 
@@ -219,8 +224,8 @@ mod tests {
             live.admit(&old, &key, ("m", 0, 0)),
             Err(GatewayError::InvalidApiKey)
         ));
-        assert!(live.ready());
+        assert_eq!(live.readiness(), (200, "ready"));
         live.start_draining();
-        assert!(!live.ready());
+        assert_eq!(live.readiness(), (503, "draining"));
     }
 }

@@ -30,13 +30,24 @@ type Fetched = (Instant, Option<Vec<String>>);
 pub struct ModelsCache {
     entries: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Fetched>>>>>,
     connector: Connector,
+    /// How long a fetched list, and a failed fetch, are reused.
+    fresh_for: Duration,
+    failed_for: Duration,
 }
 
 impl Default for ModelsCache {
     fn default() -> Self {
+        Self::with_ttl(FRESH_FOR, FAILED_FOR)
+    }
+}
+
+impl ModelsCache {
+    pub fn with_ttl(fresh_for: Duration, failed_for: Duration) -> Self {
         Self {
             entries: Mutex::default(),
             connector: Connector::new(None),
+            fresh_for,
+            failed_for,
         }
     }
 }
@@ -135,9 +146,9 @@ async fn pool_models(snap: Sources<'_>, pool_index: usize) -> Vec<String> {
     let mut entry = entry.lock().await;
     if let Some((at, cached)) = &*entry {
         let ttl = if cached.is_some() {
-            FRESH_FOR
+            snap.cache.fresh_for
         } else {
-            FAILED_FOR
+            snap.cache.failed_for
         };
         if at.elapsed() < ttl {
             return cached.clone().unwrap_or_default();
@@ -171,4 +182,66 @@ async fn fetch(connector: &Connector, pool: &Pool) -> Result<Vec<String>, &'stat
     }
     let list: ModelList = serde_json::from_slice(&body).map_err(|_| "not a model list")?;
     Ok(list.data.into_iter().map(|m| m.id).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An upstream answering every request on a connection with a model list, counting the
+    /// connections it accepted and the requests it answered.
+    async fn upstream() -> (u16, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (conns, reqs) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (c, r) = (conns.clone(), reqs.clone());
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                c.fetch_add(1, Ordering::SeqCst);
+                let r = r.clone();
+                tokio::spawn(async move {
+                    let body = br#"{"object":"list","data":[{"id":"m1"}]}"#;
+                    let mut buf = vec![0u8; 4096];
+                    while matches!(sock.read(&mut buf).await, Ok(n) if n > 0) {
+                        r.fetch_add(1, Ordering::SeqCst);
+                        let head = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len());
+                        let _ = sock.write_all(head.as_bytes()).await;
+                        let _ = sock.write_all(body).await;
+                    }
+                });
+            }
+        });
+        (port, conns, reqs)
+    }
+
+    #[tokio::test]
+    async fn each_expiry_fetches_once_over_a_pooled_connection() {
+        let (port, conns, reqs) = upstream().await;
+        let yaml = format!(
+            "pools: {{p: {{backends: ['http://127.0.0.1:{port}']}}}}\nroutes: [{{prefix: 'p/', pool: p, strip_prefix: true}}]\nkeys: [{{key: k, tenant: t}}]"
+        );
+        let config = Config::from_yaml(&yaml, &|_| None).unwrap();
+        let pools: Vec<Pool> = config
+            .pools
+            .iter()
+            .map(|p| Pool::new(p.clone(), &crate::upstream::Backends::default()))
+            .collect();
+        let cache = ModelsCache::with_ttl(Duration::ZERO, Duration::ZERO);
+        let sources = Sources {
+            config: &config,
+            pools: &pools,
+            cache: &cache,
+        };
+        for _ in 0..3 {
+            assert_eq!(pool_models(sources, 0).await, ["m1"]);
+        }
+        assert_eq!(
+            reqs.load(Ordering::SeqCst),
+            3,
+            "expired every time: fetched every time"
+        );
+        assert_eq!(conns.load(Ordering::SeqCst), 1, "one connection, reused");
+    }
 }

@@ -36,7 +36,7 @@ const MIN_STALE_AFTER: Duration = Duration::from_secs(1);
 /// in a snapshot.
 #[derive(Default)]
 pub struct BackendState {
-    inflight: Arc<AtomicUsize>,
+    inflight: AtomicUsize,
     health: Mutex<Health>,
     load: Mutex<Option<(Instant, Scraped)>>,
     sent_since_scrape: AtomicUsize,
@@ -97,11 +97,11 @@ pub struct Pool {
 }
 
 /// Holds one in-flight slot on a backend; released on drop.
-pub struct BackendGuard(Arc<AtomicUsize>);
+pub struct BackendGuard(Arc<BackendState>);
 
 impl Drop for BackendGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -259,7 +259,7 @@ impl Pool {
         let b = self.backends.get(index)?;
         b.inflight.fetch_add(1, Ordering::Relaxed);
         b.sent_since_scrape.fetch_add(1, Ordering::Relaxed);
-        Some(BackendGuard(b.inflight.clone()))
+        Some(BackendGuard(b.clone()))
     }
 
     pub fn inflight(&self, index: usize) -> usize {

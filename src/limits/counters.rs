@@ -111,41 +111,6 @@ impl Counters {
     }
 }
 
-/// `cell += file - base` for one spend window: only increments in the same UTC window count.
-pub(super) fn merge_spend(cell: &mut Spend, base: Spend, file: Spend) {
-    let base_usd = if base.window == file.window {
-        base.usd
-    } else {
-        0.0
-    };
-    let delta = file.usd - base_usd;
-    if delta <= 0.0 {
-        return;
-    }
-    if cell.window == file.window {
-        cell.usd += delta;
-    } else if file.window > cell.window {
-        *cell = Spend {
-            window: file.window,
-            usd: delta,
-        };
-    }
-}
-
-/// `cell += file - base` for the file's current minute (refunds included); a cell still in an
-/// older minute is rolled forward to it first.
-pub(super) fn merge_window(cell: &mut Window, base: Window, file: Window) {
-    let base_curr = if base.minute == file.minute {
-        base.curr
-    } else {
-        0.0
-    };
-    let delta = file.curr - base_curr;
-    if delta != 0.0 && cell.minute <= file.minute {
-        cell.add(file.minute * 60_000, delta);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,8 +147,7 @@ mod tests {
             window: 4,
             usd: 9.0,
         };
-        merge_spend(
-            &mut cell,
+        cell.merge_delta(
             base,
             Spend {
                 window: 5,

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::counters::{merge_spend, merge_window, ScopeCounters};
+use super::counters::ScopeCounters;
 use super::{Spend, Window};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -74,17 +74,17 @@ impl ScopeFile {
 
     /// `s += self - base`: what another writer of the same file counted since `base`.
     pub(super) fn merge_delta(&self, base: &ScopeFile, s: &mut ScopeCounters) {
-        merge_spend(&mut s.day, base.day, self.day);
-        merge_spend(&mut s.month, base.month, self.month);
-        merge_window(&mut s.base.requests, base.requests, self.requests);
-        merge_window(&mut s.base.tokens, base.tokens, self.tokens);
+        s.day.merge_delta(base.day, self.day);
+        s.month.merge_delta(base.month, self.month);
+        s.base.requests.merge_delta(base.requests, self.requests);
+        s.base.tokens.merge_delta(base.tokens, self.tokens);
         let before: HashMap<String, (Window, Window)> = base.model_slots(s).collect();
         let slots: Vec<_> = self.model_slots(s).collect();
         for (glob, (r, t)) in slots {
             let (br, bt) = before.get(&glob).copied().unwrap_or_default();
             let m = s.slot_mut(Some(&glob));
-            merge_window(&mut m.requests, br, r);
-            merge_window(&mut m.tokens, bt, t);
+            m.requests.merge_delta(br, r);
+            m.tokens.merge_delta(bt, t);
         }
     }
 }

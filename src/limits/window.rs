@@ -51,6 +51,21 @@ impl Window {
         }
     }
 
+    /// `self += file - base` for the file's current minute (refunds included), where `base` is
+    /// the same window as another writer last left it: what that writer counted since. A window
+    /// still in an older minute is rolled forward first; one already past it is left alone.
+    pub fn merge_delta(&mut self, base: Window, file: Window) {
+        let base_curr = if base.minute == file.minute {
+            base.curr
+        } else {
+            0.0
+        };
+        let delta = file.curr - base_curr;
+        if delta != 0.0 && self.minute <= file.minute {
+            self.add(file.minute * MINUTE_MS, delta);
+        }
+    }
+
     /// How long until `cost` more fits under `limit`.
     pub fn wait_for(&mut self, now_ms: u64, limit: f64, cost: f64) -> Duration {
         self.roll(now_ms);
@@ -141,5 +156,26 @@ mod tests {
         w.add(0, 5.0);
         w.add(0, -10.0);
         assert_eq!(w.estimate(0), 0.0);
+    }
+
+    #[test]
+    fn another_writers_minute_merges_with_refunds_and_rolls_an_older_window_forward() {
+        let at = |minute: u64, curr: f64| Window {
+            minute,
+            prev: 0.0,
+            curr,
+        };
+        let mut mine = at(5, 12.0);
+        mine.merge_delta(at(5, 10.0), at(5, 7.0)); // the other writer refunded 3
+        assert_eq!(mine.curr, 9.0);
+        let mut old = at(4, 6.0);
+        old.merge_delta(at(4, 1.0), at(5, 2.0)); // its base is a minute behind: all 2 are new
+        assert_eq!((old.minute, old.prev, old.curr), (5, 6.0, 2.0));
+        let mut ahead = at(6, 1.0);
+        ahead.merge_delta(Window::default(), at(5, 2.0));
+        assert_eq!(
+            ahead.curr, 1.0,
+            "a minute that already passed here is not merged"
+        );
     }
 }

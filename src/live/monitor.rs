@@ -3,7 +3,7 @@
 //! check finds its backend in the current snapshot on every round, so it stops by itself when
 //! a reload removes the backend or its `health:` / `metrics:` section.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,17 +33,17 @@ enum Kind {
 type TaskKey = (String, u64, Kind);
 
 /// The checks the current snapshot asks for.
-fn wanted(live: &Live) -> Vec<TaskKey> {
+fn wanted(live: &Live) -> HashSet<TaskKey> {
     let snap = live.load();
-    let mut out = Vec::new();
+    let mut out = HashSet::new();
     for pool in &snap.pools {
         for b in 0..pool.len() {
             let Some(id) = pool.id(b) else { continue };
             if pool.config.health.is_some() {
-                out.push((pool.name().to_string(), id, Kind::Health));
+                out.insert((pool.name().to_string(), id, Kind::Health));
             }
             if pool.config.metrics.is_some() {
-                out.push((pool.name().to_string(), id, Kind::Scrape));
+                out.insert((pool.name().to_string(), id, Kind::Scrape));
             }
         }
     }

@@ -33,8 +33,9 @@ pub async fn execute(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) 
         "/healthz" => return respond::json(session, ctx, 200, br#"{"status":"ok"}"#).await,
         "/readyz" => {
             // unauthenticated: says whether to send traffic here, never which routes work
-            let (status, body) = readiness(gw.state.ready());
-            return respond::json(session, ctx, status, body).await;
+            let (code, status) = gw.state.readiness();
+            let body = format!(r#"{{"status":"{status}"}}"#);
+            return respond::json(session, ctx, code, body.as_bytes()).await;
         }
         "/v1/models" if method == Method::GET => {
             return list_models(gw, session, ctx, None).await;
@@ -64,15 +65,6 @@ pub async fn execute(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) 
     match prepare::prepare(gw, session, ctx, endpoint).await {
         Ok(()) => Ok(false),
         Err(e) => respond::error(session, ctx, e).await,
-    }
-}
-
-/// The `/readyz` answer: ready unless draining.
-pub fn readiness(ready: bool) -> (u16, &'static [u8]) {
-    if ready {
-        (200, br#"{"status":"ready"}"#)
-    } else {
-        (503, br#"{"status":"draining"}"#)
     }
 }
 

@@ -297,15 +297,13 @@ async fn upgrade_hands_the_listener_to_a_new_process_without_dropping_a_stream_o
     .await;
     // the new process has read the state file: what the old one charges from here on (its
     // stream below) must not be overwritten by the new one's saves
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !new_logs.lock().contains("limit and spend counters loaded") {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{}",
-            new_logs.lock()
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let loaded = "limit and spend counters loaded";
+    wait_output(
+        &new_logs,
+        loaded,
+        "the new process never loaded the state file",
+    )
+    .await;
     // requests keep working throughout; the old process stops accepting once it handed over
     for i in 0..5 {
         assert_eq!(
@@ -322,15 +320,8 @@ async fn upgrade_hands_the_listener_to_a_new_process_without_dropping_a_stream_o
         200,
         "the new process serves"
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !new_logs.lock().contains("\"model\":\"mock/echo\"") {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the new process answered no request:\n{}",
-            new_logs.lock()
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let served = "\"model\":\"mock/echo\"";
+    wait_output(&new_logs, served, "the new process answered no request").await;
     let pid = new.id().unwrap().to_string();
     std::process::Command::new("kill")
         .args(["-TERM", &pid])

@@ -363,6 +363,20 @@ pub async fn wait_http_ok(url: &str, logs: &Mutex<String>) {
     }
 }
 
+/// Waits until a spawned process's output (from [`spawn_bin`]) contains `needle`; fails the
+/// test after 10 s saying `what` did not happen.
+pub async fn wait_output(logs: &Mutex<String>, needle: &str, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !logs.lock().contains(needle) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}:\n{}",
+            logs.lock()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 fn collect<R: tokio::io::AsyncRead + Unpin + Send + 'static>(r: R, into: Arc<Mutex<String>>) {
     tokio::spawn(async move {
         let mut lines = BufReader::new(r).lines();
