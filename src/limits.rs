@@ -178,7 +178,7 @@ impl Governor {
             }
         }
         live.extend(key_ids);
-        counters.retain(&live);
+        counters.retain(&live, clock.now_ms());
         Self {
             tenants,
             keys,

@@ -30,7 +30,24 @@ pub struct ScopeCounters {
     pub(super) reserved_usd: f64,
 }
 
+impl SlotCounters {
+    fn idle(&self, now_ms: u64) -> bool {
+        self.inflight == 0 && self.requests.expired(now_ms) && self.tokens.expired(now_ms)
+    }
+}
+
 impl ScopeCounters {
+    /// Holds nothing that could still refuse a request: no request in flight or reserved, no
+    /// count inside the rate window, no spend in the current day or month.
+    fn idle(&self, now_ms: u64) -> bool {
+        let spent = |s: &Spend, window: u64| s.window == window && s.usd > 0.0;
+        self.base.idle(now_ms)
+            && self.models.iter().all(|(_, m)| m.idle(now_ms))
+            && self.reserved_usd <= 0.0
+            && !spent(&self.day, crate::clock::day_id(now_ms))
+            && !spent(&self.month, crate::clock::month_id(now_ms))
+    }
+
     /// The slot for `pattern`, or the scope's own slot for `None`; created on first use.
     pub(super) fn slot_mut(&mut self, pattern: Option<&str>) -> &mut SlotCounters {
         let Some(p) = pattern else {
@@ -61,11 +78,15 @@ impl Counters {
         self.cells.lock().entry(id.to_string()).or_default().clone()
     }
 
-    /// Drops the cells no config names any more, unless a running request still holds one.
-    pub fn retain(&self, live: &std::collections::HashSet<String>) {
-        self.cells
-            .lock()
-            .retain(|id, c| live.contains(id) || Arc::strong_count(c) > 1);
+    /// Drops the cells the config no longer names once they hold nothing (`now_ms`): a tenant
+    /// or key removed and added back within its budget window keeps its spend, and the map
+    /// does not grow with keys that are gone.
+    pub fn retain(&self, live: &std::collections::HashSet<String>, now_ms: u64) {
+        self.cells.lock().retain(|id, c| {
+            live.contains(id)
+                || Arc::strong_count(c) > 1
+                || c.try_lock().is_none_or(|c| !c.idle(now_ms))
+        });
     }
 
     /// Spend and windows of every cell, for persistence.
@@ -83,18 +104,11 @@ impl Counters {
         StateFile { version: 1, scopes }
     }
 
-    /// The existing cell for `id`: saved or merged counts of a tenant or key the config no
-    /// longer names are not revived.
-    fn existing(&self, id: &str) -> Option<Cell> {
-        self.cells.lock().get(id).cloned()
-    }
-
-    /// Restores what [`Counters::export`] saved, for the scopes the config names.
+    /// Restores what [`Counters::export`] saved (scopes the config does not name are kept until
+    /// they hold nothing, in case a reload names them again).
     pub fn import(&self, file: &StateFile) {
         for (id, f) in &file.scopes {
-            if let Some(c) = self.existing(id) {
-                f.apply(&mut c.lock());
-            }
+            f.apply(&mut self.cell(id).lock());
         }
     }
 
@@ -104,9 +118,7 @@ impl Counters {
         let empty = ScopeFile::default();
         for (id, f) in &file.scopes {
             let b = base.scopes.get(id).unwrap_or(&empty);
-            if let Some(c) = self.existing(id) {
-                f.merge_delta(b, &mut c.lock());
-            }
+            f.merge_delta(b, &mut self.cell(id).lock());
         }
     }
 }
@@ -164,13 +176,39 @@ mod tests {
     }
 
     #[test]
-    fn scopes_the_config_does_not_name_are_not_revived() {
+    fn cells_no_config_names_stay_while_they_hold_spend_or_a_request() {
+        const T: u64 = 1_795_341_600_000; // 2026-11-22 10:00 UTC
         let c = Counters::default();
         let mut file = StateFile::default();
-        file.scopes.insert("key:gone".into(), ScopeFile::default());
+        let mut spent = ScopeFile::default();
+        spent.day = Spend {
+            window: crate::clock::day_id(T),
+            usd: 2.0,
+        };
+        file.scopes.insert("key:gone".into(), spent);
+        file.scopes.insert("key:stale".into(), ScopeFile::default());
         c.import(&file);
-        c.merge_since(&StateFile::default(), &file);
-        assert!(c.export().scopes.is_empty());
+        let held = c.cell("key:running");
+        held.lock().base.inflight = 1;
+        c.retain(&std::collections::HashSet::new(), T);
+        let kept: Vec<String> = {
+            let mut k: Vec<String> = c.export().scopes.into_keys().collect();
+            k.sort();
+            k
+        };
+        assert_eq!(
+            kept,
+            ["key:gone", "key:running"],
+            "today's spend and a running request stay"
+        );
+        drop(held);
+        c.cell("key:running").lock().base.inflight = 0;
+        let next_day = T + 86_400_000;
+        c.retain(&std::collections::HashSet::new(), next_day);
+        assert!(
+            c.export().scopes.is_empty(),
+            "a day later nothing is left to keep"
+        );
     }
 
     #[test]
@@ -178,10 +216,10 @@ mod tests {
         let c = Counters::default();
         let held = c.cell("key:a");
         c.cell("key:b");
-        c.retain(&std::collections::HashSet::new());
+        c.retain(&std::collections::HashSet::new(), 0);
         assert_eq!(c.export().scopes.len(), 1);
         drop(held);
-        c.retain(&std::collections::HashSet::new());
+        c.retain(&std::collections::HashSet::new(), 0);
         assert!(c.export().scopes.is_empty());
     }
 }

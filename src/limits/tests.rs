@@ -329,9 +329,15 @@ fn a_reload_shares_windows_reservations_and_spend_and_settles_where_they_were_ma
         "the tenant it was admitted under pays"
     );
     drop((old, running, adm));
-    let _newer = Governor::new(&nc, &counters, clock);
+    let _newer = Governor::new(&nc, &counters, clock.clone());
+    assert!(
+        counters.export().scopes.contains_key("tenant:t"),
+        "a tenant no config names keeps today's spend, in case a reload names it again"
+    );
+    clock.advance(clock::until_next_month(clock.now_ms()));
+    let _later = Governor::new(&nc, &counters, clock);
     assert!(
         !counters.export().scopes.contains_key("tenant:t"),
-        "a tenant no config names is forgotten once nothing holds it"
+        "a tenant no config names is forgotten once it holds nothing"
     );
 }

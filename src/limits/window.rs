@@ -66,6 +66,11 @@ impl Window {
         }
     }
 
+    /// Whether nothing counted here is inside the last minute any more.
+    pub fn expired(&self, now_ms: u64) -> bool {
+        (self.prev == 0.0 && self.curr == 0.0) || self.minute + 1 < now_ms / MINUTE_MS
+    }
+
     /// How long until `cost` more fits under `limit`.
     pub fn wait_for(&mut self, now_ms: u64, limit: f64, cost: f64) -> Duration {
         self.roll(now_ms);
