@@ -180,10 +180,12 @@ mod tests {
         const T: u64 = 1_795_341_600_000; // 2026-11-22 10:00 UTC
         let c = Counters::default();
         let mut file = StateFile::default();
-        let mut spent = ScopeFile::default();
-        spent.day = Spend {
-            window: crate::clock::day_id(T),
-            usd: 2.0,
+        let spent = ScopeFile {
+            day: Spend {
+                window: crate::clock::day_id(T),
+                usd: 2.0,
+            },
+            ..ScopeFile::default()
         };
         file.scopes.insert("key:gone".into(), spent);
         file.scopes.insert("key:stale".into(), ScopeFile::default());
