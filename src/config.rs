@@ -6,6 +6,7 @@ pub mod pool;
 mod route;
 pub mod secret;
 pub mod server;
+pub mod state;
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -15,8 +16,8 @@ use crate::endpoint::EndpointSet;
 use crate::errors::ConfigError;
 use crate::glob::Glob;
 pub use keys::{KeyEntry, Principal};
-pub use limits::{Budget, Limits, Price, StateConfig};
-use limits::{RawBudget, RawLimits, RawState, RawTenant};
+pub use limits::{Budget, Limits, Price};
+use limits::{RawBudget, RawLimits, RawTenant};
 use pool::RawPool;
 pub use pool::{
     parse_backend, BackendUrl, Balance, HashKey, HealthConfig, PoolConfig, ScrapeConfig, Timeouts,
@@ -25,6 +26,8 @@ pub use route::Route;
 pub use secret::{EnvLookup, Secret};
 use server::RawServer;
 pub use server::{CorsConfig, ServerConfig, TlsConfig};
+use state::RawState;
+pub use state::{OnError, RedisConfig, StateConfig};
 
 const MAX_CONFIG_BYTES: usize = 16_777_216; // 16 MiB
 
@@ -93,7 +96,10 @@ pub struct Config {
     pub default_model: Option<String>,
     pub tenants: Vec<TenantConfig>,
     pub pricing: Vec<(Glob, Price)>,
+    /// `backend: file`: where counters are saved (`None` with `enabled: false` or redis).
     pub state: Option<StateConfig>,
+    /// `backend: redis`: the server every gateway shares counters on.
+    pub shared: Option<RedisConfig>,
 }
 
 /// A tenant's shared limits and budget (`tenants.<name>`).
@@ -154,6 +160,7 @@ impl RawConfig {
         }
         let pool_names: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();
         let keys = validate_keys(self.keys, &pool_names, env)?;
+        let states = self.state.unwrap_or_default().validate(env)?;
         let routes = self
             .routes
             .into_iter()
@@ -185,7 +192,8 @@ impl RawConfig {
             default_model: self.default_model,
             tenants,
             pricing: limits::parse_pricing(self.pricing)?,
-            state: self.state.unwrap_or_default().validate()?,
+            state: states.file,
+            shared: states.redis,
         })
     }
 }

@@ -82,6 +82,9 @@ pub enum GatewayError {
     UpstreamProtocol,
     #[error("the gateway is shutting down; retry the request")]
     ShuttingDown,
+    /// `state.on_error: deny` while the shared limit store is unreachable.
+    #[error("the gateway cannot check your limits right now (its shared limit store is unreachable); please retry shortly")]
+    StateUnavailable,
     #[error("the server had an error while processing your request")]
     Internal,
 }
@@ -99,7 +102,9 @@ impl GatewayError {
                 StatusCode::BAD_REQUEST
             }
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Self::NoBackend(_) | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoBackend(_) | Self::ShuttingDown | Self::StateUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::UpstreamUnreachable
             | Self::UpstreamClosed
             | Self::UpstreamProtocol
@@ -137,6 +142,7 @@ impl GatewayError {
             Self::UpstreamStatus(429) | Self::UpstreamPaused { .. } => "requests",
             Self::RateLimited { kind, .. } => kind,
             Self::QuotaExceeded { .. } => "insufficient_quota",
+            Self::StateUnavailable => "service_unavailable",
             Self::NoBackend(_)
             | Self::UpstreamStatus(_)
             | Self::UpstreamAuth
@@ -180,6 +186,7 @@ impl GatewayError {
             Self::UpstreamClosed => Some("upstream_closed"),
             Self::UpstreamProtocol => Some("upstream_protocol_error"),
             Self::ShuttingDown => Some("server_shutting_down"),
+            Self::StateUnavailable => Some("service_unavailable"),
             Self::Internal => Some("internal_error"),
         }
     }
@@ -214,6 +221,7 @@ impl GatewayError {
             | Self::UpstreamClosed
             | Self::UpstreamProtocol
             | Self::ShuttingDown
+            | Self::StateUnavailable
             | Self::Internal => None,
         }
     }
@@ -249,6 +257,7 @@ impl GatewayError {
             Self::UpstreamClosed => "upstream_closed",
             Self::UpstreamProtocol => "upstream_protocol",
             Self::ShuttingDown => "shutdown",
+            Self::StateUnavailable => "state_unavailable",
             Self::Internal => "internal",
         }
     }
@@ -283,6 +292,7 @@ impl GatewayError {
             | Self::RateLimited { .. }
             | Self::QuotaExceeded { .. }
             | Self::ShuttingDown
+            | Self::StateUnavailable
             | Self::Internal => false,
         }
     }

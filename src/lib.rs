@@ -24,6 +24,7 @@ pub mod openai;
 pub mod proxy;
 pub mod router;
 pub mod run;
+pub mod shared;
 pub mod sse;
 pub mod state;
 pub mod upstream;
@@ -112,7 +113,19 @@ fn add_gateway_with(
         }
     }
     let srv = config.server.clone();
-    let gateway = Gateway::new(live::Live::new(config), metrics.clone());
+    let live = match config.shared.clone() {
+        Some(r) => {
+            let store = shared_store(&r, &metrics)?;
+            server.add_service(pingora::services::background::background_service(
+                "llmedge shared state",
+                shared::service::StoreService(store.clone()),
+            ));
+            tracing::info!(endpoint = %r.endpoint, "limits and budgets shared through Redis");
+            live::Live::with_shared(config, store)
+        }
+        None => live::Live::new(config),
+    };
+    let gateway = Gateway::new(live, metrics.clone());
     add_api_listener(server, &gateway, &srv)?;
     let flusher = add_flusher(server, &gateway)?;
     server.add_service(pingora::services::background::background_service(
@@ -142,6 +155,26 @@ fn add_gateway_with(
         tracing::info!(admin_listen = %a, "admin (metrics) listening");
     }
     Ok(gateway)
+}
+
+/// The shared counter store of `state.redis` (connected by its background service).
+fn shared_store(
+    r: &config::RedisConfig,
+    metrics: &Metrics,
+) -> Result<std::sync::Arc<shared::Shared>, StartupError> {
+    let connect = r.timeout.max(std::time::Duration::from_secs(1));
+    let server = shared::redis::RedisServer::new(&r.url, connect).map_err(StartupError::Other)?;
+    let settings = shared::Settings {
+        prefix: r.key_prefix.clone(),
+        endpoint: r.endpoint.clone(),
+        timeout: r.timeout,
+        lease: r.lease,
+    };
+    Ok(std::sync::Arc::new(shared::Shared::new(
+        std::sync::Arc::new(server),
+        settings,
+        metrics.state.clone(),
+    )))
 }
 
 /// The OpenAI API listener: TCP or TLS (h2 by ALPN), h2c when configured.

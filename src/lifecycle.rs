@@ -77,6 +77,10 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     let (o, n) = (&old.server, &new.server);
     [
         ("state", old.state != new.state),
+        (
+            "state.redis",
+            !same_store(old.shared.as_ref(), new.shared.as_ref()),
+        ),
         ("server.grace_period_secs", o.grace_period != n.grace_period),
         ("server.listen", o.listen != n.listen),
         ("server.admin_listen", o.admin_listen != n.admin_listen),
@@ -88,6 +92,22 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     .into_iter()
     .filter_map(|(field, changed)| changed.then_some(field))
     .collect()
+}
+
+/// Whether two `state.redis` blocks name the same store (`on_error` applies at once).
+fn same_store(
+    a: Option<&crate::config::RedisConfig>,
+    b: Option<&crate::config::RedisConfig>,
+) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => {
+            a.url == b.url
+                && a.key_prefix == b.key_prefix
+                && a.timeout == b.timeout
+                && a.lease == b.lease
+        }
+        (a, b) => a.is_none() && b.is_none(),
+    }
 }
 
 /// The signals the binary answers: SIGTERM and SIGINT drain and exit, SIGQUIT hands the
@@ -225,6 +245,9 @@ impl BackgroundService for Drain {
         }
         if let Some(f) = &self.flusher {
             f.save();
+        }
+        if let Some(s) = self.gateway.state.shared() {
+            s.quiesce(FINAL_EVENTS_GRACE).await;
         }
         tracing::info!("drained");
         if let Some(done) = self.on_drained {

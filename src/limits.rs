@@ -19,6 +19,7 @@ use crate::config::{Budget, Config, Limits, Price};
 use crate::glob::Glob;
 use crate::openai::Usage;
 pub use counters::{Cell, Counters, ScopeCounters};
+pub use plan::{PlanScope, PlanSlot, SharedPlan};
 pub use window::Window;
 
 /// What a request asks for at admission.
@@ -48,11 +49,17 @@ pub struct Admitted {
     pub headers: RateHeaders,
 }
 
-#[derive(Debug, Default)]
-struct SlotRule {
-    rpm: Option<u64>,
-    tpm: Option<u64>,
-    concurrency: Option<u64>,
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SlotRule {
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    pub concurrency: Option<u64>,
+}
+
+impl SlotRule {
+    pub fn is_empty(&self) -> bool {
+        self.rpm.is_none() && self.tpm.is_none() && self.concurrency.is_none()
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -88,6 +95,8 @@ impl Spend {
 /// One scope's limits in this config, over its live counters.
 #[derive(Debug)]
 struct ScopeRule {
+    /// The stable id of its counters: `tenant:<name>` or `key:<digest prefix>`.
+    id: String,
     /// For refusals: `tenant acme`, `key 3`.
     name: String,
     base: SlotRule,
@@ -122,7 +131,7 @@ fn slot(l: &Limits) -> SlotRule {
     }
 }
 
-fn rule(name: String, limits: &Limits, budget: Budget, cell: Cell) -> ScopeRule {
+fn rule(id: &str, name: String, limits: &Limits, budget: Budget, cell: Cell) -> ScopeRule {
     let models: Vec<(Glob, Arc<str>, SlotRule)> = limits
         .models
         .iter()
@@ -137,6 +146,7 @@ fn rule(name: String, limits: &Limits, budget: Budget, cell: Cell) -> ScopeRule 
         }
     }
     ScopeRule {
+        id: id.to_string(),
         name,
         base: slot(limits),
         models,
@@ -156,7 +166,13 @@ impl Governor {
                 return i;
             }
             let id = format!("tenant:{name}");
-            let r = rule(format!("tenant {name}"), limits, budget, counters.cell(&id));
+            let r = rule(
+                &id,
+                format!("tenant {name}"),
+                limits,
+                budget,
+                counters.cell(&id),
+            );
             live.insert(id);
             tenants.push((name.into(), r));
             tenants.len() - 1
@@ -171,7 +187,7 @@ impl Governor {
             let t = position(&k.principal.tenant, &Limits::default(), Budget::default());
             let id = format!("key:{}", k.id());
             let name = format!("key {}", k.principal.key_index);
-            let r = rule(name, &k.limits, k.budget, counters.cell(&id));
+            let r = rule(&id, name, &k.limits, k.budget, counters.cell(&id));
             key_ids.push(id);
             if let Some(slot) = keys.get_mut(k.principal.key_index) {
                 *slot = Some((t, r));
@@ -273,13 +289,7 @@ impl Admitted {
     /// Replaces the reservation by what the request really used, in the cells it was made in
     /// (whatever config is current now); returns its cost in USD.
     pub fn settle(&self, used: Usage, clock: &dyn Clock) -> f64 {
-        let cost = self.price.map_or(0.0, |p| {
-            let cached = used
-                .prompt_tokens_details
-                .and_then(|d| d.cached_tokens)
-                .unwrap_or(0);
-            cost_of(&p, used.prompt_tokens, used.completion_tokens, cached)
-        });
+        let cost = usage_cost(self.price, &used);
         let now = clock.now_ms();
         let cal = Calendar::at(now);
         let actual = used.prompt_tokens.saturating_add(used.completion_tokens) as f64;
@@ -298,6 +308,17 @@ impl Admitted {
         }
         cost
     }
+}
+
+/// What `used` costs at `price` (cached prompt tokens at the cached price); 0 unpriced.
+pub fn usage_cost(price: Option<Price>, used: &Usage) -> f64 {
+    price.map_or(0.0, |p| {
+        let cached = used
+            .prompt_tokens_details
+            .and_then(|d| d.cached_tokens)
+            .unwrap_or(0);
+        cost_of(&p, used.prompt_tokens, used.completion_tokens, cached)
+    })
 }
 
 /// What one admission checks each scope against.
@@ -325,6 +346,7 @@ fn check_scope(
 
 mod check;
 pub mod counters;
+mod plan;
 mod refusal;
 
 pub use check::cost_of;

@@ -17,11 +17,12 @@ use tokio::sync::watch;
 
 use crate::auth::KeyEntry;
 use crate::clock::{Clock, SystemClock};
-use crate::config::Config;
+use crate::config::{Config, OnError};
 use crate::errors::GatewayError;
-use crate::limits::{Admitted, Ask, Counters, Denied};
+use crate::limits::{self, Ask, Counters, Denied, RateHeaders};
 use crate::models::ModelsCache;
 use crate::openai::Usage;
+use crate::shared::{self, Answer, Counted, Held, Shared};
 use crate::state::Snapshot;
 use crate::upstream::Backends;
 
@@ -40,6 +41,26 @@ pub struct Live {
     swapping: Mutex<()>,
     /// Set when a graceful shutdown starts: `/readyz` answers 503 from then on.
     draining: AtomicBool,
+    /// `state.backend: redis`: the counters every gateway shares.
+    shared: Option<Arc<Shared>>,
+}
+
+/// An admitted request's reservations, wherever they were made.
+pub enum Admitted {
+    /// In this process's counters; `Some` while the shared store was away (merged later).
+    Local(limits::Admitted, Option<Counted>),
+    /// In the shared store.
+    Shared(Held),
+}
+
+impl Admitted {
+    /// The `x-ratelimit-*` values of the admission.
+    pub fn headers(&self) -> RateHeaders {
+        match self {
+            Self::Local(a, _) => a.headers,
+            Self::Shared(h) => h.headers,
+        }
+    }
 }
 
 /// What admission decided.
@@ -55,6 +76,15 @@ impl Live {
     }
 
     pub fn with_clock(config: Config, clock: Arc<dyn Clock>) -> Arc<Self> {
+        Self::build(config, clock, None)
+    }
+
+    /// A live state whose limits are kept in `shared` (every gateway on it sees one count).
+    pub fn with_shared(config: Config, shared: Arc<Shared>) -> Arc<Self> {
+        Self::build(config, Arc::new(SystemClock), Some(shared))
+    }
+
+    fn build(config: Config, clock: Arc<dyn Clock>, shared: Option<Arc<Shared>>) -> Arc<Self> {
         let backends = Backends::default();
         let counters = Counters::default();
         let snap = Snapshot::new(config, &backends, &counters, clock.clone());
@@ -67,6 +97,7 @@ impl Live {
             generation: watch::channel(0).0,
             swapping: Mutex::new(()),
             draining: AtomicBool::new(false),
+            shared,
         })
     }
 
@@ -93,17 +124,22 @@ impl Live {
         &self.counters
     }
 
+    pub fn shared(&self) -> Option<&Arc<Shared>> {
+        self.shared.as_ref()
+    }
+
     /// Reserves a request against every limit and budget of its key and tenant, under the
     /// newest rules: a request that authenticated on an older snapshot is admitted as the key
-    /// stands now, and refused if a reload revoked the key meanwhile.
-    pub fn admit(
+    /// stands now, and refused if a reload revoked the key meanwhile. With a shared store this
+    /// is one round trip to it (at most `timeout_ms`); while it is away, `on_error` decides.
+    pub async fn admit(
         &self,
         pinned: &Snapshot,
         key: &KeyEntry,
         ask: (&str, u64, u64),
     ) -> Result<Admission, GatewayError> {
-        let current = self.snap.load();
-        let key = if std::ptr::eq(&**current, pinned) {
+        let current = self.snap.load_full();
+        let key = if std::ptr::eq(&*current, pinned) {
             key
         } else {
             current
@@ -117,15 +153,52 @@ impl Live {
             prompt,
             completion,
         };
-        Ok(match current.governor.admit(&ask) {
-            Ok(a) => Admission::Admitted(a),
-            Err(d) => Admission::Refused(d),
-        })
+        let plan = self.shared.as_ref().and_then(|s| {
+            let plan = current.governor.plan(&ask)?;
+            (!plan.is_free()).then_some((s, plan))
+        });
+        let Some((store, plan)) = plan else {
+            return Ok(local(&current, &ask, None));
+        };
+        match store.admit(&plan).await {
+            Answer::Granted(h) => Ok(Admission::Admitted(Admitted::Shared(h))),
+            Answer::Refused(d) => Ok(Admission::Refused(d)),
+            Answer::Unavailable => {
+                let on_error = current.config.shared.as_ref();
+                let deny = |f: fn(&crate::config::RedisConfig) -> OnError| {
+                    on_error.is_some_and(|c| f(c) == OnError::Deny)
+                };
+                if (plan.has_budget() && deny(|c| c.on_error_budgets))
+                    || (plan.has_limits() && deny(|c| c.on_error_limits))
+                {
+                    return Err(GatewayError::StateUnavailable);
+                }
+                let counted = Counted {
+                    wired: Arc::new(shared::wire::Wired::new(&store.settings().prefix, &plan)),
+                    tenant: plan.tenant,
+                };
+                Ok(local(&current, &ask, Some(counted)))
+            }
+        }
     }
 
     /// Replaces an admission's reservation by what the request used; returns its cost.
-    pub fn settle(&self, adm: &Admitted, used: Usage) -> f64 {
-        adm.settle(used, &*self.clock)
+    pub fn settle(&self, adm: Admitted, used: Usage) -> f64 {
+        let tokens = used.prompt_tokens.saturating_add(used.completion_tokens);
+        match adm {
+            Admitted::Local(a, counted) => {
+                let cost = a.settle(used, &*self.clock);
+                if let (Some(c), Some(s)) = (counted, &self.shared) {
+                    s.count_locally(&c, tokens, cost);
+                }
+                cost
+            }
+            Admitted::Shared(h) => {
+                let cost = limits::usage_cost(h.price, &used);
+                h.settle(tokens, cost);
+                cost
+            }
+        }
     }
 
     pub fn start_draining(&self) {
@@ -142,6 +215,14 @@ impl Live {
         } else {
             (503, "draining")
         }
+    }
+}
+
+/// Admission in this process's counters.
+fn local(snap: &Snapshot, ask: &Ask<'_>, counted: Option<Counted>) -> Admission {
+    match snap.governor.admit(ask) {
+        Ok(a) => Admission::Admitted(Admitted::Local(a, counted)),
+        Err(d) => Admission::Refused(d),
     }
 }
 

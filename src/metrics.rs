@@ -56,10 +56,29 @@ pub struct Metrics {
     pub route_available: IntGaugeVec,
     /// `llmedge_config_reload_total{result}`, result = success | failure.
     pub reloads: IntCounterVec,
+    /// `llmedge_state_backend_*`: the shared counter store (Redis).
+    pub state: StateMetrics,
     /// Every registered metric family's name (dashboards are checked against it).
     names: Vec<String>,
     models: ModelLabels,
 }
+
+/// The shared counter store's health, as every gateway on it sees it.
+#[derive(Clone)]
+pub struct StateMetrics {
+    /// `llmedge_state_backend_up`: 1 while Redis answers within `timeout_ms`.
+    pub up: prometheus::IntGauge,
+    /// `llmedge_state_backend_errors_total{op}`, op = admit | settle | renew | merge | spend |
+    /// connect | ping.
+    pub errors: IntCounterVec,
+    /// `llmedge_state_backend_seconds`: the admission round trip.
+    pub seconds: prometheus::Histogram,
+}
+
+/// Round trips on loopback take tens of microseconds; a timeout is tens of milliseconds.
+const STORE_BUCKETS: &[f64] = &[
+    0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
 
 /// A metric family: name, help and label names.
 type Spec = (&'static str, &'static str, &'static [&'static str]);
@@ -181,6 +200,7 @@ impl Metrics {
             budget_remaining: r.gauge(BUDGET_REMAINING)?,
             route_available: r.int_gauge(ROUTE_AVAILABLE)?,
             reloads: r.counter(RELOADS)?,
+            state: r.state()?,
             registry: r.registry,
             names: r.names.into_inner(),
             models: ModelLabels::new(model_label_cap),
@@ -300,6 +320,27 @@ impl Reg {
 
     fn int_gauge(&self, (name, help, labels): Spec) -> Result<IntGaugeVec, prometheus::Error> {
         register(self, IntGaugeVec::new(Opts::new(name, help), labels)?)
+    }
+
+    fn state(&self) -> Result<StateMetrics, prometheus::Error> {
+        let up = prometheus::IntGauge::new(
+            "llmedge_state_backend_up",
+            "1 while the shared counter store (Redis) answers in time",
+        )?;
+        let opts = HistogramOpts::new(
+            "llmedge_state_backend_seconds",
+            "Admission round trips to the shared counter store",
+        )
+        .buckets(STORE_BUCKETS.to_vec());
+        Ok(StateMetrics {
+            up: register(self, up)?,
+            errors: self.counter((
+                "llmedge_state_backend_errors_total",
+                "Failed or timed-out calls to the shared counter store, by operation",
+                &["op"],
+            ))?,
+            seconds: register(self, prometheus::Histogram::with_opts(opts)?)?,
+        })
     }
 
     /// A latency histogram (labelled by route and pool).

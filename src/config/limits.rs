@@ -1,6 +1,4 @@
-//! `limits:`, `budget:`, `tenants:`, `pricing:` and `state:`.
-
-use std::time::Duration;
+//! `limits:`, `budget:`, `tenants:` and `pricing:`.
 
 use serde::Deserialize;
 
@@ -8,7 +6,6 @@ use crate::errors::ConfigError;
 use crate::glob::Glob;
 
 const MAX_LIMIT: u64 = 1_000_000_000_000;
-const DEFAULT_FLUSH_MS: u64 = 5_000;
 
 /// Request, token and concurrency limits; `None` means unlimited.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -51,12 +48,6 @@ pub struct Price {
     pub cached_input: Option<f64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StateConfig {
-    pub path: std::path::PathBuf,
-    pub flush: Duration,
-}
-
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawLimits {
@@ -85,21 +76,6 @@ pub(super) struct RawTenant {
     #[serde(default)]
     pub(super) budget: RawBudget,
 }
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawState {
-    #[serde(default)]
-    path: Option<String>,
-    #[serde(default)]
-    flush_ms: Option<u64>,
-    #[serde(default)]
-    enabled: Option<bool>,
-}
-
-/// Where counters persist when `state.path` is not given: the working directory, which the
-/// shipped systemd unit and Dockerfile point at the service's own state directory.
-pub const DEFAULT_STATE_PATH: &str = "llmedge-state.json";
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -171,31 +147,6 @@ impl RawBudget {
             usd_per_day: self.usd_per_day,
             usd_per_month: self.usd_per_month,
         })
-    }
-}
-
-impl RawState {
-    /// `None` when persistence is switched off (`state: {enabled: false}`); an absent `state:`
-    /// block persists to [`DEFAULT_STATE_PATH`], so spend survives a restart by default.
-    pub(super) fn validate(self) -> Result<Option<StateConfig>, ConfigError> {
-        if self.enabled == Some(false) {
-            return Ok(None);
-        }
-        let path = self.path.unwrap_or_else(|| DEFAULT_STATE_PATH.to_string());
-        if path.is_empty() {
-            return Err(ConfigError::new("state.path", "must not be empty"));
-        }
-        let flush = self.flush_ms.unwrap_or(DEFAULT_FLUSH_MS);
-        if !(10..=3_600_000).contains(&flush) {
-            return Err(ConfigError::new(
-                "state.flush_ms",
-                format!("{flush} must be between 10 and 3600000"),
-            ));
-        }
-        Ok(Some(StateConfig {
-            path: path.into(),
-            flush: Duration::from_millis(flush),
-        }))
     }
 }
 

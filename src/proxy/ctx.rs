@@ -10,7 +10,7 @@ use super::deadline::TimeoutKind;
 use super::session::{self, Shared, Slot};
 use crate::auth::Principal;
 use crate::errors::GatewayError;
-use crate::limits::{Admitted, RateHeaders};
+use crate::limits::RateHeaders;
 use crate::openai::Usage;
 use crate::sse::StreamRewriter;
 use crate::state::Snapshot;
@@ -103,7 +103,7 @@ pub struct RequestCtx {
     pub usage: Option<Usage>,
     pub inflight: Option<InflightGuard>,
     /// Limits and budget reserved at admission, settled in `logging`.
-    pub admitted: Option<Admitted>,
+    pub admitted: Option<crate::live::Admitted>,
     /// `x-ratelimit-*` values for the response, and the wait a refusal announces.
     pub rate_headers: Option<RateHeaders>,
     /// Counts this request as active until the context is dropped.

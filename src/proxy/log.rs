@@ -84,7 +84,7 @@ fn settle(gw: &Gateway, ctx: &mut RequestCtx, model_label: Option<&str>) {
         ctx.usage = Some(used); // reported as what was charged
     }
     // the reservation settles in the cells it was made in, whatever reloads came since
-    let cost = gw.state.settle(&adm, used);
+    let cost = gw.state.settle(adm, used);
     if let (Some(p), Some(model), true) = (&ctx.principal, model_label, cost > 0.0) {
         gw.metrics
             .spend

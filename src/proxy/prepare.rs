@@ -30,7 +30,7 @@ pub async fn prepare(
     let max = snap.config.server.max_body_bytes;
     if endpoint.multipart() {
         let incoming = body::read_multipart(session, max, &ctx.request_id).await?;
-        return plan_request(gw, session, ctx, key, endpoint, incoming, None);
+        return plan_request(gw, session, ctx, key, endpoint, incoming, None).await;
     }
     // a JSON body is parsed once: the object (borrowing the body) serves the route, the
     // admission and the rewrite
@@ -38,7 +38,7 @@ pub async fn prepare(
     let (obj, head) = inspect_request(&json_body)?;
     let max_tokens = snap.config.server.default_max_tokens;
     let incoming = body::json_incoming(&json_body, &obj, head, endpoint, max_tokens);
-    plan_request(gw, session, ctx, key, endpoint, incoming, Some(&obj))
+    plan_request(gw, session, ctx, key, endpoint, incoming, Some(&obj)).await
 }
 
 /// The route for `model`, once the key may use it on this endpoint.
@@ -78,7 +78,7 @@ fn first_body(incoming: &Incoming, obj: Option<&RawObject<'_>>, model: &str) -> 
 }
 
 /// Routes, admits and plans a request whose body (or multipart head) has been read.
-fn plan_request(
+async fn plan_request(
     gw: &Gateway,
     session: &mut Session,
     ctx: &mut RequestCtx,
@@ -106,7 +106,8 @@ fn plan_request(
         ctx,
         key,
         (&model, prompt_estimate, incoming.max_completion),
-    )?;
+    )
+    .await?;
     ctx.pool = Some(chain[0]);
     let route_model = resolved.upstream_model.to_string();
     ctx.routed = Some(Routed {
@@ -222,15 +223,15 @@ fn keep_plan(
 }
 
 /// Reserves the request against every limit and budget of its key and tenant.
-fn admit(
+async fn admit(
     gw: &Gateway,
     ctx: &mut RequestCtx,
     key: &KeyEntry,
     ask: (&str, u64, u64),
 ) -> Result<(), GatewayError> {
-    match gw.state.admit(&ctx.snap, key, ask)? {
+    match gw.state.admit(&ctx.snap, key, ask).await? {
         Admission::Admitted(adm) => {
-            ctx.rate_headers = Some(adm.headers);
+            ctx.rate_headers = Some(adm.headers());
             ctx.admitted = Some(adm);
             Ok(())
         }

@@ -58,6 +58,9 @@ pub async fn write(
         Some(GatewayError::MethodNotAllowed { allow, .. }) => {
             resp.insert_header("allow", *allow)?;
         }
+        Some(GatewayError::StateUnavailable) => {
+            resp.insert_header("retry-after", "1")?;
+        }
         Some(GatewayError::QuotaExceeded { .. }) => {
             // retrying cannot help until the window turns; the SDKs honour this header
             resp.insert_header("x-should-retry", "false")?;

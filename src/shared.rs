@@ -1,0 +1,310 @@
+//! Limit counters shared by every gateway on one Redis (or Valkey) server (`state.backend:
+//! redis`). One server-side call per admission checks every limit of the request and reserves
+//! them all or none; settlement replaces the reservation by what was used. Concurrency slots and
+//! reservations are leases that expire unless the gateway holding them renews them, so a gateway
+//! that dies gives its capacity back within `lease_ms`.
+//!
+//! While the server is away (an error, or no answer within `timeout_ms`) the store is marked
+//! down once, and requests get `on_error`: admitted and counted in this process, or refused.
+//! What was counted here meanwhile is merged into the shared counters when the server is back.
+//! The server sits behind [`CounterServer`], so all of this is tested without a socket.
+
+pub mod pending;
+pub mod redis;
+pub mod service;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+
+use crate::config::Price;
+use crate::limits::{Denied, RateHeaders, SharedPlan};
+use crate::metrics::StateMetrics;
+use pending::Pending;
+use wire::{Lease, Wired};
+
+/// The server the counters live on: one call of a library function, or a ping.
+#[async_trait]
+pub trait CounterServer: Send + Sync {
+    /// Calls `function` with `keys` and one JSON argument; integer replies come back as a list.
+    async fn call(
+        &self,
+        function: &'static str,
+        keys: &[String],
+        arg: &str,
+    ) -> Result<Vec<i64>, String>;
+    /// Connects if needed, loads the library, and checks the server answers.
+    async fn ping(&self) -> Result<(), String>;
+}
+
+/// Store settings, from `state.redis`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub prefix: String,
+    pub endpoint: String,
+    pub timeout: Duration,
+    pub lease: Duration,
+}
+
+pub struct Shared {
+    server: Arc<dyn CounterServer>,
+    settings: Settings,
+    up: AtomicBool,
+    /// Whether this outage was logged (once per outage, the first at start included).
+    logged_down: AtomicBool,
+    /// This process's lease ids: `<instance>-<n>`.
+    instance: String,
+    seq: AtomicU64,
+    pending: Mutex<Pending>,
+    renewals: Mutex<HashMap<u64, Renewal>>,
+    settling: AtomicU64,
+    metrics: StateMetrics,
+}
+
+/// A lease this process renews until its request settles.
+struct Renewal {
+    wired: Arc<Wired>,
+    lease: Lease,
+    renewed: Instant,
+}
+
+/// What the shared store answered an admission.
+pub enum Answer {
+    Granted(Held),
+    Refused(Denied),
+    /// The store did not answer in time: `on_error` decides.
+    Unavailable,
+}
+
+/// A request admitted by the shared store, settled there (or, if it is away by then, counted
+/// here and merged later).
+pub struct Held {
+    shared: Arc<Shared>,
+    tenant: Arc<str>,
+    wired: Arc<Wired>,
+    /// `(renewal id, lease)` when admission reserved anything.
+    lease: Option<(u64, Lease)>,
+    at_ms: u64,
+    pub price: Option<Price>,
+    pub headers: RateHeaders,
+}
+
+/// A request admitted in this process while the store was away: what to merge when it is back.
+pub struct Counted {
+    pub tenant: Arc<str>,
+    pub wired: Arc<Wired>,
+}
+
+impl Shared {
+    pub fn new(server: Arc<dyn CounterServer>, settings: Settings, metrics: StateMetrics) -> Self {
+        metrics.up.set(0);
+        Self {
+            server,
+            settings,
+            up: AtomicBool::new(false),
+            logged_down: AtomicBool::new(false),
+            instance: instance_id(),
+            seq: AtomicU64::new(0),
+            pending: Mutex::new(Pending::default()),
+            renewals: Mutex::new(HashMap::new()),
+            settling: AtomicU64::new(0),
+            metrics,
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Checks and reserves `plan` in one round trip, within `timeout_ms`.
+    pub async fn admit(self: &Arc<Self>, plan: &SharedPlan) -> Answer {
+        let wired = Arc::new(Wired::new(&self.settings.prefix, plan));
+        if plan.checks_nothing() {
+            // only spend to charge: nothing to ask before the request runs
+            return Answer::Granted(self.held(plan, wired, None, 0, RateHeaders::default()));
+        }
+        if !self.is_up() {
+            return Answer::Unavailable;
+        }
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        let lease = Lease {
+            id: format!("{}-{n}", self.instance),
+            tokens: plan.tokens,
+            micro: wired.reserve_micro(plan),
+        };
+        let arg = wired.admit_arg(plan, &lease.id, self.settings.lease);
+        let started = Instant::now();
+        let reply = self.call("admit", wire::ADMIT, &wired.keys, &arg).await;
+        self.metrics
+            .seconds
+            .observe(started.elapsed().as_secs_f64());
+        let Some(reply) = reply else {
+            return Answer::Unavailable;
+        };
+        match wire::admit_reply(plan, &reply) {
+            Ok(Ok(g)) => {
+                let lease = wired.leases(plan).then(|| (n, lease));
+                Answer::Granted(self.held(plan, wired, lease, g.at_ms, g.headers))
+            }
+            Ok(Err(denied)) => Answer::Refused(denied),
+            Err(e) => {
+                self.down("admit", &e);
+                Answer::Unavailable
+            }
+        }
+    }
+
+    fn held(
+        self: &Arc<Self>,
+        plan: &SharedPlan,
+        wired: Arc<Wired>,
+        lease: Option<(u64, Lease)>,
+        at_ms: u64,
+        headers: RateHeaders,
+    ) -> Held {
+        if let Some((n, l)) = &lease {
+            let r = Renewal {
+                wired: wired.clone(),
+                lease: l.clone(),
+                renewed: Instant::now(),
+            };
+            self.renewals.lock().insert(*n, r);
+        }
+        Held {
+            shared: self.clone(),
+            tenant: plan.tenant.clone(),
+            wired,
+            lease,
+            at_ms,
+            price: plan.price,
+            headers,
+        }
+    }
+
+    /// One call within `timeout_ms`; a failure marks the store down and answers `None`.
+    async fn call(
+        &self,
+        op: &'static str,
+        function: &'static str,
+        keys: &[String],
+        arg: &str,
+    ) -> Option<Vec<i64>> {
+        let call = self.server.call(function, keys, arg);
+        match tokio::time::timeout(self.settings.timeout, call).await {
+            Ok(Ok(r)) => Some(r),
+            Ok(Err(e)) => {
+                self.down(op, &e);
+                None
+            }
+            Err(_) => {
+                let ms = self.settings.timeout.as_millis();
+                self.down(op, &format!("no answer within {ms} ms"));
+                None
+            }
+        }
+    }
+
+    /// Counts a failed call; the first one since the store was last up is logged.
+    fn down(&self, op: &'static str, error: &str) {
+        self.metrics.errors.with_label_values(&[op]).inc();
+        self.up.store(false, Ordering::Relaxed);
+        self.metrics.up.set(0);
+        if !self.logged_down.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                endpoint = %self.settings.endpoint,
+                op,
+                error,
+                "shared state store unreachable: limits and budgets follow state.on_error until it is back"
+            );
+        }
+    }
+
+    fn back(&self) {
+        self.metrics.up.set(1);
+        if !self.up.swap(true, Ordering::Relaxed) {
+            self.logged_down.store(false, Ordering::Relaxed);
+            tracing::info!(
+                endpoint = %self.settings.endpoint,
+                "shared state store reachable: limits and budgets are shared"
+            );
+        }
+    }
+
+    /// Records what a request admitted here (store away) used, to merge when the store is back.
+    pub fn count_locally(&self, c: &Counted, tokens: u64, cost_usd: f64) {
+        self.pending
+            .lock()
+            .add(&c.tenant, &c.wired, 1, tokens, wire::micro(cost_usd));
+    }
+
+    /// Settlements still on their way to the store.
+    pub fn settling(&self) -> u64 {
+        self.settling.load(Ordering::Relaxed)
+    }
+}
+
+impl Held {
+    /// Replaces the reservation by what was used (`tokens`, `cost_usd`), off the request path.
+    /// If the store is away, the usage is kept here and merged when it is back; the leases
+    /// expire by themselves.
+    pub fn settle(mut self, tokens: u64, cost_usd: f64) {
+        let shared = self.shared.clone();
+        let lease = self.lease.take();
+        if let Some((n, _)) = &lease {
+            shared.renewals.lock().remove(n);
+        }
+        let cost = wire::micro(cost_usd);
+        if lease.is_none() && cost == 0 {
+            return;
+        }
+        let (tenant, wired, at) = (self.tenant.clone(), self.wired.clone(), self.at_ms);
+        shared.settling.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            let l = lease.map_or_else(Lease::none, |(_, l)| l);
+            let arg = wire::settle_arg(&wired, &l, at, tokens, cost);
+            let done = shared.is_up()
+                && shared
+                    .call("settle", wire::SETTLE, &wired.keys, &arg)
+                    .await
+                    .is_some();
+            if !done {
+                // the admission was counted there already: only usage and spend are owed
+                shared.pending.lock().add(&tenant, &wired, 0, tokens, cost);
+            }
+            shared.settling.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some((n, _)) = &self.lease {
+            self.shared.renewals.lock().remove(n);
+        }
+    }
+}
+
+/// A random id for this process's leases (two processes never share one).
+fn instance_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    format!("{:016x}", h.finish())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,117 @@
+//! [`CounterServer`] on Redis or Valkey: one multiplexed connection per process (commands from
+//! every request pipelined on it), reconnected by `redis`'s connection manager; the library of
+//! functions is loaded on connect and again if the server lost it (a restart without
+//! persistence, a `FUNCTION FLUSH`).
+
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use super::wire;
+use super::CounterServer;
+use crate::config::Secret;
+
+pub struct RedisServer {
+    client: redis::Client,
+    conn: ArcSwapOption<ConnectionManager>,
+    connecting: tokio::sync::Mutex<()>,
+    connect_timeout: Duration,
+}
+
+impl RedisServer {
+    /// A server for `url`; nothing connects until the first ping. The error never holds the URL.
+    pub fn new(url: &Secret, connect_timeout: Duration) -> Result<Self, String> {
+        let client = redis::Client::open(url.expose())
+            .map_err(|e| format!("state.redis.url: {}", e.category()))?;
+        Ok(Self {
+            client,
+            conn: ArcSwapOption::empty(),
+            connecting: tokio::sync::Mutex::new(()),
+            connect_timeout,
+        })
+    }
+
+    /// The connection; made on first use by one caller while the others wait.
+    async fn connection(&self) -> Result<ConnectionManager, String> {
+        if let Some(c) = self.conn.load_full() {
+            return Ok((*c).clone());
+        }
+        let _one = self.connecting.lock().await;
+        if let Some(c) = self.conn.load_full() {
+            return Ok((*c).clone());
+        }
+        let cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(self.connect_timeout)
+            .set_number_of_retries(0);
+        let c = ConnectionManager::new_with_config(self.client.clone(), cfg)
+            .await
+            .map_err(|e| describe(&e))?;
+        self.conn.store(Some(std::sync::Arc::new(c.clone())));
+        Ok(c)
+    }
+
+    async fn load_library(&self, c: &mut ConnectionManager) -> Result<(), String> {
+        redis::cmd("FUNCTION")
+            .arg("LOAD")
+            .arg("REPLACE")
+            .arg(wire::LIBRARY)
+            .query_async::<String>(c)
+            .await
+            .map(drop)
+            .map_err(|e| describe(&e))
+    }
+}
+
+/// A redis error in one line, without anything from the URL.
+fn describe(e: &redis::RedisError) -> String {
+    let mut s = e.to_string();
+    s.truncate(200);
+    s
+}
+
+fn ints(v: redis::Value) -> Result<Vec<i64>, String> {
+    match v {
+        redis::Value::Int(n) => Ok(vec![n]),
+        redis::Value::Array(items) => items
+            .into_iter()
+            .map(|i| match i {
+                redis::Value::Int(n) => Ok(n),
+                other => Err(format!("unexpected reply item {other:?}")),
+            })
+            .collect(),
+        other => Err(format!("unexpected reply {other:?}")),
+    }
+}
+
+#[async_trait]
+impl CounterServer for RedisServer {
+    async fn call(
+        &self,
+        function: &'static str,
+        keys: &[String],
+        arg: &str,
+    ) -> Result<Vec<i64>, String> {
+        let mut c = self.connection().await?;
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg(function).arg(keys.len()).arg(keys).arg(arg);
+        match cmd.query_async::<redis::Value>(&mut c).await {
+            Ok(v) => ints(v),
+            Err(e) if e.to_string().contains("Function not found") => {
+                self.load_library(&mut c).await?;
+                ints(cmd.query_async(&mut c).await.map_err(|e| describe(&e))?)
+            }
+            Err(e) => Err(describe(&e)),
+        }
+    }
+
+    async fn ping(&self) -> Result<(), String> {
+        let mut c = self.connection().await?;
+        redis::cmd("PING")
+            .query_async::<String>(&mut c)
+            .await
+            .map_err(|e| describe(&e))?;
+        self.load_library(&mut c).await
+    }
+}

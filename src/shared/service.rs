@@ -1,0 +1,127 @@
+//! The store's background work: reconnect while it is away, merge what this process counted
+//! meanwhile, and renew the leases of requests still running.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+use super::wire::{self, Lease, Wired};
+use super::Shared;
+
+/// How often the store is looked after: reconnects, merges and due renewals.
+const TICK: Duration = Duration::from_millis(200);
+
+pub struct StoreService(pub Arc<Shared>);
+
+#[async_trait]
+impl BackgroundService for StoreService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            self.0.tick().await;
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                () = tokio::time::sleep(TICK) => {}
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// One round of upkeep.
+    pub async fn tick(&self) {
+        if !self.is_up() {
+            self.reconnect().await;
+        }
+        if self.is_up() {
+            self.renew_due().await;
+            if !self.pending.lock().is_empty() && !self.merge_pending().await {
+                self.down("merge", "merge of locally counted requests failed");
+            }
+        }
+    }
+
+    /// A call outside the request path: a connect may take longer than `timeout_ms`.
+    async fn upkeep_call(
+        &self,
+        function: &'static str,
+        keys: &[String],
+        arg: &str,
+    ) -> Result<Vec<i64>, String> {
+        let wait = self.settings.timeout.max(Duration::from_secs(1));
+        match tokio::time::timeout(wait, self.server.call(function, keys, arg)).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("no answer within {} ms", wait.as_millis())),
+        }
+    }
+
+    async fn reconnect(&self) {
+        let wait = self.settings.timeout.max(Duration::from_secs(1));
+        let ping = match tokio::time::timeout(wait, self.server.ping()).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("no answer within {} ms", wait.as_millis())),
+        };
+        match ping {
+            Ok(()) if self.merge_pending().await => self.back(),
+            Ok(()) => self.down("merge", "merge of locally counted requests failed"),
+            Err(e) => self.down("connect", &e),
+        }
+    }
+
+    /// Adds what was counted here while the store was away; what fails stays pending.
+    async fn merge_pending(&self) -> bool {
+        let all = self.pending.lock().take();
+        let mut ok = true;
+        for (tenant, counts) in all {
+            if ok {
+                let (keys, arg) = counts.merge_call();
+                if let Err(e) = self.upkeep_call(wire::MERGE, &keys, &arg).await {
+                    tracing::debug!(error = %e, "merge failed; kept for the next try");
+                    self.metrics.errors.with_label_values(&["merge"]).inc();
+                    ok = false;
+                }
+            }
+            if !ok {
+                self.pending.lock().restore(tenant, counts);
+            }
+        }
+        ok
+    }
+
+    /// Pushes out the expiry of leases held for a third of their life.
+    async fn renew_due(&self) {
+        let every = self.settings.lease / 3;
+        let due: Vec<(Arc<Wired>, Lease)> = {
+            let mut r = self.renewals.lock();
+            let now = Instant::now();
+            r.values_mut()
+                .filter(|x| now.duration_since(x.renewed) >= every)
+                .map(|x| {
+                    x.renewed = now;
+                    (x.wired.clone(), x.lease.clone())
+                })
+                .collect()
+        };
+        let calls = due.iter().map(|(w, l)| {
+            let arg = wire::renew_arg(w, l, self.settings.lease);
+            async move { self.call("renew", wire::RENEW, &w.keys, &arg).await }
+        });
+        futures::future::join_all(calls).await;
+    }
+
+    /// At shutdown: waits (up to `max`) for settlements on their way, then merges what is
+    /// pending, so a drained gateway leaves its counts in the store.
+    pub async fn quiesce(&self, max: Duration) {
+        let until = Instant::now() + max;
+        while self.settling() > 0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if self.is_up() && !self.pending.lock().is_empty() && !self.merge_pending().await {
+            tracing::warn!(
+                "shared state store away at shutdown: locally counted requests not merged"
+            );
+        }
+    }
+}
