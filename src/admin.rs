@@ -32,6 +32,30 @@ impl AdminApp {
     }
 }
 
+impl AdminApp {
+    /// The budget gauges from the shared spend (left as they were while the store is away).
+    async fn shared_budgets(&self, store: &crate::shared::Shared, g: &crate::limits::Governor) {
+        let budgets = g.tenant_budgets();
+        let scopes: Vec<(&str, &str)> = budgets.iter().map(|(n, id, _)| (&**n, *id)).collect();
+        let Some(spent) = store.spend(&scopes).await else {
+            return;
+        };
+        for ((name, _, b), (day, month)) in budgets.iter().zip(spent) {
+            for (window, budget, used) in [
+                ("day", b.usd_per_day, day),
+                ("month", b.usd_per_month, month),
+            ] {
+                if let Some(budget) = budget {
+                    self.metrics
+                        .budget_remaining
+                        .with_label_values(&[&**name, window])
+                        .set((budget - used).max(0.0));
+                }
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
@@ -41,7 +65,10 @@ impl ServeHttp for AdminApp {
                 let snap = self.state.load();
                 self.metrics.refresh_backends(&snap.pools);
                 self.metrics.refresh_routes(&snap.route_availability());
-                self.metrics.refresh_budgets(&snap.governor);
+                match self.state.shared() {
+                    Some(store) => self.shared_budgets(store, &snap.governor).await,
+                    None => self.metrics.refresh_budgets(&snap.governor),
+                }
                 (200, "text/plain; version=0.0.4", self.metrics.encode())
             }
             "/healthz" => (200, "application/json", br#"{"status":"ok"}"#.to_vec()),

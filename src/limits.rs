@@ -267,6 +267,15 @@ impl Governor {
         adm.settle(used, &*self.clock)
     }
 
+    /// Every tenant with a budget: its name, the id of its counters and the budget.
+    pub fn tenant_budgets(&self) -> Vec<(Arc<str>, &str, Budget)> {
+        self.tenants
+            .iter()
+            .filter(|(_, r)| !r.budget.is_empty())
+            .map(|(n, r)| (n.clone(), r.id.as_str(), r.budget))
+            .collect()
+    }
+
     /// `(tenant, window, remaining USD)` for every tenant budget, for the metrics gauge.
     pub fn budget_remaining(&self) -> Vec<(String, &'static str, f64)> {
         let cal = Calendar::at(self.clock.now_ms());

@@ -246,6 +246,22 @@ impl Shared {
             .add(&c.tenant, &c.wired, 1, tokens, wire::micro(cost_usd));
     }
 
+    /// Today's and this month's spend in USD of each `(tenant, scope id)`, from the store;
+    /// `None` while it is away.
+    pub async fn spend(&self, scopes: &[(&str, &str)]) -> Option<Vec<(f64, f64)>> {
+        let mut out = Vec::with_capacity(scopes.len());
+        for (tenant, id) in scopes {
+            let key = format!("{}:s", wire::scope_key(&self.settings.prefix, tenant, id));
+            if !self.is_up() {
+                return None;
+            }
+            let r = self.call("spend", wire::SPEND, &[key], "").await?;
+            let usd = |i: usize| r.get(i).copied().unwrap_or(0) as f64 / 1_000_000.0;
+            out.push((usd(0), usd(1)));
+        }
+        Some(out)
+    }
+
     /// Settlements still on their way to the store.
     pub fn settling(&self) -> u64 {
         self.settling.load(Ordering::Relaxed)

@@ -16,5 +16,6 @@ mod fleet;
 mod limits;
 mod live;
 mod ops;
+mod shared;
 mod streaming;
 mod support;

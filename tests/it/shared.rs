@@ -1,0 +1,344 @@
+//! `state.backend: redis`: three gateways on one Redis of the test's own hold every limit and
+//! budget once between them, give a dead gateway's capacity back, and ride out Redis going away.
+
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+
+use crate::support::redis_server::{RedisServer, PASSWORD};
+use crate::support::*;
+
+const CHAT: &str = "/v1/chat/completions";
+const ECHO: &str = r#"{"model":"mock/echo","max_tokens":5,"messages":[]}"#;
+const GATED: &str = r#"{"model":"mock/gated","stream":true,"max_tokens":30,"messages":[]}"#;
+
+/// A gateway config on `redis`: the standard key (tenant acme) with `key_limits`, the mock
+/// pool at $0.001 per token, `tenants`, and `state_extra` under `state:`.
+struct Fleet<'a> {
+    upstream: String,
+    redis: String,
+    key_limits: &'a str,
+    tenants: &'a str,
+    state_extra: &'a str,
+}
+
+impl Fleet<'_> {
+    fn yaml(&self, port: u16, admin: u16) -> String {
+        let head = server_and_client_key(port, admin);
+        format!(
+            r#"{head}{key_limits}
+pools:
+  mock:
+    backends: ["{upstream}"]
+routes:
+  - {{prefix: "mock/", pool: mock, strip_prefix: true}}
+pricing:
+  "mock/*": {{input: 1000.0, output: 1000.0}}
+{tenants}
+state:
+  backend: redis
+  redis: {{url: "{redis}", timeout_ms: 1000, lease_ms: 1500}}
+{state_extra}
+"#,
+            key_limits = self.key_limits,
+            upstream = self.upstream,
+            redis = self.redis,
+            tenants = self.tenants,
+            state_extra = self.state_extra,
+        )
+    }
+
+    async fn start(&self, n: usize) -> Vec<TestGateway> {
+        join_all((0..n).map(|_| TestGateway::start_with(|p, a| self.yaml(p, a)))).await
+    }
+}
+
+async fn fleet<'a>(
+    mock: &MockOpenAi,
+    redis: &RedisServer,
+    key_limits: &'a str,
+    tenants: &'a str,
+) -> (Fleet<'a>, Vec<TestGateway>) {
+    let f = Fleet {
+        upstream: mock.url(),
+        redis: redis.url(),
+        key_limits,
+        tenants,
+        state_extra: "",
+    };
+    let gws = f.start(3).await;
+    for gw in &gws {
+        gw.wait_metric("llmedge_state_backend_up 1").await;
+    }
+    (f, gws)
+}
+
+async fn send(gw: &TestGateway, body: &str) -> (u16, reqwest::header::HeaderMap, String) {
+    let r = post(gw, CHAT, CLIENT_KEY, body).await;
+    let (s, h) = (r.status().as_u16(), r.headers().clone());
+    (s, h, r.text().await.unwrap())
+}
+
+/// Sends `n` requests at once, spread round-robin over the gateways; their statuses in order.
+async fn spread(gws: &[TestGateway], n: usize, body: &'static str) -> Vec<(u16, bool)> {
+    let client = reqwest::Client::new();
+    let calls = (0..n).map(|i| {
+        let req = client
+            .post(gws[i % gws.len()].url(CHAT))
+            .bearer_auth(CLIENT_KEY)
+            .body(body);
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.headers().contains_key("retry-after"))
+        }
+    });
+    join_all(calls).await
+}
+
+#[tokio::test]
+async fn rpm_30_admits_exactly_30_of_90_across_three_gateways_with_shared_headers() {
+    let (mock, redis) = (MockOpenAi::start().await, RedisServer::start().await);
+    let (_f, gws) = fleet(&mock, &redis, "    limits: {rpm: 30}", "").await;
+    // one after another on different gateways: one count, seen by all
+    let mut remaining = Vec::new();
+    for gw in &gws {
+        let (s, h, _) = send(gw, ECHO).await;
+        assert_eq!(s, 200);
+        remaining.push(
+            h["x-ratelimit-remaining-requests"]
+                .to_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert_eq!(remaining, ["29", "28", "27"]);
+    let got = spread(&gws, 87, ECHO).await;
+    let ok = got.iter().filter(|(s, _)| *s == 200).count();
+    assert_eq!(ok, 27, "30 in all: {got:?}");
+    assert!(got
+        .iter()
+        .filter(|(s, _)| *s != 200)
+        .all(|(s, retry)| *s == 429 && *retry));
+    let (s, h, _) = send(&gws[1], ECHO).await;
+    assert_eq!(s, 429);
+    let after: u64 = h["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=70).contains(&after), "retry-after {after}");
+    assert_eq!(h["x-ratelimit-remaining-requests"], "0");
+}
+
+#[tokio::test]
+async fn concurrency_2_admits_two_of_six_streams_and_frees_the_slots_on_every_gateway() {
+    let (mock, redis) = (MockOpenAi::start().await, RedisServer::start().await);
+    let (_f, gws) = fleet(
+        &mock,
+        &redis,
+        "",
+        "tenants:\n  acme:\n    limits: {concurrency: 2}",
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let opened = join_all((0..6).map(|i| {
+        client
+            .post(gws[i % 3].url(CHAT))
+            .bearer_auth(CLIENT_KEY)
+            .body(GATED)
+            .send()
+    }))
+    .await;
+    let (running, refused): (Vec<_>, Vec<_>) = opened
+        .into_iter()
+        .map(Result::unwrap)
+        .partition(|r| r.status() == 200);
+    assert_eq!(running.len(), 2, "two slots for the whole fleet");
+    assert!(refused.iter().all(|r| r.status() == 429));
+    mock.open_gate();
+    for r in running {
+        assert!(r.text().await.unwrap().contains("[DONE]"));
+    }
+    // settlement runs after the response: wait until both slots are back, on every gateway
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = spread(&gws[1..], 2, ECHO).await;
+        if got.iter().all(|(s, _)| *s == 200) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "slots never came back: {got:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(spread(&gws, 3, ECHO).await.len(), 3);
+}
+
+#[tokio::test]
+async fn tpm_reservations_across_gateways_never_pass_the_limit() {
+    let (mock, redis) = (MockOpenAi::start().await, RedisServer::start().await);
+    // each gated request reserves 1 prompt token (estimate) + 30 = 31: three fit in 100
+    let (_f, gws) = fleet(&mock, &redis, "    limits: {tpm: 100}", "").await;
+    let client = reqwest::Client::new();
+    let opened = join_all((0..9).map(|i| {
+        client
+            .post(gws[i % 3].url(CHAT))
+            .bearer_auth(CLIENT_KEY)
+            .body(GATED)
+            .send()
+    }))
+    .await;
+    let statuses: Vec<u16> = opened
+        .iter()
+        .map(|r| r.as_ref().unwrap().status().as_u16())
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        3,
+        "{statuses:?}"
+    );
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 6);
+    mock.open_gate();
+    for r in opened {
+        drop(r.unwrap().text().await);
+    }
+}
+
+#[tokio::test]
+async fn a_daily_budget_stops_at_the_right_cent_across_gateways_and_survives_their_restart() {
+    let (mock, redis) = (MockOpenAi::start().await, RedisServer::start().await);
+    // worst case (1 + 5 tokens) x $0.001 = $0.006; real use 11 + 1 tokens = $0.012
+    let tenants = "tenants:\n  acme:\n    budget: {usd_per_day: 0.05}";
+    let (f, gws) = fleet(&mock, &redis, "", tenants).await;
+    let spend_key = "llmedge:{acme}:tenant:acme:s";
+    for i in 0..4 {
+        assert_eq!(send(&gws[i % 3], ECHO).await.0, 200, "request {i}");
+        // the next admission must see this one settled, whichever gateway it goes to
+        let want = 12_000 * (i as i64 + 1);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while redis.day_spend(spend_key).await != want {
+            assert!(Instant::now() < deadline, "spend never reached {want}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    for gw in gws {
+        drop(gw.stop().await);
+    }
+    let gws = f.start(3).await;
+    for gw in &gws {
+        gw.wait_metric("llmedge_state_backend_up 1").await;
+    }
+    let (status, _, text) = send(&gws[2], ECHO).await;
+    assert_eq!(
+        status, 429,
+        "$0.048 spent, $0.006 more passes $0.05: {text}"
+    );
+    assert!(text.contains("daily budget of tenant acme"), "{text}");
+    assert_eq!(mock.completions(), 4);
+    let left = gws[0]
+        .metric_value(r#"llmedge_budget_remaining_usd{tenant="acme",window="day"}"#)
+        .await;
+    assert!(
+        (left - 0.002).abs() < 1e-9,
+        "the gauge reads the shared spend: {left}"
+    );
+}
+
+#[tokio::test]
+async fn a_gateway_killed_while_holding_capacity_gives_it_back_within_the_lease() {
+    let (mock, redis) = (MockOpenAi::start().await, RedisServer::start().await);
+    // one stream holds the only slot, 31 of 40 tokens and its worst case of a $0.04 budget
+    let tenants =
+        "tenants:\n  acme:\n    limits: {concurrency: 1, tpm: 40}\n    budget: {usd_per_day: 0.04}";
+    let (_f, mut gws) = fleet(&mock, &redis, "", tenants).await;
+    let held = post(&gws[0], CHAT, CLIENT_KEY, GATED).await;
+    assert_eq!(held.status(), 200);
+    // a live gateway renews its lease: the slot stays held for three lease lifetimes
+    let until = Instant::now() + Duration::from_millis(4500);
+    while Instant::now() < until {
+        assert_eq!(send(&gws[1], ECHO).await.0, 429, "renewed lease held");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    gws[0].signal("KILL");
+    gws[0].wait_exit(Duration::from_secs(5)).await;
+    let killed = Instant::now();
+    loop {
+        let (s, _, text) = send(&gws[1], ECHO).await;
+        if s == 200 {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_millis(1500 + 1500),
+            "capacity not back within lease_ms (1.5 s) and a margin: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(held);
+    mock.open_gate();
+}
+
+#[tokio::test]
+async fn redis_killed_mid_run_allow_keeps_answering_deny_answers_503_and_limits_return() {
+    let (mock, mut redis) = (MockOpenAi::start().await, RedisServer::start().await);
+    let mut f = Fleet {
+        upstream: mock.url(),
+        redis: redis.url(),
+        key_limits: "    limits: {rpm: 4}",
+        tenants: "",
+        state_extra: "",
+    };
+    let allow = f.start(1).await.pop().unwrap();
+    f.state_extra = "  on_error: {limits: deny}";
+    let deny = f.start(1).await.pop().unwrap();
+    for gw in [&allow, &deny] {
+        gw.wait_metric("llmedge_state_backend_up 1").await;
+    }
+    assert_eq!(send(&allow, ECHO).await.0, 200);
+    redis.kill();
+    for i in 0..3 {
+        let (s, _, text) = send(&allow, ECHO).await;
+        assert_eq!(s, 200, "allow admits while Redis is away ({i}): {text}");
+    }
+    let (s, h, text) = send(&deny, ECHO).await;
+    assert_eq!(s, 503, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["error"]["type"], "service_unavailable");
+    assert_eq!(h["retry-after"], "1");
+    allow.wait_metric("llmedge_state_backend_up 0").await;
+    redis.restart().await;
+    allow.wait_metric("llmedge_state_backend_up 1").await;
+    deny.wait_metric("llmedge_state_backend_up 1").await;
+    // the restarted Redis is empty (nothing saved): what the allow gateway counted on its own
+    // was merged into it, so one of rpm 4 is left for the whole fleet
+    assert_eq!(send(&deny, ECHO).await.0, 200);
+    let (s, _, text) = send(&deny, ECHO).await;
+    assert_eq!(s, 429, "limits hold again, local counts included: {text}");
+    let logs = allow.logs();
+    assert_eq!(
+        logs.matches("shared state store unreachable").count(),
+        1,
+        "{logs}"
+    );
+    assert_eq!(logs.matches("shared state store reachable").count(), 2);
+    for text in [logs, deny.logs(), allow.metrics().await] {
+        assert!(!text.contains(PASSWORD), "the Redis password leaked");
+    }
+}
+
+#[tokio::test]
+async fn a_gateway_whose_redis_is_away_at_start_serves_by_on_error_and_connects_later() {
+    let mock = MockOpenAi::start().await;
+    let mut redis = RedisServer::start().await;
+    redis.kill();
+    let f = Fleet {
+        upstream: mock.url(),
+        redis: redis.url(),
+        key_limits: "    limits: {rpm: 100}",
+        tenants: "tenants:\n  acme:\n    budget: {usd_per_day: 5}",
+        state_extra: "",
+    };
+    let gw = f.start(1).await.pop().unwrap();
+    let (s, _, text) = send(&gw, ECHO).await;
+    assert_eq!(s, 503, "budgets: deny by default: {text}");
+    redis.restart().await;
+    gw.wait_metric("llmedge_state_backend_up 1").await;
+    assert_eq!(send(&gw, ECHO).await.0, 200);
+    assert!(
+        !std::fs::exists(gw.dir().join("llmedge-state.json")).unwrap(),
+        "no state file"
+    );
+}

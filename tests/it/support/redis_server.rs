@@ -1,0 +1,106 @@
+//! A `redis-server` of the test's own (Debian's package, installed by `.ci/deps`), on an
+//! ephemeral loopback port with a password, so a test can kill and restart it.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::reserve_port;
+
+pub const PASSWORD: &str = "redis-secret-hunter2";
+
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl RedisServer {
+    pub async fn start() -> Self {
+        let mut r = Self {
+            port: reserve_port(),
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        r.spawn().await;
+        r
+    }
+
+    async fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args([
+                "--requirepass",
+                PASSWORD,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is needed for these tests (bash .ci/deps installs it)");
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.query(&["PING"]).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis-server never answered"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `redis://:<password>@127.0.0.1:<port>/0`.
+    pub fn url(&self) -> String {
+        format!("redis://:{PASSWORD}@127.0.0.1:{}/0", self.port)
+    }
+
+    /// SIGKILL: no goodbye to connected clients.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts again on the same port (empty: nothing was saved).
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    /// One command on a fresh connection.
+    pub async fn query(&self, args: &[&str]) -> redis::RedisResult<redis::Value> {
+        let client = redis::Client::open(self.url())?;
+        let mut c = client.get_multiplexed_async_connection().await?;
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query_async(&mut c).await
+    }
+
+    /// The sum of a spend hash's `d<day>` fields, in micro-dollars.
+    pub async fn day_spend(&self, key: &str) -> i64 {
+        let Ok(redis::Value::Array(v)) = self.query(&["HGETALL", key]).await else {
+            return 0;
+        };
+        let text = |v: &redis::Value| match v {
+            redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+            other => format!("{other:?}"),
+        };
+        v.chunks(2)
+            .filter(|kv| text(&kv[0]).starts_with('d'))
+            .map(|kv| text(&kv[1]).parse::<i64>().unwrap_or(0))
+            .sum()
+    }
+}
