@@ -244,7 +244,9 @@ mod tests {
         ));
         let old = live.load();
         let key = old.keys.lookup(b"a").unwrap().clone();
-        let Admission::Admitted(running) = live.admit(&old, &key, ("m", 0, 0)).unwrap() else {
+        let Admission::Admitted(running) =
+            futures::executor::block_on(live.admit(&old, &key, ("m", 0, 0))).unwrap()
+        else {
             panic!("first request admitted")
         };
         let now = std::time::Instant::now();
@@ -260,16 +262,19 @@ mod tests {
             "the ejected backend is still ejected"
         );
         assert!(new.pools[0].is_up(1, now));
-        let Admission::Refused(d) = live.admit(&old, &key, ("m", 0, 0)).unwrap() else {
+        let Admission::Refused(d) =
+            futures::executor::block_on(live.admit(&old, &key, ("m", 0, 0))).unwrap()
+        else {
             panic!("the running request still holds the only slot")
         };
         assert_eq!(
             d.scope, "key 1",
             "under the new rules, where the key now sits"
         );
-        live.settle(&running, Usage::default());
+        live.settle(running, Usage::default());
         assert!(matches!(
-            live.admit(&new, &new.config.keys[1], ("m", 0, 0)).unwrap(),
+            futures::executor::block_on(live.admit(&new, &new.config.keys[1], ("m", 0, 0)))
+                .unwrap(),
             Admission::Admitted(_)
         ));
     }
@@ -284,7 +289,7 @@ mod tests {
                 let snap = live.load();
                 let key = snap.config.keys[0].clone();
                 let admitted = matches!(
-                    live.admit(&snap, &key, ("m", 1, 1)),
+                    futures::executor::block_on(live.admit(&snap, &key, ("m", 1, 1))),
                     Ok(Admission::Admitted(_))
                 );
                 let _ = tx.send(admitted);
@@ -302,11 +307,77 @@ mod tests {
         let key = old.keys.lookup(b"a").unwrap().clone();
         live.swap(config("keys: [{key: b, tenant: t}]"));
         assert!(matches!(
-            live.admit(&old, &key, ("m", 0, 0)),
+            futures::executor::block_on(live.admit(&old, &key, ("m", 0, 0))),
             Err(GatewayError::InvalidApiKey)
         ));
         assert_eq!(live.readiness(), (200, "ready"));
         live.start_draining();
         assert_eq!(live.readiness(), (503, "draining"));
+    }
+
+    struct Away;
+
+    #[async_trait::async_trait]
+    impl shared::CounterServer for Away {
+        async fn call(&self, _: &'static str, _: &[String], _: &str) -> Result<Vec<i64>, String> {
+            Err("connection refused".into())
+        }
+
+        async fn ping(&self) -> Result<(), String> {
+            Err("connection refused".into())
+        }
+    }
+
+    fn on_redis(on_error: &str) -> Arc<Live> {
+        let yaml = format!(
+            "keys: [{{key: a, tenant: t, limits: {{rpm: 5}}}}, {{key: b, tenant: u}}, {{key: c, tenant: free}}]\ntenants: {{u: {{budget: {{usd_per_day: 1}}}}}}\nstate: {{backend: redis, redis: {{url: 'redis://h'}}{on_error}}}"
+        );
+        let settings = shared::Settings {
+            prefix: "p:".into(),
+            endpoint: "h:6379".into(),
+            timeout: std::time::Duration::from_millis(50),
+            lease: std::time::Duration::from_secs(30),
+        };
+        let metrics = crate::metrics::Metrics::new(4).unwrap().state.clone();
+        let store = Arc::new(Shared::new(Arc::new(Away), settings, metrics));
+        Live::with_shared(config(&yaml), store)
+    }
+
+    fn admit_key(live: &Live, k: &[u8]) -> Result<Admission, GatewayError> {
+        let snap = live.load();
+        let key = snap.keys.lookup(k).unwrap().clone();
+        futures::executor::block_on(live.admit(&snap, &key, ("m", 1, 1)))
+    }
+
+    #[test]
+    fn with_the_store_away_on_error_decides_per_request() {
+        let live = on_redis("");
+        assert!(
+            matches!(
+                admit_key(&live, b"a"),
+                Ok(Admission::Admitted(Admitted::Local(_, Some(_))))
+            ),
+            "limits: allow admits and counts locally, to merge later"
+        );
+        assert!(
+            matches!(admit_key(&live, b"b"), Err(GatewayError::StateUnavailable)),
+            "budgets: deny by default"
+        );
+        assert!(
+            matches!(
+                admit_key(&live, b"c"),
+                Ok(Admission::Admitted(Admitted::Local(_, None)))
+            ),
+            "nothing to count: no store needed"
+        );
+        let strict = on_redis(", on_error: {limits: deny, budgets: allow}");
+        assert!(matches!(
+            admit_key(&strict, b"a"),
+            Err(GatewayError::StateUnavailable)
+        ));
+        assert!(matches!(
+            admit_key(&strict, b"b"),
+            Ok(Admission::Admitted(Admitted::Local(_, Some(_))))
+        ));
     }
 }

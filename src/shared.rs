@@ -152,7 +152,7 @@ impl Shared {
         };
         match wire::admit_reply(plan, &reply) {
             Ok(Ok(g)) => {
-                let lease = wired.leases(plan).then(|| (n, lease));
+                let lease = wired.leases(plan).then_some((n, lease));
                 Answer::Granted(self.held(plan, wired, lease, g.at_ms, g.headers))
             }
             Ok(Err(denied)) => Answer::Refused(denied),

@@ -112,7 +112,8 @@ mod tests {
     fn spend(live: &Live, usd: u64) {
         let snap = live.load();
         let key = snap.config.keys[0].clone();
-        let crate::live::Admission::Admitted(a) = live.admit(&snap, &key, ("m", 0, 0)).unwrap()
+        let crate::live::Admission::Admitted(a) =
+            futures::executor::block_on(live.admit(&snap, &key, ("m", 0, 0))).unwrap()
         else {
             panic!("admitted")
         };
@@ -120,7 +121,7 @@ mod tests {
             prompt_tokens: usd,
             ..Default::default()
         };
-        live.settle(&a, used);
+        live.settle(a, used);
     }
 
     fn day_usd(path: &std::path::Path) -> f64 {
