@@ -12,6 +12,7 @@ fn check(path: &std::path::Path) -> (i32, String, String) {
         .env("OPENAI_API_KEY", "sk-test")
         .env("ACME_ALICE_KEY", "sk-test-alice")
         .env("TEAM_KEY", "sk-test-team")
+        .env("LLMEDGE_REDIS_URL", "redis://:sk-redis-pw@127.0.0.1:6379/0")
         .output()
         .unwrap();
     (
@@ -70,6 +71,25 @@ fn bad_config_prints_one_line_naming_the_field_and_exits_64() {
         "{err}"
     );
     assert_eq!(err.trim().lines().count(), 1);
+
+    for (state, want) in [
+        (
+            "{backend: redis, redis: {url: 'http://:hunter2@h:6379'}}",
+            "error: state.redis.url: must start with redis:// or rediss://",
+        ),
+        (
+            "{backend: redis, redis: {url: 'env:LLMEDGE_REDIS_URL', timeout_ms: 0}}",
+            "error: state.redis.timeout_ms: 0 must be between 1 and 10000",
+        ),
+    ] {
+        std::fs::write(
+            &p,
+            format!("pools: {{p: {{backends: ['http://h']}}}}\nroutes: [{{prefix: '', pool: p}}]\nstate: {state}\n"),
+        )
+        .unwrap();
+        let (code, _, err) = check(&p);
+        assert_eq!((code, err.trim()), (64, want));
+    }
 
     let (code, _, err) = check(&dir.path().join("missing.yaml"));
     assert_eq!(code, 64);

@@ -124,6 +124,19 @@ async fn rpm_30_admits_exactly_30_of_90_across_three_gateways_with_shared_header
     let after: u64 = h["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=70).contains(&after), "retry-after {after}");
     assert_eq!(h["x-ratelimit-remaining-requests"], "0");
+    // a reload raises one gateway's limit: the shared count stays, the new rule applies there
+    let path = gws[0].config_path();
+    let yaml = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, yaml.replace("rpm: 30", "rpm: 31")).unwrap();
+    gws[0].signal("HUP");
+    gws[0].wait_log("config reloaded").await;
+    assert_eq!(send(&gws[0], ECHO).await.0, 200, "31st under rpm 31");
+    assert_eq!(send(&gws[0], ECHO).await.0, 429);
+    assert_eq!(
+        send(&gws[2], ECHO).await.0,
+        429,
+        "still rpm 30 on a gateway not reloaded"
+    );
 }
 
 #[tokio::test]
@@ -340,5 +353,45 @@ async fn a_gateway_whose_redis_is_away_at_start_serves_by_on_error_and_connects_
     assert!(
         !std::fs::exists(gw.dir().join("llmedge-state.json")).unwrap(),
         "no state file"
+    );
+}
+
+#[tokio::test]
+async fn every_call_keeps_to_one_cluster_slot() {
+    let (mock, redis) = (
+        MockOpenAi::start().await,
+        RedisServer::start_cluster().await,
+    );
+    // a tenant rule, a key rule and a per-model rule, a budget: six keys per call
+    let key = "    limits: {rpm: 2, models: {'mock/*': {tpm: 1000}}}";
+    let tenants = "tenants:\n  acme:\n    limits: {concurrency: 5}\n    budget: {usd_per_day: 1}";
+    let f = Fleet {
+        upstream: mock.url(),
+        redis: redis.url(),
+        key_limits: key,
+        tenants,
+        state_extra: "",
+    };
+    let gw = f.start(1).await.pop().unwrap();
+    gw.wait_metric("llmedge_state_backend_up 1").await;
+    assert_eq!(send(&gw, ECHO).await.0, 200);
+    assert_eq!(send(&gw, ECHO).await.0, 200);
+    assert_eq!(
+        send(&gw, ECHO).await.0,
+        429,
+        "rpm 2, counted on the cluster"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis.day_spend("llmedge:{acme}:tenant:acme:s").await != 24_000 {
+        assert!(
+            Instant::now() < deadline,
+            "spend never settled on the cluster"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let m = gw.metrics().await;
+    assert!(
+        !m.contains("llmedge_state_backend_errors_total{"),
+        "no CROSSSLOT or other error:\n{m}"
     );
 }

@@ -12,6 +12,7 @@ pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    cluster: bool,
 }
 
 impl Drop for RedisServer {
@@ -22,12 +23,37 @@ impl Drop for RedisServer {
 
 impl RedisServer {
     pub async fn start() -> Self {
+        Self::start_as(false).await
+    }
+
+    /// A one-node Redis Cluster serving every slot: a call whose keys span two slots fails
+    /// with CROSSSLOT, as on a real cluster.
+    pub async fn start_cluster() -> Self {
+        Self::start_as(true).await
+    }
+
+    async fn start_as(cluster: bool) -> Self {
         let mut r = Self {
             port: reserve_port(),
             child: None,
             dir: tempfile::tempdir().unwrap(),
+            cluster,
         };
         r.spawn().await;
+        if cluster {
+            r.query(&["CLUSTER", "ADDSLOTSRANGE", "0", "16383"])
+                .await
+                .unwrap();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while !format!("{:?}", r.query(&["CLUSTER", "INFO"]).await).contains("cluster_state:ok")
+            {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "cluster never became ok"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
         r
     }
 
@@ -44,6 +70,11 @@ impl RedisServer {
             ])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(if self.cluster {
+                vec!["--cluster-enabled", "yes"]
+            } else {
+                vec![]
+            })
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
