@@ -77,7 +77,8 @@ pub struct StateMetrics {
 
 /// Round trips on loopback take tens of microseconds; a timeout is tens of milliseconds.
 const STORE_BUCKETS: &[f64] = &[
-    0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+    0.00005, 0.0001, 0.00015, 0.0002, 0.0003, 0.0004, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003,
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 ];
 
 /// A metric family: name, help and label names.

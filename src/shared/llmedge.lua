@@ -124,7 +124,11 @@ local KIND = {rpm = 1, tpm = 2, concurrency = 3, budget_day = 4, budget_month = 
 
 local function check_slot(keys, c, p, st)
   local w, l = keys[c.w], keys[c.l]
-  reap(l, w, 'rt', st.now)
+  if c.conc or c.tpm then reap(l, w, 'rt', st.now) end
+  if not (c.rpm or c.tpm) then
+    if c.conc and redis.call('ZCARD', l) + 1 > c.conc then return 'concurrency', c.conc, 1000 end
+    return
+  end
   local r, t, reserved = buckets(w, st.cur)
   if c.rpm then
     local used = total(r)
@@ -163,10 +167,14 @@ local function commit(keys, p, st)
     if c.k == 's' then
       local w = keys[c.w]
       redis.call('HINCRBY', w, 'r' .. st.cur, 1)
-      redis.call('ZADD', keys[c.l], expiry, p.lease .. ':' .. p.tokens)
-      redis.call('HINCRBY', w, 'rt', p.tokens)
+      if c.conc or c.tpm then
+        -- the lease holds the tokens reserved against tpm (none without a tpm limit)
+        local held = c.tpm and p.tokens or 0
+        redis.call('ZADD', keys[c.l], expiry, p.lease .. ':' .. held)
+        redis.call('PEXPIRE', keys[c.l], 3 * p.ttl)
+        if held > 0 then redis.call('HINCRBY', w, 'rt', held) end
+      end
       redis.call('PEXPIRE', w, math.max(WINDOW_TTL, 3 * p.ttl))
-      redis.call('PEXPIRE', keys[c.l], 3 * p.ttl)
     elseif p.micro > 0 then
       redis.call('ZADD', keys[c.r], expiry, p.lease .. ':' .. p.micro)
       redis.call('HINCRBY', keys[c.s], 'res', p.micro)
@@ -203,17 +211,18 @@ local function admit(keys, args)
   return {1, 0, -1, 0, now, h[1], h[2], h[3], h[4], h[5], h[6], 0}
 end
 
--- args[1]: {lease, tokens, micro, at, actual, cost, w = [[w, l], ...], s = [[s, r], ...]}:
--- the leases go, the reservation is replaced by what was used, spend is charged.
+-- args[1]: {lease, micro, at, actual, cost, w = [[window, leases, leased, held], ...],
+-- s = [[spend, reservations, budgeted], ...]}: the leases go, the reservation is replaced by
+-- what was used, spend is charged. A lease already reaped gave its amount back then.
 local function settle(keys, args)
   local p = cjson.decode(args[1])
   local now = now_ms()
   local cur = math.floor(now / BUCKET)
   local at = math.floor(p.at / BUCKET)
-  for _, wl in ipairs(p.w) do
-    local w = keys[wl[1]]
-    if redis.call('ZREM', keys[wl[2]], p.lease .. ':' .. p.tokens) == 1 then
-      if tonumber(redis.call('HINCRBY', w, 'rt', -p.tokens)) < 0 then redis.call('HSET', w, 'rt', 0) end
+  for _, e in ipairs(p.w) do
+    local w = keys[e[1]]
+    if e[3] == 1 and redis.call('ZREM', keys[e[2]], p.lease .. ':' .. e[4]) == 1 and e[4] > 0 then
+      if tonumber(redis.call('HINCRBY', w, 'rt', -e[4])) < 0 then redis.call('HSET', w, 'rt', 0) end
     end
     if p.actual > 0 and at >= cur - SPAN then
       redis.call('HINCRBY', w, 't' .. at, p.actual)
@@ -221,9 +230,9 @@ local function settle(keys, args)
     end
   end
   local day, month = calendar(now)
-  for _, sr in ipairs(p.s) do
-    local s = keys[sr[1]]
-    if redis.call('ZREM', keys[sr[2]], p.lease .. ':' .. p.micro) == 1 then
+  for _, e in ipairs(p.s) do
+    local s = keys[e[1]]
+    if e[3] == 1 and p.micro > 0 and redis.call('ZREM', keys[e[2]], p.lease .. ':' .. p.micro) == 1 then
       if tonumber(redis.call('HINCRBY', s, 'res', -p.micro)) < 0 then redis.call('HSET', s, 'res', 0) end
     end
     if p.cost > 0 then

@@ -42,9 +42,18 @@ impl RedisServer {
         if let Some(c) = self.conn.load_full() {
             return Ok((*c).clone());
         }
+        // no Nagle: a request waits on every round trip; keepalive finds a silently dead peer
+        let tcp = redis::io::tcp::TcpSettings::default()
+            .set_nodelay(true)
+            .set_keepalive(
+                redis::io::tcp::socket2::TcpKeepalive::new()
+                    .with_time(Duration::from_secs(10))
+                    .with_interval(Duration::from_secs(5)),
+            );
         let cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(self.connect_timeout)
-            .set_number_of_retries(0);
+            .set_number_of_retries(0)
+            .set_tcp_settings(tcp);
         let c = ConnectionManager::new_with_config(self.client.clone(), cfg)
             .await
             .map_err(|e| describe(&e))?;

@@ -68,7 +68,8 @@ fn plan(rpm: Option<u64>, budget: Budget) -> SharedPlan {
                     pattern: None,
                     rule: SlotRule {
                         rpm: Some(rpm),
-                        ..SlotRule::default()
+                        tpm: Some(1000),
+                        concurrency: None,
                     },
                 })
                 .into_iter()

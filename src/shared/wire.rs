@@ -47,7 +47,10 @@ pub struct Wired {
     pub slots: Vec<(usize, usize)>,
     /// `(spend, reservations)` of every scope.
     pub spends: Vec<(usize, usize)>,
-    /// Whether each scope has a budget.
+    /// Per slot: whether it holds a lease (a concurrency or tpm limit) and whether it counts
+    /// tokens against a tpm limit (its lease then holds the reserved tokens).
+    slot_lease: Vec<(bool, bool)>,
+    /// Whether each scope has a budget (its reservations are leases too).
     budgeted: Vec<bool>,
 }
 
@@ -57,6 +60,7 @@ impl Wired {
             keys: Vec::new(),
             slots: Vec::new(),
             spends: Vec::new(),
+            slot_lease: Vec::new(),
             budgeted: Vec::new(),
         };
         for s in &plan.scopes {
@@ -66,6 +70,8 @@ impl Wired {
                 w.keys.push(format!("{base}:w{suffix}"));
                 w.keys.push(format!("{base}:l{suffix}"));
                 w.slots.push((w.keys.len() - 1, w.keys.len()));
+                let (conc, tpm) = (slot.rule.concurrency.is_some(), slot.rule.tpm.is_some());
+                w.slot_lease.push((conc || tpm, tpm));
             }
             w.keys.push(format!("{base}:s"));
             w.keys.push(format!("{base}:r"));
@@ -108,7 +114,23 @@ impl Wired {
 
     /// Whether admission reserves anything that needs a lease (and so a renewal).
     pub fn leases(&self, plan: &SharedPlan) -> bool {
-        !self.slots.is_empty() || self.reserve_micro(plan) > 0
+        self.slot_lease.iter().any(|(l, _)| *l) || self.reserve_micro(plan) > 0
+    }
+
+    /// The leases of one admission, as `(zset key index, member)`.
+    fn lease_members(&self, lease: &Lease) -> Vec<(usize, String)> {
+        let mut z: Vec<(usize, String)> = self
+            .slots
+            .iter()
+            .zip(&self.slot_lease)
+            .filter(|(_, (leased, _))| *leased)
+            .map(|((_, l), (_, tpm))| (*l, lease.slot_member(*tpm)))
+            .collect();
+        if lease.micro > 0 {
+            let budgeted = self.spends.iter().zip(&self.budgeted).filter(|(_, b)| **b);
+            z.extend(budgeted.map(|((_, r), _)| (*r, lease.budget_member())));
+        }
+        z
     }
 }
 
@@ -198,8 +220,9 @@ impl Lease {
         }
     }
 
-    pub fn slot_member(&self) -> String {
-        format!("{}:{}", self.id, self.tokens)
+    /// A slot's lease: it holds the reserved tokens when the slot has a tpm limit.
+    pub fn slot_member(&self, tpm: bool) -> String {
+        format!("{}:{}", self.id, if tpm { self.tokens } else { 0 })
     }
 
     pub fn budget_member(&self) -> String {
@@ -207,25 +230,33 @@ impl Lease {
     }
 }
 
-/// The settlement argument: leases go, `actual` tokens land in the admission's bucket, `cost`
-/// micro-dollars are charged to every scope.
+/// The settlement argument: leases go (`[window, leases, leased, tokens held]` per slot,
+/// `[spend, reservations, budgeted]` per scope), `actual` tokens land in the admission's bucket,
+/// `cost` micro-dollars are charged to every scope.
 pub fn settle_arg(w: &Wired, lease: &Lease, at_ms: u64, actual: u64, cost: u64) -> String {
-    json!({"lease": lease.id, "tokens": lease.tokens, "micro": lease.micro, "at": at_ms,
-        "actual": actual, "cost": cost, "w": w.slots, "s": w.spends})
+    let slots: Vec<(usize, usize, u8, u64)> = w
+        .slots
+        .iter()
+        .zip(&w.slot_lease)
+        .map(|((win, l), (leased, tpm))| {
+            let held = if *tpm { lease.tokens } else { 0 };
+            (*win, *l, u8::from(*leased && !lease.id.is_empty()), held)
+        })
+        .collect();
+    let spends: Vec<(usize, usize, u8)> = w
+        .spends
+        .iter()
+        .zip(&w.budgeted)
+        .map(|((s, r), b)| (*s, *r, u8::from(*b)))
+        .collect();
+    json!({"lease": lease.id, "micro": lease.micro, "at": at_ms, "actual": actual,
+        "cost": cost, "w": slots, "s": spends})
     .to_string()
 }
 
 /// The renewal argument for one request's leases.
 pub fn renew_arg(w: &Wired, lease: &Lease, ttl: Duration) -> String {
-    let mut z: Vec<(usize, String)> = w
-        .slots
-        .iter()
-        .map(|(_, l)| (*l, lease.slot_member()))
-        .collect();
-    if lease.micro > 0 {
-        z.extend(w.spends.iter().map(|(_, r)| (*r, lease.budget_member())));
-    }
-    json!({"ttl": ttl.as_millis() as u64, "z": z}).to_string()
+    json!({"ttl": ttl.as_millis() as u64, "z": w.lease_members(lease)}).to_string()
 }
 
 #[cfg(test)]
@@ -344,11 +375,25 @@ mod tests {
             micro: 13,
         };
         let s: serde_json::Value = serde_json::from_str(&settle_arg(&w, &lease, 9, 40, 3)).unwrap();
-        assert_eq!(s["w"], json!([[1, 2], [5, 6], [7, 8]]));
+        assert_eq!(
+            s["w"],
+            json!([[1, 2, 1, 150], [5, 6, 1, 150], [7, 8, 1, 150]]),
+            "every slot has tpm: each lease holds the tokens"
+        );
+        assert_eq!(
+            s["s"],
+            json!([[3, 4, 1], [9, 10, 0]]),
+            "only the tenant has a budget"
+        );
         let r: serde_json::Value =
             serde_json::from_str(&renew_arg(&w, &lease, Duration::from_secs(3))).unwrap();
         assert_eq!(r["z"][0], json!([2, "g-1:150"]));
-        assert_eq!(r["z"][3], json!([4, "g-1:13"]));
+        assert_eq!(
+            r["z"][3],
+            json!([4, "g-1:13"]),
+            "the budget reservation, tenant only"
+        );
+        assert_eq!(r["z"].as_array().unwrap().len(), 4);
         assert_eq!(micro(0.000_000_4), 0);
         assert_eq!(micro(1.5), 1_500_000);
     }

@@ -1,0 +1,303 @@
+//! Shared limits (issue 11): what one round trip to Redis per admission adds. Run:
+//! `cargo bench --bench shared` (needs `redis-server`; writes a section of benches/RESULTS.md).
+//!
+//! Two gateways with the same key, limits (rpm, tpm, concurrency, a per-model tpm), tenant
+//! budget and prices, in front of one `llmedge mock` answering at once: one keeps its counters in
+//! process (`state: {enabled: false}`), the other in a local `redis-server`. Interleaved rounds:
+//! open-loop non-streaming chat at 500 req/s (latency from the scheduled send time), then 32
+//! closed-loop connections for the maximum rate. Added latency = redis minus in-process, per
+//! round; the table quotes each round and the median.
+
+#![expect(clippy::print_stderr, reason = "a benchmark reports to the terminal")]
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{fail, port, wait_ok, Proc};
+use parking_lot::Mutex;
+
+const KEY: &str = "sk-bench";
+const RATE: u64 = 500;
+const OPEN_SECS: u64 = 10;
+const CLOSED_SECS: u64 = 8;
+const CONNS: usize = 32;
+const ROUNDS: usize = 3;
+const BODY: &str =
+    r#"{"model":"m/llama3","max_tokens":16,"messages":[{"role":"user","content":"hi"}]}"#;
+
+fn config(port: u16, admin: u16, upstream: u16, state: &str) -> String {
+    format!(
+        r#"server: {{listen: "127.0.0.1:{port}", admin_listen: "127.0.0.1:{admin}", threads: 2}}
+keys:
+  - key: "{KEY}"
+    tenant: bench
+    limits: {{rpm: 100000000, tpm: 1000000000000, concurrency: 100000, models: {{"m/*": {{tpm: 1000000000000}}}}}}
+tenants:
+  bench:
+    limits: {{rpm: 100000000}}
+    budget: {{usd_per_day: 1000000}}
+pools:
+  m: {{backends: ["http://127.0.0.1:{upstream}"]}}
+routes:
+  - {{prefix: "m/", pool: m, strip_prefix: true}}
+pricing:
+  "m/*": {{input: 0.1, output: 0.4}}
+state: {state}
+"#
+    )
+}
+
+async fn ok(r: reqwest::Result<reqwest::Response>) -> bool {
+    match r {
+        Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
+        _ => false,
+    }
+}
+
+/// Open loop at `RATE` for `OPEN_SECS`: latencies (ms) from each scheduled send, and errors.
+async fn open_loop(base: &str) -> (Vec<f64>, usize) {
+    let client = reqwest::Client::new();
+    let url = format!("{base}/v1/chat/completions");
+    let lat = Arc::new(Mutex::new(Vec::new()));
+    let errors = Arc::new(Mutex::new(0usize));
+    let start = tokio::time::Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..RATE * OPEN_SECS {
+        let at = start + Duration::from_nanos(i * 1_000_000_000 / RATE);
+        tokio::time::sleep_until(at).await;
+        let (c, u, l, e) = (client.clone(), url.clone(), lat.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = c
+                .post(u)
+                .bearer_auth(KEY)
+                .header("x-mock-delay-ms", "0")
+                .body(BODY)
+                .send()
+                .await;
+            if ok(r).await {
+                l.lock().push(at.elapsed().as_secs_f64() * 1e3);
+            } else {
+                *e.lock() += 1;
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let mut v = lat.lock().clone();
+    v.sort_by(f64::total_cmp);
+    let e = *errors.lock();
+    (v, e)
+}
+
+/// `CONNS` workers back to back for `CLOSED_SECS`: successful requests per second.
+async fn closed_loop(base: &str) -> f64 {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(CONNS)
+        .build()
+        .unwrap_or_default();
+    let url = format!("{base}/v1/chat/completions");
+    let start = Instant::now();
+    let until = start + Duration::from_secs(CLOSED_SECS);
+    let tasks: Vec<_> = (0..CONNS)
+        .map(|_| {
+            let (c, u) = (client.clone(), url.clone());
+            tokio::spawn(async move {
+                let mut n = 0usize;
+                while Instant::now() < until {
+                    let r = c
+                        .post(&u)
+                        .bearer_auth(KEY)
+                        .header("x-mock-delay-ms", "0")
+                        .body(BODY)
+                        .send()
+                        .await;
+                    n += usize::from(ok(r).await);
+                }
+                n
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap_or(0);
+    }
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[(((sorted.len() - 1) as f64) * p).round() as usize]
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    pct(&v, 0.5)
+}
+
+/// Quantile `q` of the admission round trip (ms) from the gateway's own histogram, linear
+/// within a bucket.
+async fn store_quantile_ms(admin: u16, q: f64) -> f64 {
+    let text = match reqwest::get(format!("http://127.0.0.1:{admin}/metrics")).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => return f64::NAN,
+    };
+    let buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("llmedge_state_backend_seconds_bucket{le=\""))
+        .filter_map(|l| {
+            let (le, n) = l.split_once("\"} ")?;
+            Some((le.parse().unwrap_or(f64::INFINITY), n.parse().ok()?))
+        })
+        .collect();
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    let want = total * q;
+    let (mut lo, mut below) = (0.0, 0.0);
+    for (le, n) in buckets {
+        if n >= want {
+            let share = if n > below {
+                (want - below) / (n - below)
+            } else {
+                0.0
+            };
+            return (lo + (le - lo) * share) * 1e3;
+        }
+        (lo, below) = (le, n);
+    }
+    f64::NAN
+}
+
+struct Gw {
+    _proc: Proc,
+    base: String,
+    admin: u16,
+}
+
+async fn gateway(dir: &std::path::Path, name: &str, upstream: u16, state: &str) -> Gw {
+    let (p, admin) = (port(), port());
+    let cfg = dir.join(format!("{name}.yaml"));
+    std::fs::write(&cfg, config(p, admin, upstream, state))
+        .unwrap_or_else(|e| fail(&format!("cannot write config: {e}")));
+    let proc = common::spawn(
+        env!("CARGO_BIN_EXE_llmedge"),
+        &["--config", cfg.to_str().unwrap_or_default()],
+    );
+    wait_ok(&format!("http://127.0.0.1:{admin}/healthz")).await;
+    Gw {
+        _proc: proc,
+        base: format!("http://127.0.0.1:{p}"),
+        admin,
+    }
+}
+
+#[derive(Default)]
+struct Rounds {
+    p50: [Vec<f64>; 2],
+    p99: [Vec<f64>; 2],
+    rps: [Vec<f64>; 2],
+    errors: [usize; 2],
+}
+
+async fn measure(gws: &[Gw; 2]) -> Rounds {
+    let mut r = Rounds::default();
+    for round in 0..ROUNDS {
+        for (i, gw) in gws.iter().enumerate() {
+            let (lat, errors) = open_loop(&gw.base).await;
+            r.p50[i].push(pct(&lat, 0.5));
+            r.p99[i].push(pct(&lat, 0.99));
+            r.errors[i] += errors;
+            let rps = closed_loop(&gw.base).await;
+            r.rps[i].push(rps);
+            eprintln!(
+                "round {round} gateway {i}: p50 {:.3} ms p99 {:.3} ms, max {rps:.0} req/s, {errors} errors",
+                pct(&lat, 0.5),
+                pct(&lat, 0.99)
+            );
+        }
+    }
+    r
+}
+
+fn table(r: &Rounds, store_ms: (f64, f64)) -> String {
+    let rounds = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.3}"))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
+    let added = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(r, l)| r - l).collect::<Vec<f64>>();
+    let (add50, add99) = (added(&r.p50[1], &r.p50[0]), added(&r.p99[1], &r.p99[0]));
+    let (rps_l, rps_r) = (median(r.rps[0].clone()), median(r.rps[1].clone()));
+    format!(
+        "| | in-process | redis | added (median of rounds) | target |\n|---|---|---|---|---|\n\
+         | p50 at {RATE} req/s, ms (rounds) | {} | {} | {:.3} ms | ≤ 0.3 ms |\n\
+         | p99 at {RATE} req/s, ms (rounds) | {} | {} | {:.3} ms | ≤ 1 ms |\n\
+         | max req/s, {CONNS} connections (median) | {rps_l:.0} | {rps_r:.0} | {:.1}% | |\n\
+         | errors | {} | {} | | 0 |\n\n\
+         The admission round trip itself, from the Redis gateway's `llmedge_state_backend_seconds` over the whole run (all rounds, open and closed loop; linear within buckets): p50 {:.3} ms, p99 {:.3} ms. The in-process admission it replaces takes about a microsecond (criterion `limits/admit_and_settle_10k_keys`, benches/README.md).\n",
+        rounds(&r.p50[0]),
+        rounds(&r.p50[1]),
+        median(add50),
+        rounds(&r.p99[0]),
+        rounds(&r.p99[1]),
+        median(add99),
+        (rps_r / rps_l - 1.0) * 100.0,
+        r.errors[0],
+        r.errors[1],
+        store_ms.0,
+        store_ms.1,
+    )
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    if !std::env::args().any(|a| a == "--bench") {
+        eprintln!("shared bench: run it with `cargo bench --bench shared`");
+        return;
+    }
+    common::install_crypto();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| fail(&format!("runtime: {e}")));
+    rt.block_on(async {
+        let dir = std::env::temp_dir().join(format!("llmedge-shared-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let (mock_port, redis_port) = (port(), port());
+        let _mock = common::spawn(
+            env!("CARGO_BIN_EXE_llmedge"),
+            &["mock", "--listen", &format!("127.0.0.1:{mock_port}")],
+        );
+        let _redis = common::spawn(
+            "redis-server",
+            &["--bind", "127.0.0.1", "--port", &redis_port.to_string(), "--save", "", "--appendonly", "no"],
+        );
+        wait_ok(&format!("http://127.0.0.1:{mock_port}/health")).await;
+        let redis_state = format!(
+            "{{backend: redis, redis: {{url: \"redis://127.0.0.1:{redis_port}/0\", timeout_ms: 50}}}}"
+        );
+        let gws = [
+            gateway(&dir, "local", mock_port, "{enabled: false}").await,
+            gateway(&dir, "redis", mock_port, &redis_state).await,
+        ];
+        let r = measure(&gws).await;
+        let body = format!(
+            "## Shared limits through Redis (issue 11)\n\nCommand: `cargo bench --bench shared`. {} {ROUNDS} interleaved rounds per gateway: {OPEN_SECS} s open loop at {RATE} req/s, then {CLOSED_SECS} s with {CONNS} connections. Both gateways check the same rpm, tpm, concurrency and per-model tpm on key and tenant, a tenant budget and prices; one counts in process, the other on a local redis-server 7 (one FCALL per admission, one per settlement). Client, mock, redis-server and both gateways share the machine's 2 cores.\n\n{}",
+            common::provenance(),
+            table(
+                &r,
+                (
+                    store_quantile_ms(gws[1].admin, 0.5).await,
+                    store_quantile_ms(gws[1].admin, 0.99).await
+                )
+            )
+        );
+        eprintln!("{body}");
+        common::write_section("shared", &body);
+    });
+}
