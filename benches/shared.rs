@@ -138,25 +138,37 @@ fn median(mut v: Vec<f64>) -> f64 {
     pct(&v, 0.5)
 }
 
-/// Quantile `q` of the admission round trip (ms) from the gateway's own histogram, linear
-/// within a bucket.
-async fn store_quantile_ms(admin: u16, q: f64) -> f64 {
+/// The gateway's admission round-trip histogram: cumulative `(upper bound s, count)`.
+async fn store_buckets(admin: u16) -> Vec<(f64, f64)> {
     let text = match reqwest::get(format!("http://127.0.0.1:{admin}/metrics")).await {
         Ok(r) => r.text().await.unwrap_or_default(),
-        Err(_) => return f64::NAN,
+        Err(_) => return Vec::new(),
     };
-    let buckets: Vec<(f64, f64)> = text
-        .lines()
+    text.lines()
         .filter_map(|l| l.strip_prefix("llmedge_state_backend_seconds_bucket{le=\""))
         .filter_map(|l| {
             let (le, n) = l.split_once("\"} ")?;
             Some((le.parse().unwrap_or(f64::INFINITY), n.parse().ok()?))
         })
-        .collect();
-    let total = buckets.last().map_or(0.0, |b| b.1);
-    let want = total * q;
+        .collect()
+}
+
+/// `after - before`, bucket by bucket.
+fn bucket_delta(before: &[(f64, f64)], after: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    after
+        .iter()
+        .map(|(le, n)| {
+            let was = before.iter().find(|(b, _)| b == le).map_or(0.0, |b| b.1);
+            (*le, n - was)
+        })
+        .collect()
+}
+
+/// Quantile `q` in ms of a cumulative histogram, linear within a bucket.
+fn quantile_ms(buckets: &[(f64, f64)], q: f64) -> f64 {
+    let want = buckets.last().map_or(0.0, |b| b.1) * q;
     let (mut lo, mut below) = (0.0, 0.0);
-    for (le, n) in buckets {
+    for &(le, n) in buckets {
         if n >= want {
             let share = if n > below {
                 (want - below) / (n - below)
@@ -168,6 +180,25 @@ async fn store_quantile_ms(admin: u16, q: f64) -> f64 {
         (lo, below) = (le, n);
     }
     f64::NAN
+}
+
+/// Redis's own CPU seconds so far (`INFO cpu`, user + sys), over a fresh connection.
+async fn redis_cpu(port: u16) -> f64 {
+    let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}/0")) else {
+        return f64::NAN;
+    };
+    let Ok(mut c) = client.get_multiplexed_async_connection().await else {
+        return f64::NAN;
+    };
+    let info: String = redis::cmd("INFO")
+        .arg("cpu")
+        .query_async(&mut c)
+        .await
+        .unwrap_or_default();
+    info.lines()
+        .filter(|l| l.starts_with("used_cpu_user:") || l.starts_with("used_cpu_sys:"))
+        .filter_map(|l| l.split(':').nth(1)?.trim().parse::<f64>().ok())
+        .sum()
 }
 
 struct Gw {
@@ -199,17 +230,39 @@ struct Rounds {
     p99: [Vec<f64>; 2],
     rps: [Vec<f64>; 2],
     errors: [usize; 2],
+    /// Redis CPU µs per request in the closed loop through the Redis gateway.
+    redis_us: Vec<f64>,
+    /// The Redis gateway's admission round trips during the open loops only.
+    open_rtt: Vec<(f64, f64)>,
 }
 
-async fn measure(gws: &[Gw; 2]) -> Rounds {
+async fn measure(gws: &[Gw; 2], redis_port: u16) -> Rounds {
     let mut r = Rounds::default();
     for round in 0..ROUNDS {
         for (i, gw) in gws.iter().enumerate() {
+            let before = store_buckets(gw.admin).await;
             let (lat, errors) = open_loop(&gw.base).await;
+            if i == 1 {
+                let d = bucket_delta(&before, &store_buckets(gw.admin).await);
+                r.open_rtt = if r.open_rtt.is_empty() {
+                    d
+                } else {
+                    r.open_rtt
+                        .iter()
+                        .zip(&d)
+                        .map(|(a, b)| (a.0, a.1 + b.1))
+                        .collect()
+                };
+            }
             r.p50[i].push(pct(&lat, 0.5));
             r.p99[i].push(pct(&lat, 0.99));
             r.errors[i] += errors;
+            let cpu0 = redis_cpu(redis_port).await;
             let rps = closed_loop(&gw.base).await;
+            if i == 1 {
+                let used = redis_cpu(redis_port).await - cpu0;
+                r.redis_us.push(used / (rps * CLOSED_SECS as f64) * 1e6);
+            }
             r.rps[i].push(rps);
             eprintln!(
                 "round {round} gateway {i}: p50 {:.3} ms p99 {:.3} ms, max {rps:.0} req/s, {errors} errors",
@@ -221,7 +274,11 @@ async fn measure(gws: &[Gw; 2]) -> Rounds {
     r
 }
 
-fn table(r: &Rounds, store_ms: (f64, f64)) -> String {
+fn table(r: &Rounds) -> String {
+    let store_ms = (
+        quantile_ms(&r.open_rtt, 0.5),
+        quantile_ms(&r.open_rtt, 0.99),
+    );
     let rounds = |v: &[f64]| {
         v.iter()
             .map(|x| format!("{x:.3}"))
@@ -237,7 +294,8 @@ fn table(r: &Rounds, store_ms: (f64, f64)) -> String {
          | p99 at {RATE} req/s, ms (rounds) | {} | {} | {:.3} ms | ≤ 1 ms |\n\
          | max req/s, {CONNS} connections (median) | {rps_l:.0} | {rps_r:.0} | {:.1}% | |\n\
          | errors | {} | {} | | 0 |\n\n\
-         The admission round trip itself, from the Redis gateway's `llmedge_state_backend_seconds` over the whole run (all rounds, open and closed loop; linear within buckets): p50 {:.3} ms, p99 {:.3} ms. The in-process admission it replaces takes about a microsecond (criterion `limits/admit_and_settle_10k_keys`, benches/README.md).\n",
+         Redis's own CPU per request (admission + settlement, `INFO cpu` over the closed loop, median of rounds): {:.0} µs, so one Redis core carries about {:.0} requests/s; here it shares the 2 cores with everything else.\n\n\
+         The admission round trip itself at {RATE} req/s, from the Redis gateway's `llmedge_state_backend_seconds` during the open loops (linear within buckets): p50 {:.3} ms, p99 {:.3} ms. The in-process admission it replaces takes about a microsecond (criterion `limits/admit_and_settle_10k_keys`, benches/README.md).\n",
         rounds(&r.p50[0]),
         rounds(&r.p50[1]),
         median(add50),
@@ -247,6 +305,8 @@ fn table(r: &Rounds, store_ms: (f64, f64)) -> String {
         (rps_r / rps_l - 1.0) * 100.0,
         r.errors[0],
         r.errors[1],
+        median(r.redis_us.clone()),
+        1e6 / median(r.redis_us.clone()),
         store_ms.0,
         store_ms.1,
     )
@@ -285,17 +345,11 @@ fn main() {
             gateway(&dir, "local", mock_port, "{enabled: false}").await,
             gateway(&dir, "redis", mock_port, &redis_state).await,
         ];
-        let r = measure(&gws).await;
+        let r = measure(&gws, redis_port).await;
         let body = format!(
             "## Shared limits through Redis (issue 11)\n\nCommand: `cargo bench --bench shared`. {} {ROUNDS} interleaved rounds per gateway: {OPEN_SECS} s open loop at {RATE} req/s, then {CLOSED_SECS} s with {CONNS} connections. Both gateways check the same rpm, tpm, concurrency and per-model tpm on key and tenant, a tenant budget and prices; one counts in process, the other on a local redis-server 7 (one FCALL per admission, one per settlement). Client, mock, redis-server and both gateways share the machine's 2 cores.\n\n{}",
             common::provenance(),
-            table(
-                &r,
-                (
-                    store_quantile_ms(gws[1].admin, 0.5).await,
-                    store_quantile_ms(gws[1].admin, 0.99).await
-                )
-            )
+            table(&r)
         );
         eprintln!("{body}");
         common::write_section("shared", &body);

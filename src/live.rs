@@ -319,7 +319,13 @@ mod tests {
 
     #[async_trait::async_trait]
     impl shared::CounterServer for Away {
-        async fn call(&self, _: &'static str, _: &[String], _: &str) -> Result<Vec<i64>, String> {
+        async fn call(
+            &self,
+            _: shared::Lane,
+            _: &'static str,
+            _: &[String],
+            _: &str,
+        ) -> Result<Vec<i64>, String> {
             Err("connection refused".into())
         }
 

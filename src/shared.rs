@@ -28,12 +28,21 @@ use crate::metrics::StateMetrics;
 use pending::Pending;
 use wire::{Lease, Wired};
 
+/// Who is calling: a request (admission, settlement) or the store's upkeep (pings, merges,
+/// renewals, gauges). A server may keep them on separate connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    Request = 0,
+    Upkeep = 1,
+}
+
 /// The server the counters live on: one call of a library function, or a ping.
 #[async_trait]
 pub trait CounterServer: Send + Sync {
     /// Calls `function` with `keys` and one JSON argument; integer replies come back as a list.
     async fn call(
         &self,
+        lane: Lane,
         function: &'static str,
         keys: &[String],
         arg: &str,
@@ -198,7 +207,12 @@ impl Shared {
         keys: &[String],
         arg: &str,
     ) -> Option<Vec<i64>> {
-        let call = self.server.call(function, keys, arg);
+        let lane = if matches!(op, "admit" | "settle") {
+            Lane::Request
+        } else {
+            Lane::Upkeep
+        };
+        let call = self.server.call(lane, function, keys, arg);
         match tokio::time::timeout(self.settings.timeout, call).await {
             Ok(Ok(r)) => Some(r),
             Ok(Err(e)) => {

@@ -166,7 +166,8 @@ local function commit(keys, p, st)
   for _, c in ipairs(p.c) do
     if c.k == 's' then
       local w = keys[c.w]
-      redis.call('HINCRBY', w, 'r' .. st.cur, 1)
+      -- the window's expiry moves on with each new bucket (and each lease renewal)
+      local fresh = redis.call('HINCRBY', w, 'r' .. st.cur, 1) == 1
       if c.conc or c.tpm then
         -- the lease holds the tokens reserved against tpm (none without a tpm limit)
         local held = c.tpm and p.tokens or 0
@@ -174,12 +175,13 @@ local function commit(keys, p, st)
         redis.call('PEXPIRE', keys[c.l], 3 * p.ttl)
         if held > 0 then redis.call('HINCRBY', w, 'rt', held) end
       end
-      redis.call('PEXPIRE', w, math.max(WINDOW_TTL, 3 * p.ttl))
+      if fresh then redis.call('PEXPIRE', w, math.max(WINDOW_TTL, 3 * p.ttl)) end
     elseif p.micro > 0 then
       redis.call('ZADD', keys[c.r], expiry, p.lease .. ':' .. p.micro)
-      redis.call('HINCRBY', keys[c.s], 'res', p.micro)
       redis.call('PEXPIRE', keys[c.r], 3 * p.ttl)
-      redis.call('PEXPIRE', keys[c.s], SPEND_TTL)
+      if tonumber(redis.call('HINCRBY', keys[c.s], 'res', p.micro)) == p.micro then
+        redis.call('PEXPIRE', keys[c.s], SPEND_TTL)
+      end
     end
   end
 end
@@ -224,8 +226,8 @@ local function settle(keys, args)
     if e[3] == 1 and redis.call('ZREM', keys[e[2]], p.lease .. ':' .. e[4]) == 1 and e[4] > 0 then
       if tonumber(redis.call('HINCRBY', w, 'rt', -e[4])) < 0 then redis.call('HSET', w, 'rt', 0) end
     end
-    if p.actual > 0 and at >= cur - SPAN then
-      redis.call('HINCRBY', w, 't' .. at, p.actual)
+    if p.actual > 0 and at >= cur - SPAN
+      and tonumber(redis.call('HINCRBY', w, 't' .. at, p.actual)) == p.actual then
       redis.call('PEXPIRE', w, WINDOW_TTL)
     end
   end
@@ -236,17 +238,20 @@ local function settle(keys, args)
       if tonumber(redis.call('HINCRBY', s, 'res', -p.micro)) < 0 then redis.call('HSET', s, 'res', 0) end
     end
     if p.cost > 0 then
-      redis.call('HINCRBY', s, 'd' .. day, p.cost)
       redis.call('HINCRBY', s, 'm' .. month, p.cost)
-      redis.call('HDEL', s, 'd' .. (day - 2), 'm' .. (month - 2))
-      redis.call('PEXPIRE', s, SPEND_TTL)
+      if tonumber(redis.call('HINCRBY', s, 'd' .. day, p.cost)) == p.cost then
+        -- a new day: older days and months go, the spend's expiry moves on
+        redis.call('HDEL', s, 'd' .. (day - 1), 'd' .. (day - 2), 'm' .. (month - 2))
+        redis.call('PEXPIRE', s, SPEND_TTL)
+      end
     end
   end
   return now
 end
 
--- args[1]: {ttl, z = [[zset, member], ...]}: pushes the expiry of live leases out by ttl
--- (a lease already reaped stays gone). Returns how many were renewed.
+-- args[1]: {ttl, z = [[zset, member, hash], ...]}: pushes the expiry of live leases out by
+-- ttl, and that of the hash holding their reserved amount (a lease already reaped stays gone).
+-- Returns how many were renewed.
 local function renew(keys, args)
   local p = cjson.decode(args[1])
   local expiry = now_ms() + p.ttl
@@ -254,6 +259,7 @@ local function renew(keys, args)
   for _, zm in ipairs(p.z) do
     n = n + redis.call('ZADD', keys[zm[1]], 'XX', 'CH', expiry, zm[2])
     redis.call('PEXPIRE', keys[zm[1]], 3 * p.ttl)
+    redis.call('PEXPIRE', keys[zm[3]], math.max(WINDOW_TTL, 3 * p.ttl), 'GT')
   end
   return n
 end

@@ -10,12 +10,14 @@ use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::wire;
-use super::CounterServer;
+use super::{CounterServer, Lane};
 use crate::config::Secret;
 
 pub struct RedisServer {
     client: redis::Client,
-    conn: ArcSwapOption<ConnectionManager>,
+    /// One connection per [`Lane`]: the request path's is made from a request, so its driver
+    /// runs on the proxy's own runtime and a round trip does not hop to another thread pool.
+    conns: [ArcSwapOption<ConnectionManager>; 2],
     connecting: tokio::sync::Mutex<()>,
     connect_timeout: Duration,
 }
@@ -27,19 +29,20 @@ impl RedisServer {
             .map_err(|e| format!("state.redis.url: {}", e.category()))?;
         Ok(Self {
             client,
-            conn: ArcSwapOption::empty(),
+            conns: [ArcSwapOption::empty(), ArcSwapOption::empty()],
             connecting: tokio::sync::Mutex::new(()),
             connect_timeout,
         })
     }
 
     /// The connection; made on first use by one caller while the others wait.
-    async fn connection(&self) -> Result<ConnectionManager, String> {
-        if let Some(c) = self.conn.load_full() {
+    async fn connection(&self, lane: Lane) -> Result<ConnectionManager, String> {
+        let slot = &self.conns[lane as usize];
+        if let Some(c) = slot.load_full() {
             return Ok((*c).clone());
         }
         let _one = self.connecting.lock().await;
-        if let Some(c) = self.conn.load_full() {
+        if let Some(c) = slot.load_full() {
             return Ok((*c).clone());
         }
         // no Nagle: a request waits on every round trip; keepalive finds a silently dead peer
@@ -57,7 +60,7 @@ impl RedisServer {
         let c = ConnectionManager::new_with_config(self.client.clone(), cfg)
             .await
             .map_err(|e| describe(&e))?;
-        self.conn.store(Some(std::sync::Arc::new(c.clone())));
+        slot.store(Some(std::sync::Arc::new(c.clone())));
         Ok(c)
     }
 
@@ -98,11 +101,12 @@ fn ints(v: redis::Value) -> Result<Vec<i64>, String> {
 impl CounterServer for RedisServer {
     async fn call(
         &self,
+        lane: Lane,
         function: &'static str,
         keys: &[String],
         arg: &str,
     ) -> Result<Vec<i64>, String> {
-        let mut c = self.connection().await?;
+        let mut c = self.connection(lane).await?;
         let mut cmd = redis::cmd("FCALL");
         cmd.arg(function).arg(keys.len()).arg(keys).arg(arg);
         match cmd.query_async::<redis::Value>(&mut c).await {
@@ -116,7 +120,7 @@ impl CounterServer for RedisServer {
     }
 
     async fn ping(&self) -> Result<(), String> {
-        let mut c = self.connection().await?;
+        let mut c = self.connection(Lane::Upkeep).await?;
         redis::cmd("PING")
             .query_async::<String>(&mut c)
             .await

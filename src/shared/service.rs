@@ -51,7 +51,12 @@ impl Shared {
         arg: &str,
     ) -> Result<Vec<i64>, String> {
         let wait = self.settings.timeout.max(Duration::from_secs(1));
-        match tokio::time::timeout(wait, self.server.call(function, keys, arg)).await {
+        match tokio::time::timeout(
+            wait,
+            self.server.call(super::Lane::Upkeep, function, keys, arg),
+        )
+        .await
+        {
             Ok(r) => r,
             Err(_) => Err(format!("no answer within {} ms", wait.as_millis())),
         }

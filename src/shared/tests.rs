@@ -13,7 +13,13 @@ struct Fake {
 
 #[async_trait]
 impl CounterServer for Fake {
-    async fn call(&self, f: &'static str, keys: &[String], arg: &str) -> Result<Vec<i64>, String> {
+    async fn call(
+        &self,
+        _: Lane,
+        f: &'static str,
+        keys: &[String],
+        arg: &str,
+    ) -> Result<Vec<i64>, String> {
         if self.fail.load(Ordering::Relaxed) {
             return Err("connection refused".into());
         }

@@ -117,18 +117,19 @@ impl Wired {
         self.slot_lease.iter().any(|(l, _)| *l) || self.reserve_micro(plan) > 0
     }
 
-    /// The leases of one admission, as `(zset key index, member)`.
-    fn lease_members(&self, lease: &Lease) -> Vec<(usize, String)> {
-        let mut z: Vec<(usize, String)> = self
+    /// The leases of one admission, as `(zset key index, member, hash key index)`: the hash
+    /// holds the amount the lease reserved.
+    fn lease_members(&self, lease: &Lease) -> Vec<(usize, String, usize)> {
+        let mut z: Vec<(usize, String, usize)> = self
             .slots
             .iter()
             .zip(&self.slot_lease)
             .filter(|(_, (leased, _))| *leased)
-            .map(|((_, l), (_, tpm))| (*l, lease.slot_member(*tpm)))
+            .map(|((w, l), (_, tpm))| (*l, lease.slot_member(*tpm), *w))
             .collect();
         if lease.micro > 0 {
             let budgeted = self.spends.iter().zip(&self.budgeted).filter(|(_, b)| **b);
-            z.extend(budgeted.map(|((_, r), _)| (*r, lease.budget_member())));
+            z.extend(budgeted.map(|((s, r), _)| (*r, lease.budget_member(), *s)));
         }
         z
     }
@@ -387,10 +388,10 @@ mod tests {
         );
         let r: serde_json::Value =
             serde_json::from_str(&renew_arg(&w, &lease, Duration::from_secs(3))).unwrap();
-        assert_eq!(r["z"][0], json!([2, "g-1:150"]));
+        assert_eq!(r["z"][0], json!([2, "g-1:150", 1]));
         assert_eq!(
             r["z"][3],
-            json!([4, "g-1:13"]),
+            json!([4, "g-1:13", 3]),
             "the budget reservation, tenant only"
         );
         assert_eq!(r["z"].as_array().unwrap().len(), 4);
