@@ -163,7 +163,8 @@ fn shared_store(
     metrics: &Metrics,
 ) -> Result<std::sync::Arc<shared::Shared>, StartupError> {
     let connect = r.timeout.max(std::time::Duration::from_secs(1));
-    let server = shared::redis::RedisServer::new(&r.url, connect).map_err(StartupError::Other)?;
+    let server = shared::redis::RedisServer::new(&r.url, r.ca_pem.as_deref(), connect)
+        .map_err(StartupError::Other)?;
     let settings = shared::Settings {
         prefix: r.key_prefix.clone(),
         endpoint: r.endpoint.clone(),

@@ -43,6 +43,8 @@ pub struct RedisConfig {
     /// `host:port` of `url`, for logs.
     pub endpoint: String,
     pub key_prefix: String,
+    /// PEM roots from `tls.ca_file` for `rediss://` (the system's roots when absent).
+    pub ca_pem: Option<Vec<u8>>,
     pub timeout: Duration,
     pub lease: Duration,
     pub on_error_limits: OnError,
@@ -76,6 +78,14 @@ struct RawRedis {
     timeout_ms: Option<u64>,
     #[serde(default)]
     lease_ms: Option<u64>,
+    #[serde(default)]
+    tls: Option<RawRedisTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRedisTls {
+    ca_file: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -176,12 +186,23 @@ impl RawState {
                 "must not contain `{` or `}` (the gateway adds a hash tag per tenant)",
             ));
         }
+        let ca_pem = match r.tls {
+            None => None,
+            Some(t) if url.expose().starts_with("rediss://") => Some(read_ca(&t.ca_file)?),
+            Some(_) => {
+                return Err(ConfigError::new(
+                    "state.redis.tls",
+                    "needs a rediss:// url (TLS)",
+                ))
+            }
+        };
         Ok(States {
             file: None,
             redis: Some(RedisConfig {
                 url,
                 endpoint,
                 key_prefix: prefix,
+                ca_pem,
                 timeout: millis("timeout_ms", r.timeout_ms, DEFAULT_TIMEOUT_MS, 10_000)?,
                 lease: millis("lease_ms", r.lease_ms, DEFAULT_LEASE_MS, 3_600_000)?,
                 on_error_limits: on_error.limits.unwrap_or(OnError::Allow),
@@ -189,6 +210,24 @@ impl RawState {
             }),
         })
     }
+}
+
+/// The PEM file of `state.redis.tls.ca_file`, checked to hold at least one certificate.
+fn read_ca(file: &str) -> Result<Vec<u8>, ConfigError> {
+    use rustls_pki_types::pem::PemObject;
+    let path = "state.redis.tls.ca_file";
+    let pem = std::fs::read(file)
+        .map_err(|e| ConfigError::new(path, format!("cannot read \"{file}\": {e}")))?;
+    let certs = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ConfigError::new(path, format!("\"{file}\": {e}")))?;
+    if certs.is_empty() {
+        return Err(ConfigError::new(
+            path,
+            format!("\"{file}\" holds no PEM certificate"),
+        ));
+    }
+    Ok(pem)
 }
 
 fn millis(field: &str, v: Option<u64>, default: u64, max: u64) -> Result<Duration, ConfigError> {
@@ -280,8 +319,10 @@ mod tests {
             err("{backend: redis, redis: {url: 'redis://h', timeout_ms: 0}}"),
             "state.redis.timeout_ms: 0 must be between 1 and 10000"
         );
-        assert!(err("{backend: redis, redis: {url: 'redis://h', tls: 1}}")
-            .starts_with("state.redis.tls: unknown field `tls`"));
+        assert!(
+            err("{backend: redis, redis: {url: 'redis://h', sentinel: 1}}")
+                .starts_with("state.redis.sentinel: unknown field `sentinel`")
+        );
         assert!(
             err("{backend: redis, redis: {url: 'redis://h'}, on_error: {limits: maybe}}")
                 .starts_with("state.on_error.limits: unknown variant `maybe`")
@@ -306,6 +347,14 @@ mod tests {
             err("{backend: redis, redis: {url: 'redis://h', key_prefix: 'a{b}'}}"),
             "state.redis.key_prefix: must not contain `{` or `}` (the gateway adds a hash tag per tenant)"
         );
+        assert_eq!(
+            err("{backend: redis, redis: {url: 'redis://h', tls: {ca_file: x.pem}}}"),
+            "state.redis.tls: needs a rediss:// url (TLS)"
+        );
+        assert!(err(
+            "{backend: redis, redis: {url: 'rediss://h', tls: {ca_file: /nonexistent.pem}}}"
+        )
+        .starts_with("state.redis.tls.ca_file: cannot read \"/nonexistent.pem\""));
         let v6 = load("{backend: redis, redis: {url: 'rediss://[::1]/0'}}").unwrap();
         assert_eq!(v6.shared.unwrap().endpoint, "[::1]:6379");
     }

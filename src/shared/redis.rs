@@ -24,9 +24,22 @@ pub struct RedisServer {
 
 impl RedisServer {
     /// A server for `url`; nothing connects until the first ping. The error never holds the URL.
-    pub fn new(url: &Secret, connect_timeout: Duration) -> Result<Self, String> {
-        let client = redis::Client::open(url.expose())
-            .map_err(|e| format!("state.redis.url: {}", e.category()))?;
+    pub fn new(
+        url: &Secret,
+        ca_pem: Option<&[u8]>,
+        connect_timeout: Duration,
+    ) -> Result<Self, String> {
+        let client = match ca_pem {
+            None => redis::Client::open(url.expose()),
+            Some(pem) => redis::Client::build_with_tls(
+                url.expose(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.to_vec()),
+                },
+            ),
+        }
+        .map_err(|e| format!("state.redis.url: {}", e.category()))?;
         Ok(Self {
             client,
             conns: [ArcSwapOption::empty(), ArcSwapOption::empty()],

@@ -395,3 +395,29 @@ async fn every_call_keeps_to_one_cluster_slot() {
         "no CROSSSLOT or other error:\n{m}"
     );
 }
+
+#[tokio::test]
+async fn rediss_with_a_private_ca_shares_limits_over_tls() {
+    let (mock, redis) = (MockOpenAi::start().await, RedisServer::start_tls().await);
+    let f = Fleet {
+        upstream: mock.url(),
+        redis: redis.url(),
+        key_limits: "    limits: {rpm: 2}",
+        tenants: "",
+        state_extra: "",
+    };
+    let ca = redis.ca().unwrap().display().to_string();
+    let yaml = |p, a| {
+        f.yaml(p, a).replace(
+            "lease_ms: 1500}",
+            &format!("lease_ms: 1500, tls: {{ca_file: \"{ca}\"}}}}"),
+        )
+    };
+    let gws = join_all((0..2).map(|_| TestGateway::start_with(yaml))).await;
+    for gw in &gws {
+        gw.wait_metric("llmedge_state_backend_up 1").await;
+    }
+    assert_eq!(send(&gws[0], ECHO).await.0, 200);
+    assert_eq!(send(&gws[1], ECHO).await.0, 200);
+    assert_eq!(send(&gws[0], ECHO).await.0, 429, "rpm 2 shared over TLS");
+}

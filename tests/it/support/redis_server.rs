@@ -13,6 +13,8 @@ pub struct RedisServer {
     child: Option<Child>,
     dir: tempfile::TempDir,
     cluster: bool,
+    /// TLS only (`--port 0 --tls-port`), with certificates for 127.0.0.1 from this test CA.
+    tls: Option<super::tls::TestCerts>,
 }
 
 impl Drop for RedisServer {
@@ -32,12 +34,32 @@ impl RedisServer {
         Self::start_as(true).await
     }
 
+    /// A server that speaks TLS only; [`RedisServer::ca`] holds the CA that signed its cert.
+    pub async fn start_tls() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = super::tls::TestCerts::write(dir.path());
+        let mut r = Self {
+            port: reserve_port(),
+            child: None,
+            dir,
+            cluster: false,
+            tls: Some(certs),
+        };
+        r.spawn().await;
+        r
+    }
+
+    pub fn ca(&self) -> Option<&std::path::Path> {
+        self.tls.as_ref().map(|c| c.ca.as_path())
+    }
+
     async fn start_as(cluster: bool) -> Self {
         let mut r = Self {
             port: reserve_port(),
             child: None,
             dir: tempfile::tempdir().unwrap(),
             cluster,
+            tls: None,
         };
         r.spawn().await;
         if cluster {
@@ -58,8 +80,27 @@ impl RedisServer {
     }
 
     async fn spawn(&mut self) {
+        let port = self.port.to_string();
+        let listen: Vec<&str> = match &self.tls {
+            None => vec!["--port", &port],
+            Some(c) => vec![
+                "--port",
+                "0",
+                "--tls-port",
+                &port,
+                "--tls-cert-file",
+                c.cert.to_str().unwrap(),
+                "--tls-key-file",
+                c.key.to_str().unwrap(),
+                "--tls-ca-cert-file",
+                c.ca.to_str().unwrap(),
+                "--tls-auth-clients",
+                "no",
+            ],
+        };
         let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(&listen)
             .args([
                 "--requirepass",
                 PASSWORD,
@@ -92,7 +133,12 @@ impl RedisServer {
 
     /// `redis://:<password>@127.0.0.1:<port>/0`.
     pub fn url(&self) -> String {
-        format!("redis://:{PASSWORD}@127.0.0.1:{}/0", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://:{PASSWORD}@127.0.0.1:{}/0", self.port)
     }
 
     /// SIGKILL: no goodbye to connected clients.
@@ -111,7 +157,16 @@ impl RedisServer {
 
     /// One command on a fresh connection.
     pub async fn query(&self, args: &[&str]) -> redis::RedisResult<redis::Value> {
-        let client = redis::Client::open(self.url())?;
+        let client = match &self.tls {
+            None => redis::Client::open(self.url())?,
+            Some(c) => redis::Client::build_with_tls(
+                self.url(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(std::fs::read(&c.ca).unwrap()),
+                },
+            )?,
+        };
         let mut c = client.get_multiplexed_async_connection().await?;
         let mut cmd = redis::cmd(args[0]);
         for a in &args[1..] {
