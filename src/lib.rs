@@ -123,7 +123,11 @@ fn add_gateway_with(
             tracing::info!(endpoint = %r.endpoint, "limits and budgets shared through Redis");
             live::Live::with_shared(config, store)
         }
-        None => live::Live::new(config),
+        None => {
+            // the in-process store is always there
+            metrics.state.up.set(1);
+            live::Live::new(config)
+        }
     };
     let gateway = Gateway::new(live, metrics.clone());
     add_api_listener(server, &gateway, &srv)?;

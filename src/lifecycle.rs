@@ -272,5 +272,22 @@ mod tests {
             needs_restart(&old, &load(", threads: 4, grace_period_secs: 5")),
             ["server.grace_period_secs", "server.threads"]
         );
+        let redis = |state: &str| {
+            let yaml = format!("pools: {{p: {{backends: ['http://h']}}}}\nroutes: [{{prefix: '', pool: p}}]\nstate: {state}\n");
+            Config::from_yaml(&yaml, &|_| None).unwrap()
+        };
+        let a = redis("{backend: redis, redis: {url: 'redis://a'}}");
+        assert!(
+            needs_restart(
+                &a,
+                &redis("{backend: redis, redis: {url: 'redis://a'}, on_error: {limits: deny}}")
+            )
+            .is_empty(),
+            "on_error applies at once"
+        );
+        assert_eq!(
+            needs_restart(&a, &redis("{backend: redis, redis: {url: 'redis://b'}}")),
+            ["state.redis"]
+        );
     }
 }

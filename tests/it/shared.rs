@@ -121,8 +121,10 @@ async fn rpm_30_admits_exactly_30_of_90_across_three_gateways_with_shared_header
         .all(|(s, retry)| *s == 429 && *retry));
     let (s, h, _) = send(&gws[1], ECHO).await;
     assert_eq!(s, 429);
+    // the window slides: the first admissions leave it about 60 s after they were counted
+    // (not at the next minute or bucket edge, as a fixed window would have it)
     let after: u64 = h["retry-after"].to_str().unwrap().parse().unwrap();
-    assert!((1..=70).contains(&after), "retry-after {after}");
+    assert!((50..=67).contains(&after), "retry-after {after}");
     assert_eq!(h["x-ratelimit-remaining-requests"], "0");
     // a reload raises one gateway's limit: the shared count stays, the new rule applies there
     let path = gws[0].config_path();
