@@ -423,3 +423,44 @@ async fn rediss_with_a_private_ca_shares_limits_over_tls() {
     assert_eq!(send(&gws[1], ECHO).await.0, 200);
     assert_eq!(send(&gws[0], ECHO).await.0, 429, "rpm 2 shared over TLS");
 }
+
+#[tokio::test]
+async fn a_redis_slower_than_timeout_ms_costs_a_request_at_most_the_timeout() {
+    let (mock, redis) = (MockOpenAi::start().await, RedisServer::start().await);
+    let f = Fleet {
+        upstream: mock.url(),
+        redis: redis.url(),
+        key_limits: "    limits: {rpm: 100}",
+        tenants: "",
+        state_extra: "",
+    };
+    let yaml = |p, a| f.yaml(p, a).replace("timeout_ms: 1000", "timeout_ms: 100");
+    let gw = TestGateway::start_with(yaml).await;
+    gw.wait_metric("llmedge_state_backend_up 1").await;
+    assert_eq!(send(&gw, ECHO).await.0, 200);
+    // Redis stops answering anyone for 5 s: alive, connected, silent
+    redis
+        .query(&["CLIENT", "PAUSE", "5000", "ALL"])
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let (s, _, text) = send(&gw, ECHO).await;
+    assert_eq!(
+        s, 200,
+        "allow: admitted locally once the 100 ms are up: {text}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the request waited for the paused Redis instead of timing out"
+    );
+    gw.wait_metric("llmedge_state_backend_up 0").await;
+    gw.wait_metric(r#"llmedge_state_backend_errors_total{op="admit"} 1"#)
+        .await;
+    assert_eq!(
+        send(&gw, ECHO).await.0,
+        200,
+        "no wait at all while marked down"
+    );
+    // the pause ends by itself: the gateway finds Redis again
+    gw.wait_metric("llmedge_state_backend_up 1").await;
+}
