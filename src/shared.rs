@@ -96,8 +96,10 @@ pub struct Held {
     shared: Arc<Shared>,
     tenant: Arc<str>,
     wired: Arc<Wired>,
-    /// `(renewal id, lease)` when admission reserved anything.
-    lease: Option<(u64, Lease)>,
+    /// Its id names its leases (if admission reserved anything) and marks its settlement.
+    lease: Lease,
+    /// The renewal registry's id while the lease is renewed.
+    renewal: Option<u64>,
     at_ms: u64,
     pub price: Option<Price>,
     pub headers: RateHeaders,
@@ -137,62 +139,83 @@ impl Shared {
     /// Checks and reserves `plan` in one round trip, within `timeout_ms`.
     pub async fn admit(self: &Arc<Self>, plan: &SharedPlan) -> Answer {
         let wired = Arc::new(Wired::new(&self.settings.prefix, plan));
-        if plan.checks_nothing() {
-            // only spend to charge: nothing to ask before the request runs
-            return Answer::Granted(self.held(plan, wired, None, 0, RateHeaders::default()));
-        }
-        if !self.is_up() {
-            return Answer::Unavailable;
-        }
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
         let lease = Lease {
             id: format!("{}-{n}", self.instance),
             tokens: plan.tokens,
             micro: wired.reserve_micro(plan),
         };
+        if plan.checks_nothing() {
+            // only spend to charge: nothing to ask before the request runs
+            let h = self.held(plan, wired, (n, lease, false), 0, RateHeaders::default());
+            return Answer::Granted(h);
+        }
+        if !self.is_up() {
+            return Answer::Unavailable;
+        }
         let arg = wired.admit_arg(plan, &lease.id, self.settings.lease);
         let started = Instant::now();
         let reply = self.call("admit", wire::ADMIT, &wired.keys, &arg).await;
         self.metrics
             .seconds
             .observe(started.elapsed().as_secs_f64());
-        let Some(reply) = reply else {
-            return Answer::Unavailable;
-        };
-        match wire::admit_reply(plan, &reply) {
-            Ok(Ok(g)) => {
-                let lease = wired.leases(plan).then_some((n, lease));
-                Answer::Granted(self.held(plan, wired, lease, g.at_ms, g.headers))
+        let verdict = reply.map(|r| wire::admit_reply(plan, &r));
+        match verdict {
+            Some(Ok(Ok(g))) => {
+                let leased = wired.leases(plan);
+                Answer::Granted(self.held(plan, wired, (n, lease, leased), g.at_ms, g.headers))
             }
-            Ok(Err(denied)) => Answer::Refused(denied),
-            Err(e) => {
-                self.down("admit", &e);
+            Some(Ok(Err(denied))) => Answer::Refused(denied),
+            failed => {
+                if let Some(Err(e)) = failed {
+                    self.down("admit", &e);
+                }
+                // the call may still run there, late: release whatever it reserved once the
+                // store is back (a settlement of nothing, applied at most once)
+                if wired.leases(plan) {
+                    let call = self.settle_call(&plan.tenant, &wired, &lease, 0, (0, 0));
+                    self.pending.lock().resend(wire::SETTLE, call);
+                }
                 Answer::Unavailable
             }
         }
+    }
+
+    /// The settlement of `lease`, marked done under its id.
+    fn settle_call(
+        &self,
+        tenant: &str,
+        wired: &Wired,
+        lease: &Lease,
+        at_ms: u64,
+        used: (u64, u64),
+    ) -> (Vec<String>, String) {
+        let done = wire::done_key(&self.settings.prefix, tenant, &format!("s:{}", lease.id));
+        wire::settle_call(wired, done, lease, at_ms, used)
     }
 
     fn held(
         self: &Arc<Self>,
         plan: &SharedPlan,
         wired: Arc<Wired>,
-        lease: Option<(u64, Lease)>,
+        (n, lease, leased): (u64, Lease, bool),
         at_ms: u64,
         headers: RateHeaders,
     ) -> Held {
-        if let Some((n, l)) = &lease {
+        if leased {
             let r = Renewal {
                 wired: wired.clone(),
-                lease: l.clone(),
+                lease: lease.clone(),
                 renewed: Instant::now(),
             };
-            self.renewals.lock().insert(*n, r);
+            self.renewals.lock().insert(n, r);
         }
         Held {
             shared: self.clone(),
             tenant: plan.tenant.clone(),
             wired,
             lease,
+            renewal: leased.then_some(n),
             at_ms,
             price: plan.price,
             headers,
@@ -284,31 +307,30 @@ impl Shared {
 
 impl Held {
     /// Replaces the reservation by what was used (`tokens`, `cost_usd`), off the request path.
-    /// If the store is away, the usage is kept here and merged when it is back; the leases
-    /// expire by themselves.
+    /// If the store is away or does not answer in time, the same settlement is sent again when
+    /// it is back (it applies once); the leases expire by themselves meanwhile.
     pub fn settle(mut self, tokens: u64, cost_usd: f64) {
         let shared = self.shared.clone();
-        let lease = self.lease.take();
-        if let Some((n, _)) = &lease {
-            shared.renewals.lock().remove(n);
+        if let Some(n) = self.renewal.take() {
+            shared.renewals.lock().remove(&n);
         }
         let cost = wire::micro(cost_usd);
-        if lease.is_none() && cost == 0 {
+        let leased = self.wired.leases_of(&self.lease);
+        if !leased && cost == 0 && tokens == 0 {
             return;
         }
-        let (tenant, wired, at) = (self.tenant.clone(), self.wired.clone(), self.at_ms);
+        let used = (tokens, cost);
+        let call = shared.settle_call(&self.tenant, &self.wired, &self.lease, self.at_ms, used);
         shared.settling.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
-            let l = lease.map_or_else(Lease::none, |(_, l)| l);
-            let arg = wire::settle_arg(&wired, &l, at, tokens, cost);
+            let (keys, arg) = &call;
             let done = shared.is_up()
                 && shared
-                    .call("settle", wire::SETTLE, &wired.keys, &arg)
+                    .call("settle", wire::SETTLE, keys, arg)
                     .await
                     .is_some();
             if !done {
-                // the admission was counted there already: only usage and spend are owed
-                shared.pending.lock().add(&tenant, &wired, 0, tokens, cost);
+                shared.pending.lock().resend(wire::SETTLE, call);
             }
             shared.settling.fetch_sub(1, Ordering::Relaxed);
         });
@@ -317,8 +339,8 @@ impl Held {
 
 impl Drop for Held {
     fn drop(&mut self) {
-        if let Some((n, _)) = &self.lease {
-            self.shared.renewals.lock().remove(n);
+        if let Some(n) = self.renewal {
+            self.shared.renewals.lock().remove(&n);
         }
     }
 }

@@ -204,7 +204,7 @@ impl RawState {
                 key_prefix: prefix,
                 ca_pem,
                 timeout: millis("timeout_ms", r.timeout_ms, DEFAULT_TIMEOUT_MS, 10_000)?,
-                lease: millis("lease_ms", r.lease_ms, DEFAULT_LEASE_MS, 3_600_000)?,
+                lease: lease_ms(r.lease_ms)?,
                 on_error_limits: on_error.limits.unwrap_or(OnError::Allow),
                 on_error_budgets: on_error.budgets.unwrap_or(OnError::Deny),
             }),
@@ -228,6 +228,19 @@ fn read_ca(file: &str) -> Result<Vec<u8>, ConfigError> {
         ));
     }
     Ok(pem)
+}
+
+/// A lease is renewed every third of its life by a 200 ms loop: shorter than a second would
+/// let a live gateway's leases lapse.
+fn lease_ms(v: Option<u64>) -> Result<Duration, ConfigError> {
+    let ms = v.unwrap_or(DEFAULT_LEASE_MS);
+    if !(1_000..=3_600_000).contains(&ms) {
+        return Err(ConfigError::new(
+            "state.redis.lease_ms",
+            format!("{ms} must be between 1000 and 3600000"),
+        ));
+    }
+    Ok(Duration::from_millis(ms))
 }
 
 fn millis(field: &str, v: Option<u64>, default: u64, max: u64) -> Result<Duration, ConfigError> {

@@ -17,6 +17,8 @@ local BUCKET = 6000
 local SPAN = 10 -- buckets before the current one that still overlap the last minute
 local WINDOW_TTL = 180000
 local SPEND_TTL = 40 * 86400000
+-- how long a settlement or merge is remembered, against a resend after a timeout
+local DONE_TTL = 120000
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -58,18 +60,41 @@ local function calendar(now)
   return day, y * 12 + m - 1, (day + 1) * 86400000 - now, next_month - now
 end
 
+-- sets key k to expire in ms unless it already lives longer (a key without expiry gets one);
+-- gateways with different lease_ms never cut each other's keys short
+local function touch(k, ms)
+  if tonumber(redis.call('PTTL', k)) < ms then redis.call('PEXPIRE', k, ms) end
+end
+
+-- a call seen before (a settlement or merge resent after a timeout) is not applied twice
+local function first_time(marker)
+  return redis.call('SET', marker, 1, 'NX', 'PX', DONE_TTL) ~= false
+end
+
 local function amount(member)
   return tonumber(string.match(member, ':(%d+)$') or '0') or 0
 end
 
 -- drops expired leases of zset z and gives their amounts back in field f of hash h
+-- (no lease left, or the zset itself expired: nothing is reserved any more)
 local function reap(z, h, f, now)
   local dead = redis.call('ZRANGEBYSCORE', z, '-inf', now)
-  if #dead == 0 then return end
-  local sum = 0
-  for _, m in ipairs(dead) do sum = sum + amount(m) end
-  redis.call('ZREMRANGEBYSCORE', z, '-inf', now)
-  if sum > 0 and tonumber(redis.call('HINCRBY', h, f, -sum)) < 0 then
+  if #dead > 0 then
+    local sum = 0
+    for _, m in ipairs(dead) do sum = sum + amount(m) end
+    redis.call('ZREMRANGEBYSCORE', z, '-inf', now)
+    if sum > 0 and redis.call('HEXISTS', h, f) == 1
+      and tonumber(redis.call('HINCRBY', h, f, -sum)) < 0 then
+      redis.call('HSET', h, f, 0)
+    end
+  end
+  if redis.call('EXISTS', z) == 0 then redis.call('HDEL', h, f) end
+end
+
+-- gives `amount` back in field f of hash h (never below zero, never creating h)
+local function give_back(h, f, amount)
+  if amount > 0 and redis.call('HEXISTS', h, f) == 1
+    and tonumber(redis.call('HINCRBY', h, f, -amount)) < 0 then
     redis.call('HSET', h, f, 0)
   end
 end
@@ -91,7 +116,9 @@ local function buckets(w, cur)
       t[b] = v
     end
   end
-  if #stale > 0 then redis.call('HDEL', w, unpack(stale)) end
+  for i = 1, #stale, 1000 do
+    redis.call('HDEL', w, unpack(stale, i, math.min(i + 999, #stale)))
+  end
   return r, t, reserved
 end
 
@@ -166,22 +193,21 @@ local function commit(keys, p, st)
   for _, c in ipairs(p.c) do
     if c.k == 's' then
       local w = keys[c.w]
-      -- the window's expiry moves on with each new bucket (and each lease renewal)
-      local fresh = redis.call('HINCRBY', w, 'r' .. st.cur, 1) == 1
+      -- a window holds only what a limit reads: requests for rpm, tokens for tpm
+      if c.rpm then redis.call('HINCRBY', w, 'r' .. st.cur, 1) end
+      local held = c.tpm and p.tokens or 0
       if c.conc or c.tpm then
         -- the lease holds the tokens reserved against tpm (none without a tpm limit)
-        local held = c.tpm and p.tokens or 0
         redis.call('ZADD', keys[c.l], expiry, p.lease .. ':' .. held)
-        redis.call('PEXPIRE', keys[c.l], 3 * p.ttl)
+        touch(keys[c.l], 3 * p.ttl)
         if held > 0 then redis.call('HINCRBY', w, 'rt', held) end
       end
-      if fresh then redis.call('PEXPIRE', w, math.max(WINDOW_TTL, 3 * p.ttl)) end
+      if c.rpm or held > 0 then touch(w, math.max(WINDOW_TTL, 3 * p.ttl)) end
     elseif p.micro > 0 then
       redis.call('ZADD', keys[c.r], expiry, p.lease .. ':' .. p.micro)
-      redis.call('PEXPIRE', keys[c.r], 3 * p.ttl)
-      if tonumber(redis.call('HINCRBY', keys[c.s], 'res', p.micro)) == p.micro then
-        redis.call('PEXPIRE', keys[c.s], SPEND_TTL)
-      end
+      touch(keys[c.r], 3 * p.ttl)
+      redis.call('HINCRBY', keys[c.s], 'res', p.micro)
+      touch(keys[c.s], SPEND_TTL)
     end
   end
 end
@@ -213,36 +239,53 @@ local function admit(keys, args)
   return {1, 0, -1, 0, now, h[1], h[2], h[3], h[4], h[5], h[6], 0}
 end
 
--- args[1]: {lease, micro, at, actual, cost, w = [[window, leases, leased, held], ...],
--- s = [[spend, reservations, budgeted], ...]}: the leases go, the reservation is replaced by
--- what was used, spend is charged. A lease already reaped gave its amount back then.
+-- drops spend fields of days and months before the current ones
+local function prune_spend(s, day, month)
+  local stale = {}
+  for _, f in ipairs(redis.call('HKEYS', s)) do
+    local n = tonumber(string.sub(f, 2))
+    local kind = string.sub(f, 1, 1)
+    if n and ((kind == 'd' and n < day) or (kind == 'm' and n < month)) then
+      stale[#stale + 1] = f
+    end
+  end
+  for i = 1, #stale, 1000 do
+    redis.call('HDEL', s, unpack(stale, i, math.min(i + 999, #stale)))
+  end
+end
+
+-- args[1]: {lease, micro, at, actual, cost, w = [[window, leases, leased, held, tpm], ...],
+-- s = [[spend, reservations, budgeted], ...]}; the last key marks this settlement done.
+-- The leases go, the reservation is replaced by what was used, spend is charged. A lease
+-- already reaped gave its amount back then. Returns 0 for a settlement already applied.
 local function settle(keys, args)
+  if not first_time(keys[#keys]) then return 0 end
   local p = cjson.decode(args[1])
   local now = now_ms()
   local cur = math.floor(now / BUCKET)
   local at = math.floor(p.at / BUCKET)
   for _, e in ipairs(p.w) do
     local w = keys[e[1]]
-    if e[3] == 1 and redis.call('ZREM', keys[e[2]], p.lease .. ':' .. e[4]) == 1 and e[4] > 0 then
-      if tonumber(redis.call('HINCRBY', w, 'rt', -e[4])) < 0 then redis.call('HSET', w, 'rt', 0) end
+    if e[3] == 1 and redis.call('ZREM', keys[e[2]], p.lease .. ':' .. e[4]) == 1 then
+      give_back(w, 'rt', e[4])
     end
-    if p.actual > 0 and at >= cur - SPAN
-      and tonumber(redis.call('HINCRBY', w, 't' .. at, p.actual)) == p.actual then
-      redis.call('PEXPIRE', w, WINDOW_TTL)
+    if e[5] == 1 and p.actual > 0 and at >= cur - SPAN then
+      redis.call('HINCRBY', w, 't' .. at, p.actual)
+      touch(w, WINDOW_TTL)
     end
   end
   local day, month = calendar(now)
   for _, e in ipairs(p.s) do
     local s = keys[e[1]]
     if e[3] == 1 and p.micro > 0 and redis.call('ZREM', keys[e[2]], p.lease .. ':' .. p.micro) == 1 then
-      if tonumber(redis.call('HINCRBY', s, 'res', -p.micro)) < 0 then redis.call('HSET', s, 'res', 0) end
+      give_back(s, 'res', p.micro)
     end
     if p.cost > 0 then
       redis.call('HINCRBY', s, 'm' .. month, p.cost)
       if tonumber(redis.call('HINCRBY', s, 'd' .. day, p.cost)) == p.cost then
         -- a new day: older days and months go, the spend's expiry moves on
-        redis.call('HDEL', s, 'd' .. (day - 1), 'd' .. (day - 2), 'm' .. (month - 2))
-        redis.call('PEXPIRE', s, SPEND_TTL)
+        prune_spend(s, day, month)
+        touch(s, SPEND_TTL)
       end
     end
   end
@@ -258,15 +301,17 @@ local function renew(keys, args)
   local n = 0
   for _, zm in ipairs(p.z) do
     n = n + redis.call('ZADD', keys[zm[1]], 'XX', 'CH', expiry, zm[2])
-    redis.call('PEXPIRE', keys[zm[1]], 3 * p.ttl)
-    redis.call('PEXPIRE', keys[zm[3]], math.max(WINDOW_TTL, 3 * p.ttl), 'GT')
+    touch(keys[zm[1]], 3 * p.ttl)
+    touch(keys[zm[3]], math.max(WINDOW_TTL, 3 * p.ttl))
   end
   return n
 end
 
 -- args[1]: {w = [[w, requests, tokens], ...], s = [[s, micro], ...]}: what a gateway counted
--- on its own while Redis was away, added to the current bucket, day and month.
+-- on its own while Redis was away, added to the current bucket, day and month; the last key
+-- marks this merge done. Returns 0 for a merge already applied.
 local function merge(keys, args)
+  if not first_time(keys[#keys]) then return 0 end
   local p = cjson.decode(args[1])
   local now = now_ms()
   local cur = math.floor(now / BUCKET)
@@ -274,14 +319,14 @@ local function merge(keys, args)
     local w = keys[e[1]]
     if e[2] > 0 then redis.call('HINCRBY', w, 'r' .. cur, e[2]) end
     if e[3] > 0 then redis.call('HINCRBY', w, 't' .. cur, e[3]) end
-    redis.call('PEXPIRE', w, WINDOW_TTL)
+    touch(w, WINDOW_TTL)
   end
   local day, month = calendar(now)
   for _, e in ipairs(p.s) do
     local s = keys[e[1]]
     redis.call('HINCRBY', s, 'd' .. day, e[2])
     redis.call('HINCRBY', s, 'm' .. month, e[2])
-    redis.call('PEXPIRE', s, SPEND_TTL)
+    touch(s, SPEND_TTL)
   end
   return now
 end

@@ -13,7 +13,9 @@ use super::wire;
 use super::{CounterServer, Lane};
 use crate::config::Secret;
 
-pub struct RedisServer {
+pub struct RedisServer(std::sync::Arc<Inner>);
+
+struct Inner {
     client: redis::Client,
     /// One connection per [`Lane`]: the request path's is made from a request, so its driver
     /// runs on the proxy's own runtime and a round trip does not hop to another thread pool.
@@ -40,20 +42,32 @@ impl RedisServer {
             ),
         }
         .map_err(|e| format!("state.redis.url: {}", e.category()))?;
-        Ok(Self {
+        Ok(Self(std::sync::Arc::new(Inner {
             client,
             conns: [ArcSwapOption::empty(), ArcSwapOption::empty()],
             connecting: tokio::sync::Mutex::new(()),
             connect_timeout,
-        })
+        })))
     }
 
-    /// The connection; made on first use by one caller while the others wait.
+    /// The connection of `lane`. A missing one is made by a task of its own (on the caller's
+    /// runtime), so a request that stops waiting at `timeout_ms` does not abort the connect:
+    /// the next request finds it made.
     async fn connection(&self, lane: Lane) -> Result<ConnectionManager, String> {
-        let slot = &self.conns[lane as usize];
-        if let Some(c) = slot.load_full() {
+        if let Some(c) = self.0.conns[lane as usize].load_full() {
             return Ok((*c).clone());
         }
+        let inner = self.0.clone();
+        tokio::spawn(async move { inner.connect(lane).await })
+            .await
+            .map_err(|e| format!("connect task: {e}"))?
+    }
+}
+
+impl Inner {
+    /// Makes the connection of `lane`, once: concurrent callers wait for the first.
+    async fn connect(&self, lane: Lane) -> Result<ConnectionManager, String> {
+        let slot = &self.conns[lane as usize];
         let _one = self.connecting.lock().await;
         if let Some(c) = slot.load_full() {
             return Ok((*c).clone());
@@ -76,7 +90,9 @@ impl RedisServer {
         slot.store(Some(std::sync::Arc::new(c.clone())));
         Ok(c)
     }
+}
 
+impl RedisServer {
     async fn load_library(&self, c: &mut ConnectionManager) -> Result<(), String> {
         redis::cmd("FUNCTION")
             .arg("LOAD")

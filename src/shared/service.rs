@@ -19,27 +19,37 @@ pub struct StoreService(pub Arc<Shared>);
 #[async_trait]
 impl BackgroundService for StoreService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        loop {
-            self.0.tick().await;
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                () = tokio::time::sleep(TICK) => {}
+        // renewals run on their own, so a slow reconnect or merge never delays them
+        let renewals = async {
+            loop {
+                if self.0.is_up() {
+                    self.0.renew_due().await;
+                }
+                tokio::time::sleep(TICK).await;
             }
+        };
+        let upkeep = async {
+            loop {
+                self.0.tick().await;
+                tokio::time::sleep(TICK).await;
+            }
+        };
+        tokio::select! {
+            _ = shutdown.changed() => {}
+            () = renewals => {}
+            () = upkeep => {}
         }
     }
 }
 
 impl Shared {
-    /// One round of upkeep.
+    /// One round of upkeep: reconnect, send what is owed.
     pub async fn tick(&self) {
         if !self.is_up() {
             self.reconnect().await;
         }
-        if self.is_up() {
-            self.renew_due().await;
-            if !self.pending.lock().is_empty() && !self.merge_pending().await {
-                self.down("merge", "merge of locally counted requests failed");
-            }
+        if self.is_up() && !self.pending.lock().is_empty() && !self.merge_pending().await {
+            self.down("merge", "a call owed to the store failed");
         }
     }
 
@@ -75,28 +85,31 @@ impl Shared {
         }
     }
 
-    /// Adds what was counted here while the store was away; what fails stays pending.
+    /// Sends what is owed (calls that failed, counts made here while the store was away);
+    /// what fails stays owed, whole, and is sent again later (each call applies once).
     async fn merge_pending(&self) -> bool {
-        let all = self.pending.lock().take();
+        let calls = self
+            .pending
+            .lock()
+            .take(&self.settings.prefix, &self.instance);
         let mut ok = true;
-        for (tenant, counts) in all {
+        for (function, keys, arg) in calls {
             if ok {
-                let (keys, arg) = counts.merge_call();
-                if let Err(e) = self.upkeep_call(wire::MERGE, &keys, &arg).await {
-                    tracing::debug!(error = %e, "merge failed; kept for the next try");
+                if let Err(e) = self.upkeep_call(function, &keys, &arg).await {
+                    tracing::debug!(error = %e, "owed call failed; kept for the next try");
                     self.metrics.errors.with_label_values(&["merge"]).inc();
                     ok = false;
                 }
             }
             if !ok {
-                self.pending.lock().restore(tenant, counts);
+                self.pending.lock().resend(function, (keys, arg));
             }
         }
         ok
     }
 
     /// Pushes out the expiry of leases held for a third of their life.
-    async fn renew_due(&self) {
+    pub async fn renew_due(&self) {
         let every = self.settings.lease / 3;
         let due: Vec<(Arc<Wired>, Lease)> = {
             let mut r = self.renewals.lock();

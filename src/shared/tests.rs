@@ -106,7 +106,7 @@ async fn an_admission_is_one_call_and_its_lease_is_renewed_until_it_settles() {
     };
     assert_eq!(held.headers.requests.unwrap().remaining, 9);
     assert_eq!(fake.called(wire::ADMIT).len(), 1, "one round trip");
-    shared.tick().await;
+    shared.renew_due().await;
     let renewed = fake.called(wire::RENEW);
     assert_eq!(renewed.len(), 1, "a running request's lease is renewed");
     assert!(renewed[0].1.contains(":10\""), "{}", renewed[0].1);
@@ -115,7 +115,12 @@ async fn an_admission_is_one_call_and_its_lease_is_renewed_until_it_settles() {
     let s = fake.called(wire::SETTLE);
     assert_eq!(s.len(), 1);
     assert!(s[0].1.contains("\"actual\":7") && s[0].1.contains("\"cost\":250000"));
-    shared.tick().await;
+    assert!(
+        s[0].0.last().unwrap().contains("{acme}:done:s:"),
+        "the settlement is marked done under its lease id: {:?}",
+        s[0].0
+    );
+    shared.renew_due().await;
     assert_eq!(
         fake.called(wire::RENEW).len(),
         1,
@@ -180,7 +185,7 @@ async fn a_failed_call_marks_the_store_down_once_and_local_counts_merge_when_it_
 }
 
 #[tokio::test]
-async fn a_settlement_that_cannot_reach_the_store_is_kept_and_merged_later() {
+async fn a_settlement_that_cannot_reach_the_store_is_sent_again_whole() {
     let (fake, shared, _) = store(Duration::from_secs(30));
     let Answer::Granted(held) = shared.admit(&plan(Some(10), Budget::default())).await else {
         panic!("granted")
@@ -191,11 +196,32 @@ async fn a_settlement_that_cannot_reach_the_store_is_kept_and_merged_later() {
     assert!(!shared.is_up());
     fake.fail.store(false, Ordering::Relaxed);
     shared.tick().await;
-    let merged = fake.called(wire::MERGE);
-    let arg: serde_json::Value = serde_json::from_str(&merged[0].1).unwrap();
-    assert_eq!(
-        arg["w"][0],
-        serde_json::json!([1, 0, 9]),
-        "the admission was counted there already: tokens only"
+    assert!(shared.is_up());
+    let s = fake.called(wire::SETTLE);
+    assert_eq!(s.len(), 1, "the same settlement, once");
+    assert!(s[0].1.contains("\"actual\":9") && s[0].1.contains("\"cost\":3000"));
+    assert!(
+        s[0].0.last().unwrap().contains(":done:s:"),
+        "applied at most once there"
     );
+    assert!(fake.called(wire::MERGE).is_empty());
+}
+
+#[tokio::test]
+async fn an_admission_that_failed_is_released_when_the_store_is_back() {
+    let (fake, shared, _) = store(Duration::from_secs(30));
+    fake.fail.store(true, Ordering::Relaxed);
+    assert!(matches!(
+        shared.admit(&plan(Some(10), Budget::default())).await,
+        Answer::Unavailable
+    ));
+    fake.fail.store(false, Ordering::Relaxed);
+    shared.tick().await;
+    let s = fake.called(wire::SETTLE);
+    assert_eq!(
+        s.len(),
+        1,
+        "it may have run there late: its leases are given back"
+    );
+    assert!(s[0].1.contains("\"actual\":0") && s[0].1.contains("\"cost\":0"));
 }

@@ -30,7 +30,28 @@ fn micro_up(usd: f64) -> u64 {
 /// The key of one scope's counters: `<prefix>{<tenant>}:<scope id>`. Every key of a tenant
 /// shares its hash tag, so one call's keys sit in one Redis Cluster slot.
 pub fn scope_key(prefix: &str, tenant: &str, scope_id: &str) -> String {
-    format!("{prefix}{{{tenant}}}:{scope_id}")
+    format!("{}:{scope_id}", tenant_base(prefix, tenant))
+}
+
+/// `<prefix>{<tenant>}`, with `{`, `}` and `%` in the tenant's name percent-encoded so the
+/// hash tag is always the whole name (a `}` would otherwise end it early, or leave it empty).
+fn tenant_base(prefix: &str, tenant: &str) -> String {
+    let mut tag = String::with_capacity(tenant.len());
+    for c in tenant.chars() {
+        match c {
+            '{' => tag.push_str("%7B"),
+            '}' => tag.push_str("%7D"),
+            '%' => tag.push_str("%25"),
+            c => tag.push(c),
+        }
+    }
+    format!("{prefix}{{{tag}}}")
+}
+
+/// The key that marks one settlement or merge applied (`<prefix>{<tenant>}:done:<id>`), so a
+/// call resent after a timeout is not counted twice.
+pub fn done_key(prefix: &str, tenant: &str, id: &str) -> String {
+    format!("{}:done:{id}", tenant_base(prefix, tenant))
 }
 
 /// The suffix of a slot's window and lease keys: none for a scope's own limits.
@@ -40,6 +61,13 @@ fn slot_suffix(pattern: Option<&str>) -> String {
 
 /// A plan as the store sees it: its keys and where each slot's and scope's keys sit (1-based,
 /// as Lua counts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotFlags {
+    pub rpm: bool,
+    pub leased: bool,
+    pub tpm: bool,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Wired {
     pub keys: Vec<String>,
@@ -47,9 +75,9 @@ pub struct Wired {
     pub slots: Vec<(usize, usize)>,
     /// `(spend, reservations)` of every scope.
     pub spends: Vec<(usize, usize)>,
-    /// Per slot: whether it holds a lease (a concurrency or tpm limit) and whether it counts
-    /// tokens against a tpm limit (its lease then holds the reserved tokens).
-    slot_lease: Vec<(bool, bool)>,
+    /// Per slot, what it counts: requests (an rpm limit), a lease (a concurrency or tpm
+    /// limit) and tokens (a tpm limit; its lease then holds the reserved tokens).
+    slot_flags: Vec<SlotFlags>,
     /// Whether each scope has a budget (its reservations are leases too).
     budgeted: Vec<bool>,
 }
@@ -60,7 +88,7 @@ impl Wired {
             keys: Vec::new(),
             slots: Vec::new(),
             spends: Vec::new(),
-            slot_lease: Vec::new(),
+            slot_flags: Vec::new(),
             budgeted: Vec::new(),
         };
         for s in &plan.scopes {
@@ -70,8 +98,12 @@ impl Wired {
                 w.keys.push(format!("{base}:w{suffix}"));
                 w.keys.push(format!("{base}:l{suffix}"));
                 w.slots.push((w.keys.len() - 1, w.keys.len()));
-                let (conc, tpm) = (slot.rule.concurrency.is_some(), slot.rule.tpm.is_some());
-                w.slot_lease.push((conc || tpm, tpm));
+                let r = slot.rule;
+                w.slot_flags.push(SlotFlags {
+                    rpm: r.rpm.is_some(),
+                    leased: r.concurrency.is_some() || r.tpm.is_some(),
+                    tpm: r.tpm.is_some(),
+                });
             }
             w.keys.push(format!("{base}:s"));
             w.keys.push(format!("{base}:r"));
@@ -114,7 +146,21 @@ impl Wired {
 
     /// Whether admission reserves anything that needs a lease (and so a renewal).
     pub fn leases(&self, plan: &SharedPlan) -> bool {
-        self.slot_lease.iter().any(|(l, _)| *l) || self.reserve_micro(plan) > 0
+        self.slot_flags.iter().any(|f| f.leased) || self.reserve_micro(plan) > 0
+    }
+
+    /// Whether `lease` holds anything in the store (a slot lease or a budget reservation).
+    pub fn leases_of(&self, lease: &Lease) -> bool {
+        self.slot_flags.iter().any(|f| f.leased)
+            || (lease.micro > 0 && self.budgeted.iter().any(|b| *b))
+    }
+
+    /// Each slot's window key (1-based index) and what it counts.
+    pub fn windows(&self) -> impl Iterator<Item = (usize, SlotFlags)> + '_ {
+        self.slots
+            .iter()
+            .zip(&self.slot_flags)
+            .map(|((w, _), f)| (*w, *f))
     }
 
     /// The leases of one admission, as `(zset key index, member, hash key index)`: the hash
@@ -123,9 +169,9 @@ impl Wired {
         let mut z: Vec<(usize, String, usize)> = self
             .slots
             .iter()
-            .zip(&self.slot_lease)
-            .filter(|(_, (leased, _))| *leased)
-            .map(|((w, l), (_, tpm))| (*l, lease.slot_member(*tpm), *w))
+            .zip(&self.slot_flags)
+            .filter(|(_, f)| f.leased)
+            .map(|((w, l), f)| (*l, lease.slot_member(f.tpm), *w))
             .collect();
         if lease.micro > 0 {
             let budgeted = self.spends.iter().zip(&self.budgeted).filter(|(_, b)| **b);
@@ -212,15 +258,6 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// No lease: settlement only charges spend.
-    pub fn none() -> Self {
-        Self {
-            id: String::new(),
-            tokens: 0,
-            micro: 0,
-        }
-    }
-
     /// A slot's lease: it holds the reserved tokens when the slot has a tpm limit.
     pub fn slot_member(&self, tpm: bool) -> String {
         format!("{}:{}", self.id, if tpm { self.tokens } else { 0 })
@@ -231,17 +268,24 @@ impl Lease {
     }
 }
 
-/// The settlement argument: leases go (`[window, leases, leased, tokens held]` per slot,
-/// `[spend, reservations, budgeted]` per scope), `actual` tokens land in the admission's bucket,
-/// `cost` micro-dollars are charged to every scope.
-pub fn settle_arg(w: &Wired, lease: &Lease, at_ms: u64, actual: u64, cost: u64) -> String {
-    let slots: Vec<(usize, usize, u8, u64)> = w
+/// The settlement call, keys and argument: leases go (`[window, leases, leased, tokens held,
+/// tpm]` per slot, `[spend, reservations, budgeted]` per scope), `actual` tokens land in the
+/// admission's bucket, `cost` micro-dollars are charged to every scope. Its last key marks it
+/// done, so sending it again after a timeout does nothing.
+pub fn settle_call(
+    w: &Wired,
+    done: String,
+    lease: &Lease,
+    at_ms: u64,
+    (actual, cost): (u64, u64),
+) -> (Vec<String>, String) {
+    let slots: Vec<(usize, usize, u8, u64, u8)> = w
         .slots
         .iter()
-        .zip(&w.slot_lease)
-        .map(|((win, l), (leased, tpm))| {
-            let held = if *tpm { lease.tokens } else { 0 };
-            (*win, *l, u8::from(*leased && !lease.id.is_empty()), held)
+        .zip(&w.slot_flags)
+        .map(|((win, l), f)| {
+            let held = if f.tpm { lease.tokens } else { 0 };
+            (*win, *l, u8::from(f.leased), held, u8::from(f.tpm))
         })
         .collect();
     let spends: Vec<(usize, usize, u8)> = w
@@ -250,9 +294,11 @@ pub fn settle_arg(w: &Wired, lease: &Lease, at_ms: u64, actual: u64, cost: u64) 
         .zip(&w.budgeted)
         .map(|((s, r), b)| (*s, *r, u8::from(*b)))
         .collect();
-    json!({"lease": lease.id, "micro": lease.micro, "at": at_ms, "actual": actual,
-        "cost": cost, "w": slots, "s": spends})
-    .to_string()
+    let arg = json!({"lease": lease.id, "micro": lease.micro, "at": at_ms, "actual": actual,
+        "cost": cost, "w": slots, "s": spends});
+    let mut keys = w.keys.clone();
+    keys.push(done);
+    (keys, arg.to_string())
 }
 
 /// The renewal argument for one request's leases.
@@ -317,6 +363,11 @@ mod tests {
         assert_eq!(w.keys[5], "llmedge:{acme}:key:ab12:l");
         assert_eq!(w.keys[6], "llmedge:{acme}:key:ab12:w:m=gpt-*");
         assert!(w.keys.iter().all(|k| k.contains("{acme}")));
+        assert_eq!(
+            scope_key("p:", "a}b{%", "tenant:x"),
+            "p:{a%7Db%7B%25}:tenant:x",
+            "a brace in a tenant's name cannot cut its hash tag short"
+        );
         assert_eq!(w.slots, vec![(1, 2), (5, 6), (7, 8)]);
         assert_eq!(w.spends, vec![(3, 4), (9, 10)]);
     }
@@ -375,10 +426,12 @@ mod tests {
             tokens: 150,
             micro: 13,
         };
-        let s: serde_json::Value = serde_json::from_str(&settle_arg(&w, &lease, 9, 40, 3)).unwrap();
+        let (keys, arg) = settle_call(&w, "p:{acme}:done:g-1".into(), &lease, 9, (40, 3));
+        assert_eq!(keys.len(), w.keys.len() + 1, "the marker comes last");
+        let s: serde_json::Value = serde_json::from_str(&arg).unwrap();
         assert_eq!(
             s["w"],
-            json!([[1, 2, 1, 150], [5, 6, 1, 150], [7, 8, 1, 150]]),
+            json!([[1, 2, 1, 150, 1], [5, 6, 1, 150, 1], [7, 8, 1, 150, 1]]),
             "every slot has tpm: each lease holds the tokens"
         );
         assert_eq!(

@@ -464,3 +464,95 @@ async fn a_redis_slower_than_timeout_ms_costs_a_request_at_most_the_timeout() {
     // the pause ends by itself: the gateway finds Redis again
     gw.wait_metric("llmedge_state_backend_up 1").await;
 }
+
+/// The library's functions called directly, as a gateway would, against a real server.
+mod functions {
+    use super::*;
+
+    const LIB: &str = include_str!("../../src/shared/llmedge.lua");
+
+    async fn fcall(redis: &RedisServer, f: &str, keys: &[&str], arg: &str) -> redis::Value {
+        let n = keys.len().to_string();
+        let mut args = vec!["FCALL", f, &n];
+        args.extend_from_slice(keys);
+        args.push(arg);
+        redis.query(&args).await.unwrap()
+    }
+
+    fn first(v: &redis::Value) -> i64 {
+        match v {
+            redis::Value::Array(a) => match a[0] {
+                redis::Value::Int(n) => n,
+                _ => panic!("{v:?}"),
+            },
+            _ => panic!("{v:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lease_nobody_settled_gives_its_reservations_back_even_once_its_zset_is_gone() {
+        let redis = RedisServer::start().await;
+        redis
+            .query(&["FUNCTION", "LOAD", "REPLACE", LIB])
+            .await
+            .unwrap();
+        let keys = ["t:{a}:w", "t:{a}:l", "t:{a}:s", "t:{a}:r"];
+        // tpm 500 and a budget of 100 micro-USD: one request of 500 tokens and 70 micro fits
+        let plan = |lease: &str| {
+            format!(
+                r#"{{"lease":"{lease}","ttl":10,"tokens":500,"micro":70,"c":[{{"k":"s","w":1,"l":2,"tpm":500,"scope":0}},{{"k":"b","s":3,"r":4,"day":100,"scope":0}}]}}"#
+            )
+        };
+        assert_eq!(
+            first(&fcall(&redis, "llmedge_admit_1", &keys, &plan("g-1")).await),
+            1
+        );
+        assert_eq!(
+            first(&fcall(&redis, "llmedge_admit_1", &keys, &plan("g-2")).await),
+            0,
+            "the first one's reservation is held"
+        );
+        // its gateway died: no settlement, no renewal; the lease zsets expire on their own
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while redis.query(&["EXISTS", keys[1], keys[3]]).await.unwrap() != redis::Value::Int(0) {
+            assert!(Instant::now() < deadline, "the lease zsets never expired");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            first(&fcall(&redis, "llmedge_admit_1", &keys, &plan("g-3")).await),
+            1,
+            "tokens and budget came back with the lease"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_concurrency_only_slot_keeps_no_rate_buckets_and_a_resent_settlement_counts_once() {
+        let redis = RedisServer::start().await;
+        redis
+            .query(&["FUNCTION", "LOAD", "REPLACE", LIB])
+            .await
+            .unwrap();
+        let keys = ["t:{a}:w", "t:{a}:l", "t:{a}:s", "t:{a}:r"];
+        let admit = r#"{"lease":"g-1","ttl":30000,"tokens":5,"micro":0,"c":[{"k":"s","w":1,"l":2,"conc":3,"scope":0}]}"#;
+        assert_eq!(
+            first(&fcall(&redis, "llmedge_admit_1", &keys, admit).await),
+            1
+        );
+        assert_eq!(
+            redis.query(&["EXISTS", keys[0]]).await.unwrap(),
+            redis::Value::Int(0),
+            "no window for a slot without rpm or tpm"
+        );
+        let mut with_done = keys.to_vec();
+        with_done.push("t:{a}:done:s:g-1");
+        let settle = r#"{"lease":"g-1","micro":0,"at":0,"actual":5,"cost":40,"w":[[1,2,1,0,0]],"s":[[3,4,0]]}"#;
+        for _ in 0..2 {
+            fcall(&redis, "llmedge_settle_1", &with_done, settle).await;
+        }
+        assert_eq!(redis.day_spend(keys[2]).await, 40, "charged once");
+        assert_eq!(
+            redis.query(&["ZCARD", keys[1]]).await.unwrap(),
+            redis::Value::Int(0)
+        );
+    }
+}
