@@ -95,6 +95,19 @@ async fn spread(gws: &[TestGateway], n: usize, body: &'static str) -> Vec<(u16, 
     join_all(calls).await
 }
 
+/// Opens `n` gated streams at once, round-robin over the gateways (held until `open_gate`).
+async fn open_gated(gws: &[TestGateway], n: usize) -> Vec<reqwest::Result<reqwest::Response>> {
+    let client = reqwest::Client::new();
+    let calls = (0..n).map(|i| {
+        client
+            .post(gws[i % gws.len()].url(CHAT))
+            .bearer_auth(CLIENT_KEY)
+            .body(GATED)
+            .send()
+    });
+    join_all(calls).await
+}
+
 #[tokio::test]
 async fn rpm_30_admits_exactly_30_of_90_across_three_gateways_with_shared_headers() {
     let (mock, redis) = (MockOpenAi::start().await, RedisServer::start().await);
@@ -151,15 +164,7 @@ async fn concurrency_2_admits_two_of_six_streams_and_frees_the_slots_on_every_ga
         "tenants:\n  acme:\n    limits: {concurrency: 2}",
     )
     .await;
-    let client = reqwest::Client::new();
-    let opened = join_all((0..6).map(|i| {
-        client
-            .post(gws[i % 3].url(CHAT))
-            .bearer_auth(CLIENT_KEY)
-            .body(GATED)
-            .send()
-    }))
-    .await;
+    let opened = open_gated(&gws, 6).await;
     let (running, refused): (Vec<_>, Vec<_>) = opened
         .into_iter()
         .map(Result::unwrap)
@@ -188,15 +193,7 @@ async fn tpm_reservations_across_gateways_never_pass_the_limit() {
     let (mock, redis) = (MockOpenAi::start().await, RedisServer::start().await);
     // each gated request reserves 1 prompt token (estimate) + 30 = 31: three fit in 100
     let (_f, gws) = fleet(&mock, &redis, "    limits: {tpm: 100}", "").await;
-    let client = reqwest::Client::new();
-    let opened = join_all((0..9).map(|i| {
-        client
-            .post(gws[i % 3].url(CHAT))
-            .bearer_auth(CLIENT_KEY)
-            .body(GATED)
-            .send()
-    }))
-    .await;
+    let opened = open_gated(&gws, 9).await;
     let statuses: Vec<u16> = opened
         .iter()
         .map(|r| r.as_ref().unwrap().status().as_u16())
