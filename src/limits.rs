@@ -96,9 +96,9 @@ impl Spend {
 #[derive(Debug)]
 struct ScopeRule {
     /// The stable id of its counters: `tenant:<name>` or `key:<digest prefix>`.
-    id: String,
+    id: Arc<str>,
     /// For refusals: `tenant acme`, `key 3`.
-    name: String,
+    name: Arc<str>,
     base: SlotRule,
     models: Vec<(Glob, Arc<str>, SlotRule)>,
     budget: Budget,
@@ -146,8 +146,8 @@ fn rule(id: &str, name: String, limits: &Limits, budget: Budget, cell: Cell) -> 
         }
     }
     ScopeRule {
-        id: id.to_string(),
-        name,
+        id: id.into(),
+        name: name.into(),
         base: slot(limits),
         models,
         budget,
@@ -272,7 +272,7 @@ impl Governor {
         self.tenants
             .iter()
             .filter(|(_, r)| !r.budget.is_empty())
-            .map(|(n, r)| (n.clone(), r.id.as_str(), r.budget))
+            .map(|(n, r)| (n.clone(), &*r.id, r.budget))
             .collect()
     }
 

@@ -164,13 +164,11 @@ impl Live {
             Answer::Granted(h) => Ok(Admission::Admitted(Admitted::Shared(h))),
             Answer::Refused(d) => Ok(Admission::Refused(d)),
             Answer::Unavailable => {
-                let on_error = current.config.shared.as_ref();
-                let deny = |f: fn(&crate::config::RedisConfig) -> OnError| {
-                    on_error.is_some_and(|c| f(c) == OnError::Deny)
-                };
-                if (plan.has_budget() && deny(|c| c.on_error_budgets))
-                    || (plan.has_limits() && deny(|c| c.on_error_limits))
-                {
+                let deny = current.config.shared.as_ref().is_some_and(|c| {
+                    (plan.has_budget() && c.on_error_budgets == OnError::Deny)
+                        || (plan.has_limits() && c.on_error_limits == OnError::Deny)
+                });
+                if deny {
                     return Err(GatewayError::StateUnavailable);
                 }
                 let counted = Counted {

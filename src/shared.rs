@@ -155,7 +155,7 @@ impl Shared {
         }
         let arg = wired.admit_arg(plan, &lease.id, self.settings.lease);
         let started = Instant::now();
-        let reply = self.call("admit", wire::ADMIT, &wired.keys, &arg).await;
+        let reply = self.call(Op::Admit, &wired.keys, &arg).await;
         self.metrics
             .seconds
             .observe(started.elapsed().as_secs_f64());
@@ -223,28 +223,12 @@ impl Shared {
     }
 
     /// One call within `timeout_ms`; a failure marks the store down and answers `None`.
-    async fn call(
-        &self,
-        op: &'static str,
-        function: &'static str,
-        keys: &[String],
-        arg: &str,
-    ) -> Option<Vec<i64>> {
-        let lane = if matches!(op, "admit" | "settle") {
-            Lane::Request
-        } else {
-            Lane::Upkeep
-        };
-        let call = self.server.call(lane, function, keys, arg);
-        match tokio::time::timeout(self.settings.timeout, call).await {
-            Ok(Ok(r)) => Some(r),
-            Ok(Err(e)) => {
-                self.down(op, &e);
-                None
-            }
-            Err(_) => {
-                let ms = self.settings.timeout.as_millis();
-                self.down(op, &format!("no answer within {ms} ms"));
+    async fn call(&self, op: Op, keys: &[String], arg: &str) -> Option<Vec<i64>> {
+        let call = self.server.call(op.lane(), op.function(), keys, arg);
+        match within(self.settings.timeout, call).await {
+            Ok(r) => Some(r),
+            Err(e) => {
+                self.down(op.label(), &e);
                 None
             }
         }
@@ -288,11 +272,11 @@ impl Shared {
     pub async fn spend(&self, scopes: &[(&str, &str)]) -> Option<Vec<(f64, f64)>> {
         let mut out = Vec::with_capacity(scopes.len());
         for (tenant, id) in scopes {
-            let key = format!("{}:s", wire::scope_key(&self.settings.prefix, tenant, id));
+            let key = wire::spend_key(&self.settings.prefix, tenant, id);
             if !self.is_up() {
                 return None;
             }
-            let r = self.call("spend", wire::SPEND, &[key], "").await?;
+            let r = self.call(Op::Spend, &[key], "").await?;
             let usd = |i: usize| r.get(i).copied().unwrap_or(0) as f64 / 1_000_000.0;
             out.push((usd(0), usd(1)));
         }
@@ -324,11 +308,7 @@ impl Held {
         shared.settling.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             let (keys, arg) = &call;
-            let done = shared.is_up()
-                && shared
-                    .call("settle", wire::SETTLE, keys, arg)
-                    .await
-                    .is_some();
+            let done = shared.is_up() && shared.call(Op::Settle, keys, arg).await.is_some();
             if !done {
                 shared.pending.lock().resend(wire::SETTLE, call);
             }
@@ -343,6 +323,53 @@ impl Drop for Held {
             self.shared.renewals.lock().remove(&n);
         }
     }
+}
+
+/// The store's operations on the request path and for upkeep: which function each calls, on
+/// which lane, and its `op` label in `llmedge_state_backend_errors_total`.
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Admit,
+    Settle,
+    Renew,
+    Spend,
+}
+
+impl Op {
+    fn function(self) -> &'static str {
+        match self {
+            Self::Admit => wire::ADMIT,
+            Self::Settle => wire::SETTLE,
+            Self::Renew => wire::RENEW,
+            Self::Spend => wire::SPEND,
+        }
+    }
+
+    fn lane(self) -> Lane {
+        match self {
+            Self::Admit | Self::Settle => Lane::Request,
+            Self::Renew | Self::Spend => Lane::Upkeep,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Admit => "admit",
+            Self::Settle => "settle",
+            Self::Renew => "renew",
+            Self::Spend => "spend",
+        }
+    }
+}
+
+/// `fut`, or an error naming the wait once `wait` has passed.
+async fn within<T>(
+    wait: Duration,
+    fut: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    tokio::time::timeout(wait, fut)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {} ms", wait.as_millis())))
 }
 
 /// A random id for this process's leases (two processes never share one).

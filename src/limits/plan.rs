@@ -18,9 +18,9 @@ pub struct PlanSlot {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlanScope {
     /// The counters' stable id: `tenant:<name>` or `key:<digest prefix>`.
-    pub id: String,
+    pub id: Arc<str>,
     /// For refusals: `tenant acme`, `key 3`.
-    pub name: String,
+    pub name: Arc<str>,
     /// Only slots with at least one limit.
     pub slots: Vec<PlanSlot>,
     pub budget: Budget,

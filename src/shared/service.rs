@@ -9,7 +9,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use super::wire::{self, Lease, Wired};
-use super::Shared;
+use super::{within, Lane, Op, Shared};
 
 /// How often the store is looked after: reconnects, merges and due renewals.
 const TICK: Duration = Duration::from_millis(200);
@@ -53,34 +53,15 @@ impl Shared {
         }
     }
 
-    /// A call outside the request path: a connect may take longer than `timeout_ms`.
-    async fn upkeep_call(
-        &self,
-        function: &'static str,
-        keys: &[String],
-        arg: &str,
-    ) -> Result<Vec<i64>, String> {
-        let wait = self.settings.timeout.max(Duration::from_secs(1));
-        match tokio::time::timeout(
-            wait,
-            self.server.call(super::Lane::Upkeep, function, keys, arg),
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(_) => Err(format!("no answer within {} ms", wait.as_millis())),
-        }
+    /// How long upkeep waits on the store: a connect may take longer than `timeout_ms`.
+    fn upkeep_wait(&self) -> Duration {
+        self.settings.timeout.max(Duration::from_secs(1))
     }
 
     async fn reconnect(&self) {
-        let wait = self.settings.timeout.max(Duration::from_secs(1));
-        let ping = match tokio::time::timeout(wait, self.server.ping()).await {
-            Ok(r) => r,
-            Err(_) => Err(format!("no answer within {} ms", wait.as_millis())),
-        };
-        match ping {
+        match within(self.upkeep_wait(), self.server.ping()).await {
             Ok(()) if self.merge_pending().await => self.back(),
-            Ok(()) => self.down("merge", "merge of locally counted requests failed"),
+            Ok(()) => self.down("merge", "a call owed to the store failed"),
             Err(e) => self.down("connect", &e),
         }
     }
@@ -95,7 +76,8 @@ impl Shared {
         let mut ok = true;
         for (function, keys, arg) in calls {
             if ok {
-                if let Err(e) = self.upkeep_call(function, &keys, &arg).await {
+                let call = self.server.call(Lane::Upkeep, function, &keys, &arg);
+                if let Err(e) = within(self.upkeep_wait(), call).await {
                     tracing::debug!(error = %e, "owed call failed; kept for the next try");
                     self.metrics.errors.with_label_values(&["merge"]).inc();
                     ok = false;
@@ -124,7 +106,7 @@ impl Shared {
         };
         let calls = due.iter().map(|(w, l)| {
             let arg = wire::renew_arg(w, l, self.settings.lease);
-            async move { self.call("renew", wire::RENEW, &w.keys, &arg).await }
+            async move { self.call(Op::Renew, &w.keys, &arg).await }
         });
         futures::future::join_all(calls).await;
     }

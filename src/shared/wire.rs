@@ -33,6 +33,11 @@ pub fn scope_key(prefix: &str, tenant: &str, scope_id: &str) -> String {
     format!("{}:{scope_id}", tenant_base(prefix, tenant))
 }
 
+/// The spend hash of one scope (what budgets and the budget gauges read).
+pub fn spend_key(prefix: &str, tenant: &str, scope_id: &str) -> String {
+    format!("{}:s", scope_key(prefix, tenant, scope_id))
+}
+
 /// `<prefix>{<tenant>}`, with `{`, `}` and `%` in the tenant's name percent-encoded so the
 /// hash tag is always the whole name (a `}` would otherwise end it early, or leave it empty).
 fn tenant_base(prefix: &str, tenant: &str) -> String {
@@ -105,7 +110,7 @@ impl Wired {
                     tpm: r.tpm.is_some(),
                 });
             }
-            w.keys.push(format!("{base}:s"));
+            w.keys.push(spend_key(prefix, &plan.tenant, &s.id));
             w.keys.push(format!("{base}:r"));
             w.spends.push((w.keys.len() - 1, w.keys.len()));
             w.budgeted.push(!s.budget.is_empty());
@@ -120,19 +125,23 @@ impl Wired {
         for (i, scope) in plan.scopes.iter().enumerate() {
             for (slot, (w, l)) in scope.slots.iter().zip(keys.by_ref()) {
                 let r = slot.rule;
-                checks.push(json!({"k": "s", "w": w, "l": l, "rpm": r.rpm, "tpm": r.tpm,
-                    "conc": r.concurrency, "scope": i}));
+                let mut c = json!({"k": "s", "w": w, "l": l, "scope": i});
+                put(&mut c, "rpm", r.rpm);
+                put(&mut c, "tpm", r.tpm);
+                put(&mut c, "conc", r.concurrency);
+                checks.push(c);
             }
             if self.budgeted[i] {
                 let (s, r) = self.spends[i];
-                checks.push(json!({"k": "b", "s": s, "r": r, "scope": i,
-                    "day": scope.budget.usd_per_day.map(micro),
-                    "month": scope.budget.usd_per_month.map(micro)}));
+                let mut c = json!({"k": "b", "s": s, "r": r, "scope": i});
+                put(&mut c, "day", scope.budget.usd_per_day.map(micro));
+                put(&mut c, "month", scope.budget.usd_per_month.map(micro));
+                checks.push(c);
             }
         }
         let body = json!({"lease": lease, "ttl": ttl.as_millis() as u64, "tokens": plan.tokens,
             "micro": self.reserve_micro(plan), "c": checks});
-        strip_nulls(body).to_string()
+        body.to_string()
     }
 
     /// What admission reserves against budgets, in micro-dollars.
@@ -181,16 +190,10 @@ impl Wired {
     }
 }
 
-/// Lua's cjson turns JSON null into a truthy value: absent fields are left out instead.
-fn strip_nulls(v: serde_json::Value) -> serde_json::Value {
-    match v {
-        serde_json::Value::Object(m) => m
-            .into_iter()
-            .filter(|(_, v)| !v.is_null())
-            .map(|(k, v)| (k, strip_nulls(v)))
-            .collect(),
-        serde_json::Value::Array(a) => a.into_iter().map(strip_nulls).collect(),
-        other => other,
+/// Sets `key` only when there is a value: Lua's cjson turns JSON null into a truthy value.
+fn put(obj: &mut serde_json::Value, key: &str, v: Option<u64>) {
+    if let (Some(v), Some(m)) = (v, obj.as_object_mut()) {
+        m.insert(key.to_string(), v.into());
     }
 }
 
@@ -242,7 +245,7 @@ pub fn admit_reply(plan: &SharedPlan, r: &[i64]) -> Result<Result<Granted, Denie
     };
     Ok(Err(Denied {
         kind,
-        scope: scope.name.clone(),
+        scope: scope.name.to_string(),
         limit,
         retry_after: Duration::from_millis(r[3].max(0) as u64),
         headers,

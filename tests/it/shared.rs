@@ -17,12 +17,30 @@ const GATED: &str = r#"{"model":"mock/gated","stream":true,"max_tokens":30,"mess
 struct Fleet<'a> {
     upstream: String,
     redis: String,
+    /// More of `state.redis` (the CA of a TLS server).
+    redis_extra: String,
+    timeout_ms: u64,
     key_limits: &'a str,
     tenants: &'a str,
     state_extra: &'a str,
 }
 
-impl Fleet<'_> {
+impl<'a> Fleet<'a> {
+    fn new(mock: &MockOpenAi, redis: &RedisServer, key_limits: &'a str, tenants: &'a str) -> Self {
+        let redis_extra = redis.ca().map_or_else(String::new, |ca| {
+            format!(", tls: {{ca_file: \"{}\"}}", ca.display())
+        });
+        Self {
+            upstream: mock.url(),
+            redis: redis.url(),
+            redis_extra,
+            timeout_ms: 1000,
+            key_limits,
+            tenants,
+            state_extra: "",
+        }
+    }
+
     fn yaml(&self, port: u16, admin: u16) -> String {
         let head = server_and_client_key(port, admin);
         format!(
@@ -37,12 +55,14 @@ pricing:
 {tenants}
 state:
   backend: redis
-  redis: {{url: "{redis}", timeout_ms: 1000, lease_ms: 1500}}
+  redis: {{url: "{redis}", timeout_ms: {timeout_ms}, lease_ms: 1500{redis_extra}}}
 {state_extra}
 "#,
             key_limits = self.key_limits,
             upstream = self.upstream,
             redis = self.redis,
+            timeout_ms = self.timeout_ms,
+            redis_extra = self.redis_extra,
             tenants = self.tenants,
             state_extra = self.state_extra,
         )
@@ -59,13 +79,7 @@ async fn fleet<'a>(
     key_limits: &'a str,
     tenants: &'a str,
 ) -> (Fleet<'a>, Vec<TestGateway>) {
-    let f = Fleet {
-        upstream: mock.url(),
-        redis: redis.url(),
-        key_limits,
-        tenants,
-        state_extra: "",
-    };
+    let f = Fleet::new(mock, redis, key_limits, tenants);
     let gws = f.start(3).await;
     for gw in &gws {
         gw.wait_metric("llmedge_state_backend_up 1").await;
@@ -286,13 +300,7 @@ async fn a_gateway_killed_while_holding_capacity_gives_it_back_within_the_lease(
 #[tokio::test]
 async fn redis_killed_mid_run_allow_keeps_answering_deny_answers_503_and_limits_return() {
     let (mock, mut redis) = (MockOpenAi::start().await, RedisServer::start().await);
-    let mut f = Fleet {
-        upstream: mock.url(),
-        redis: redis.url(),
-        key_limits: "    limits: {rpm: 4}",
-        tenants: "",
-        state_extra: "",
-    };
+    let mut f = Fleet::new(&mock, &redis, "    limits: {rpm: 4}", "");
     let allow = f.start(1).await.pop().unwrap();
     f.state_extra = "  on_error: {limits: deny}";
     let deny = f.start(1).await.pop().unwrap();
@@ -336,13 +344,12 @@ async fn a_gateway_whose_redis_is_away_at_start_serves_by_on_error_and_connects_
     let mock = MockOpenAi::start().await;
     let mut redis = RedisServer::start().await;
     redis.kill();
-    let f = Fleet {
-        upstream: mock.url(),
-        redis: redis.url(),
-        key_limits: "    limits: {rpm: 100}",
-        tenants: "tenants:\n  acme:\n    budget: {usd_per_day: 5}",
-        state_extra: "",
-    };
+    let f = Fleet::new(
+        &mock,
+        &redis,
+        "    limits: {rpm: 100}",
+        "tenants:\n  acme:\n    budget: {usd_per_day: 5}",
+    );
     let gw = f.start(1).await.pop().unwrap();
     let (s, _, text) = send(&gw, ECHO).await;
     assert_eq!(s, 503, "budgets: deny by default: {text}");
@@ -364,13 +371,7 @@ async fn every_call_keeps_to_one_cluster_slot() {
     // a tenant rule, a key rule and a per-model rule, a budget: six keys per call
     let key = "    limits: {rpm: 2, models: {'mock/*': {tpm: 1000}}}";
     let tenants = "tenants:\n  acme:\n    limits: {concurrency: 5}\n    budget: {usd_per_day: 1}";
-    let f = Fleet {
-        upstream: mock.url(),
-        redis: redis.url(),
-        key_limits: key,
-        tenants,
-        state_extra: "",
-    };
+    let f = Fleet::new(&mock, &redis, key, tenants);
     let gw = f.start(1).await.pop().unwrap();
     gw.wait_metric("llmedge_state_backend_up 1").await;
     assert_eq!(send(&gw, ECHO).await.0, 200);
@@ -398,21 +399,8 @@ async fn every_call_keeps_to_one_cluster_slot() {
 #[tokio::test]
 async fn rediss_with_a_private_ca_shares_limits_over_tls() {
     let (mock, redis) = (MockOpenAi::start().await, RedisServer::start_tls().await);
-    let f = Fleet {
-        upstream: mock.url(),
-        redis: redis.url(),
-        key_limits: "    limits: {rpm: 2}",
-        tenants: "",
-        state_extra: "",
-    };
-    let ca = redis.ca().unwrap().display().to_string();
-    let yaml = |p, a| {
-        f.yaml(p, a).replace(
-            "lease_ms: 1500}",
-            &format!("lease_ms: 1500, tls: {{ca_file: \"{ca}\"}}}}"),
-        )
-    };
-    let gws = join_all((0..2).map(|_| TestGateway::start_with(yaml))).await;
+    let f = Fleet::new(&mock, &redis, "    limits: {rpm: 2}", "");
+    let gws = f.start(2).await;
     for gw in &gws {
         gw.wait_metric("llmedge_state_backend_up 1").await;
     }
@@ -424,15 +412,9 @@ async fn rediss_with_a_private_ca_shares_limits_over_tls() {
 #[tokio::test]
 async fn a_redis_slower_than_timeout_ms_costs_a_request_at_most_the_timeout() {
     let (mock, redis) = (MockOpenAi::start().await, RedisServer::start().await);
-    let f = Fleet {
-        upstream: mock.url(),
-        redis: redis.url(),
-        key_limits: "    limits: {rpm: 100}",
-        tenants: "",
-        state_extra: "",
-    };
-    let yaml = |p, a| f.yaml(p, a).replace("timeout_ms: 1000", "timeout_ms: 100");
-    let gw = TestGateway::start_with(yaml).await;
+    let mut f = Fleet::new(&mock, &redis, "    limits: {rpm: 100}", "");
+    f.timeout_ms = 100;
+    let gw = f.start(1).await.pop().unwrap();
     gw.wait_metric("llmedge_state_backend_up 1").await;
     assert_eq!(send(&gw, ECHO).await.0, 200);
     // Redis stops answering anyone for 5 s: alive, connected, silent
