@@ -171,18 +171,9 @@ fn report(outcomes: &[Outcome]) -> String {
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
-        return; // `cargo test --benches` lists benches; nothing to list here
-    }
-    if !std::env::args().any(|a| a == "--bench") {
-        eprintln!("fleet bench: run it with `cargo bench --bench fleet`");
+    let Some(rt) = common::bench_runtime("fleet", None) else {
         return;
-    }
-    common::install_crypto();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap_or_else(|e| fail(&format!("runtime: {e}")));
+    };
     rt.block_on(async {
         let names: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", port())).collect();
         let _fast_a = mock(&names[0], "4", FAST_DELAY_MS);

@@ -9,6 +9,7 @@
 #![expect(clippy::print_stderr, reason = "a benchmark reports to the terminal")]
 
 mod common;
+mod traffic;
 
 use std::process::Command;
 use std::sync::Arc;
@@ -127,97 +128,16 @@ fn body_for(t: &Target, base: &str) -> String {
     base.replace("mock/llama3", t.model)
 }
 
-/// Whether the response was a success and its whole body arrived.
-async fn ok_body(r: reqwest::Result<reqwest::Response>) -> bool {
-    match r {
-        Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
-        _ => false,
-    }
-}
-
-/// Open loop: one request every 1/rate s for `secs`; latency counted from the scheduled time.
+/// Open loop at `rate` for `secs` against `t` (see [`traffic::open_loop`]).
 async fn open_loop(t: &Target, rate: u64, secs: u64) -> (Vec<f64>, usize) {
-    let client = reqwest::Client::new();
     let url = format!("{}/v1/chat/completions", t.base);
-    let body = body_for(t, SMALL_BODY);
-    let lat = Arc::new(Mutex::new(Vec::new()));
-    let errors = Arc::new(Mutex::new(0usize));
-    let start = tokio::time::Instant::now();
-    let n = rate * secs;
-    let mut tasks = Vec::with_capacity(n as usize);
-    for i in 0..n {
-        let at = start + Duration::from_nanos(i * 1_000_000_000 / rate);
-        tokio::time::sleep_until(at).await;
-        let (c, u, b, l, e) = (
-            client.clone(),
-            url.clone(),
-            body.clone(),
-            lat.clone(),
-            errors.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let r = c
-                .post(u)
-                .bearer_auth(KEY)
-                .header("x-mock-delay-ms", "0")
-                .body(b)
-                .send()
-                .await;
-            if ok_body(r).await {
-                l.lock().push(at.elapsed().as_secs_f64() * 1e3);
-            } else {
-                *e.lock() += 1;
-            }
-        }));
-    }
-    for t in tasks {
-        let _ = t.await;
-    }
-    let v = lat.lock().clone();
-    let e = *errors.lock();
-    (v, e)
+    traffic::open_loop(&url, KEY, &body_for(t, SMALL_BODY), rate, secs).await
 }
 
-/// Closed loop: `conns` workers back to back for `secs`; returns (requests, errors, seconds).
+/// `conns` closed-loop workers for `secs` against `t`: (requests, errors, seconds).
 async fn closed_loop(t: &Target, conns: usize, secs: u64) -> (usize, usize, f64) {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(conns)
-        .build()
-        .unwrap_or_default();
     let url = format!("{}/v1/chat/completions", t.base);
-    let body = body_for(t, SMALL_BODY);
-    let start = Instant::now();
-    let until = start + Duration::from_secs(secs);
-    let tasks: Vec<_> = (0..conns)
-        .map(|_| {
-            let (c, u, b) = (client.clone(), url.clone(), body.clone());
-            tokio::spawn(async move {
-                let (mut ok, mut err) = (0, 0);
-                while Instant::now() < until {
-                    let r = c
-                        .post(&u)
-                        .bearer_auth(KEY)
-                        .header("x-mock-delay-ms", "0")
-                        .body(b.clone())
-                        .send()
-                        .await;
-                    if ok_body(r).await {
-                        ok += 1;
-                    } else {
-                        err += 1;
-                    }
-                }
-                (ok, err)
-            })
-        })
-        .collect();
-    let (mut ok, mut err) = (0, 0);
-    for t in tasks {
-        let (o, e) = t.await.unwrap_or((0, 1));
-        ok += o;
-        err += e;
-    }
-    (ok, err, start.elapsed().as_secs_f64())
+    traffic::closed_loop(&url, KEY, &body_for(t, SMALL_BODY), conns, secs).await
 }
 
 struct StreamStats {
@@ -375,15 +295,9 @@ fn main() {
             bare_proxy(listen, upstream);
         }
     }
-    if !std::env::args().any(|a| a == "--bench") {
-        return; // `cargo test --benches` runs this binary without --bench: nothing to do
-    }
-    common::install_crypto();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap_or_else(|e| fail(&format!("runtime: {e}")));
+    let Some(rt) = common::bench_runtime("load", Some(2)) else {
+        return;
+    };
     rt.block_on(run());
 }
 

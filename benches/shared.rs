@@ -10,12 +10,9 @@
 
 #![expect(clippy::print_stderr, reason = "a benchmark reports to the terminal")]
 mod common;
-
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+mod traffic;
 
 use common::{fail, port, wait_ok, Proc};
-use parking_lot::Mutex;
 
 const KEY: &str = "sk-bench";
 const RATE: u64 = 500;
@@ -48,82 +45,19 @@ state: {state}
     )
 }
 
-async fn ok(r: reqwest::Result<reqwest::Response>) -> bool {
-    match r {
-        Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
-        _ => false,
-    }
-}
-
-/// Open loop at `RATE` for `OPEN_SECS`: latencies (ms) from each scheduled send, and errors.
+/// Open loop at `RATE` for `OPEN_SECS`: sorted latencies (ms) and errors.
 async fn open_loop(base: &str) -> (Vec<f64>, usize) {
-    let client = reqwest::Client::new();
     let url = format!("{base}/v1/chat/completions");
-    let lat = Arc::new(Mutex::new(Vec::new()));
-    let errors = Arc::new(Mutex::new(0usize));
-    let start = tokio::time::Instant::now();
-    let mut tasks = Vec::new();
-    for i in 0..RATE * OPEN_SECS {
-        let at = start + Duration::from_nanos(i * 1_000_000_000 / RATE);
-        tokio::time::sleep_until(at).await;
-        let (c, u, l, e) = (client.clone(), url.clone(), lat.clone(), errors.clone());
-        tasks.push(tokio::spawn(async move {
-            let r = c
-                .post(u)
-                .bearer_auth(KEY)
-                .header("x-mock-delay-ms", "0")
-                .body(BODY)
-                .send()
-                .await;
-            if ok(r).await {
-                l.lock().push(at.elapsed().as_secs_f64() * 1e3);
-            } else {
-                *e.lock() += 1;
-            }
-        }));
-    }
-    for t in tasks {
-        let _ = t.await;
-    }
-    let mut v = lat.lock().clone();
+    let (mut v, errors) = traffic::open_loop(&url, KEY, BODY, RATE, OPEN_SECS).await;
     v.sort_by(f64::total_cmp);
-    let e = *errors.lock();
-    (v, e)
+    (v, errors)
 }
 
 /// `CONNS` workers back to back for `CLOSED_SECS`: successful requests per second.
 async fn closed_loop(base: &str) -> f64 {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(CONNS)
-        .build()
-        .unwrap_or_default();
     let url = format!("{base}/v1/chat/completions");
-    let start = Instant::now();
-    let until = start + Duration::from_secs(CLOSED_SECS);
-    let tasks: Vec<_> = (0..CONNS)
-        .map(|_| {
-            let (c, u) = (client.clone(), url.clone());
-            tokio::spawn(async move {
-                let mut n = 0usize;
-                while Instant::now() < until {
-                    let r = c
-                        .post(&u)
-                        .bearer_auth(KEY)
-                        .header("x-mock-delay-ms", "0")
-                        .body(BODY)
-                        .send()
-                        .await;
-                    n += usize::from(ok(r).await);
-                }
-                n
-            })
-        })
-        .collect();
-    let mut total = 0;
-    for t in tasks {
-        total += t.await.unwrap_or(0);
-    }
-    total as f64 / start.elapsed().as_secs_f64()
+    let (ok, _, secs) = traffic::closed_loop(&url, KEY, BODY, CONNS, CLOSED_SECS).await;
+    ok as f64 / secs
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -313,18 +247,9 @@ fn table(r: &Rounds) -> String {
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
+    let Some(rt) = common::bench_runtime("shared", None) else {
         return;
-    }
-    if !std::env::args().any(|a| a == "--bench") {
-        eprintln!("shared bench: run it with `cargo bench --bench shared`");
-        return;
-    }
-    common::install_crypto();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap_or_else(|e| fail(&format!("runtime: {e}")));
+    };
     rt.block_on(async {
         let dir = std::env::temp_dir().join(format!("llmedge-shared-{}", std::process::id()));
         let _ = std::fs::create_dir_all(&dir);

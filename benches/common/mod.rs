@@ -5,6 +5,29 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The runtime of a bench run with `cargo bench --bench <name>`, crypto installed; `None`
+/// when `cargo test --benches` lists or runs the binary without `--bench` (nothing to do).
+/// `workers` pins the runtime's threads (the default is one per core).
+pub fn bench_runtime(name: &str, workers: Option<usize>) -> Option<tokio::runtime::Runtime> {
+    if std::env::args().any(|a| a == "--list") {
+        return None;
+    }
+    if !std::env::args().any(|a| a == "--bench") {
+        eprintln!("{name} bench: run it with `cargo bench --bench {name}`");
+        return None;
+    }
+    install_crypto();
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        b.worker_threads(n);
+    }
+    let rt = b
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| fail(&format!("runtime: {e}")));
+    Some(rt)
+}
+
 /// A child process killed when dropped.
 pub struct Proc(pub Child);
 
