@@ -458,6 +458,19 @@ mod functions {
         redis.query(&args).await.unwrap()
     }
 
+    /// One scope's window, leases, spend and reservations.
+    const KEYS: [&str; 4] = ["t:{a}:w", "t:{a}:l", "t:{a}:s", "t:{a}:r"];
+
+    /// A server of this test's own with the library loaded.
+    async fn loaded() -> RedisServer {
+        let redis = RedisServer::start().await;
+        redis
+            .query(&["FUNCTION", "LOAD", "REPLACE", LIB])
+            .await
+            .unwrap();
+        redis
+    }
+
     fn first(v: &redis::Value) -> i64 {
         match v {
             redis::Value::Array(a) => match a[0] {
@@ -470,12 +483,8 @@ mod functions {
 
     #[tokio::test]
     async fn a_lease_nobody_settled_gives_its_reservations_back_even_once_its_zset_is_gone() {
-        let redis = RedisServer::start().await;
-        redis
-            .query(&["FUNCTION", "LOAD", "REPLACE", LIB])
-            .await
-            .unwrap();
-        let keys = ["t:{a}:w", "t:{a}:l", "t:{a}:s", "t:{a}:r"];
+        let redis = loaded().await;
+        let keys = KEYS;
         // tpm 500 and a budget of 100 micro-USD: one request of 500 tokens and 70 micro fits
         let plan = |lease: &str| {
             format!(
@@ -506,12 +515,8 @@ mod functions {
 
     #[tokio::test]
     async fn a_concurrency_only_slot_keeps_no_rate_buckets_and_a_resent_settlement_counts_once() {
-        let redis = RedisServer::start().await;
-        redis
-            .query(&["FUNCTION", "LOAD", "REPLACE", LIB])
-            .await
-            .unwrap();
-        let keys = ["t:{a}:w", "t:{a}:l", "t:{a}:s", "t:{a}:r"];
+        let redis = loaded().await;
+        let keys = KEYS;
         let admit = r#"{"lease":"g-1","ttl":30000,"tokens":5,"micro":0,"c":[{"k":"s","w":1,"l":2,"conc":3,"scope":0}]}"#;
         assert_eq!(
             first(&fcall(&redis, "llmedge_admit_1", &keys, admit).await),
