@@ -85,16 +85,19 @@ fn auth_and_route(c: &mut Criterion) {
                 tenant: "t".into(),
                 user: "u".into(),
                 key_index: i,
+                key_id: format!("k{i}").into(),
             },
             models: None,
             pools: None,
             limits: Default::default(),
             budget: Default::default(),
+            expires_ms: None,
+            retiring: Vec::new(),
         })
         .collect();
     let store = KeyStore::new(entries);
     c.bench_function("auth_lookup/10k_keys", |b| {
-        b.iter(|| black_box(store.lookup(black_box(b"sk-key-5000")).is_some()))
+        b.iter(|| black_box(store.lookup_at(black_box(b"sk-key-5000"), 1).is_some()))
     });
     let routes: Vec<Route> = (0..100)
         .map(|i| Route {

@@ -1,4 +1,10 @@
-//! The operators' listener: `/metrics`, `/healthz`, `/readyz`.
+//! The operators' listener: `/metrics`, `/healthz`, `/readyz`, and the admin API
+//! (`/admin/v1/…`, in `admin/`).
+
+pub mod api;
+mod keys;
+pub mod reply;
+mod tenants;
 
 use std::sync::Arc;
 
@@ -27,7 +33,15 @@ impl AdminApp {
             .into_iter()
             .map(|(prefix, up)| (prefix.to_string(), serde_json::json!({ "available": up })))
             .collect();
-        let body = serde_json::json!({"status": status, "routes": routes});
+        let store = self.state.store().map(|s| {
+            serde_json::json!({
+                "up": s.is_up(),
+                "backend": s.backend(),
+                "endpoint": s.endpoint(),
+                "revision": self.state.records().revision,
+            })
+        });
+        let body = serde_json::json!({"status": status, "routes": routes, "store": store});
         (code, body.to_string().into_bytes())
     }
 }
@@ -59,6 +73,10 @@ impl AdminApp {
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        if session.req_header().uri.path().starts_with("/admin/") {
+            let reply = self.admin_api(session).await;
+            return respond(reply);
+        }
         let req = session.req_header();
         let (status, ctype, body) = match req.uri.path() {
             "/metrics" => {
@@ -92,4 +110,59 @@ impl ServeHttp for AdminApp {
             .body(body)
             .unwrap_or_else(|_| Response::new(Vec::new()))
     }
+}
+
+impl AdminApp {
+    /// An `/admin/v1/…` request: its body read (at most [`api::MAX_BODY`]), then answered.
+    async fn admin_api(&self, session: &mut ServerSession) -> reply::Reply {
+        let mut body = Vec::new();
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > api::MAX_BODY {
+                        return reply::ApiError::new(
+                            413,
+                            "request_too_large",
+                            format!("admin request bodies are at most {} bytes", api::MAX_BODY),
+                        )
+                        .reply();
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    return reply::ApiError::new(
+                        400,
+                        "bad_body",
+                        format!("cannot read the body: {e}"),
+                    )
+                    .reply()
+                }
+            }
+        }
+        let req = session.req_header();
+        let request = api::ApiRequest {
+            method: req.method.as_str(),
+            path: req.uri.path(),
+            query: req.uri.query().unwrap_or(""),
+            authorization: req
+                .headers
+                .get(http::header::AUTHORIZATION)
+                .map(http::HeaderValue::as_bytes),
+            body: &body,
+        };
+        api::handle(&self.state, request).await
+    }
+}
+
+fn respond(r: reply::Reply) -> Response<Vec<u8>> {
+    let mut b = Response::builder()
+        .status(r.status)
+        .header("content-type", r.content_type)
+        .header("content-length", r.body.len())
+        .header("cache-control", "no-store");
+    if let Some((k, v)) = r.header {
+        b = b.header(k, v);
+    }
+    b.body(r.body).unwrap_or_else(|_| Response::new(Vec::new()))
 }

@@ -11,9 +11,9 @@ use crate::errors::GatewayError;
 pub use crate::config::{KeyEntry, Principal};
 
 impl KeyEntry {
-    /// A stable, non-secret identity (a prefix of the digest), for counters and the state file.
-    pub fn id(&self) -> String {
-        hex::encode(&self.digest[..8])
+    /// A stable, non-secret identity, for counters, logs and the state file.
+    pub fn id(&self) -> &str {
+        &self.principal.key_id
     }
 
     pub fn allows(&self, model: &str) -> bool {
@@ -27,21 +27,25 @@ impl KeyEntry {
     }
 }
 
-/// Keys indexed by digest. Lookup hashes the presented key first, so the map probe reveals
-/// nothing usable about any stored key; the final comparison is constant-time.
+/// Keys indexed by the digests of their secrets (a rotated key has its retiring ones too), each
+/// with the time it stops being accepted. Lookup hashes the presented key first, so the map
+/// probe reveals nothing usable about any stored key; the final comparison is constant-time.
 #[derive(Debug, Default)]
 pub struct KeyStore {
     entries: Vec<KeyEntry>,
-    by_digest: HashMap<[u8; 32], usize>,
+    by_digest: HashMap<[u8; 32], (usize, u64)>,
 }
 
 impl KeyStore {
     pub fn new(entries: Vec<KeyEntry>) -> Self {
-        let by_digest = entries
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (e.digest, i))
-            .collect();
+        let mut by_digest = HashMap::with_capacity(entries.len());
+        for (i, e) in entries.iter().enumerate() {
+            let until = e.expires_ms.unwrap_or(u64::MAX);
+            by_digest.insert(e.digest, (i, until));
+            for (d, t) in &e.retiring {
+                by_digest.insert(*d, (i, until.min(*t)));
+            }
+        }
         Self { entries, by_digest }
     }
 
@@ -53,16 +57,33 @@ impl KeyStore {
         self.entries.is_empty()
     }
 
-    /// Reads `Authorization: Bearer <key>` or, as Azure clients send it, `api-key: <key>`.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<&KeyEntry, GatewayError> {
+    /// Reads `Authorization: Bearer <key>` or, as Azure clients send it, `api-key: <key>`; a
+    /// key past its expiry (or a retired secret past its grace) is refused like a wrong one.
+    pub fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        now_ms: u64,
+    ) -> Result<&KeyEntry, GatewayError> {
         let presented = presented_key(headers).ok_or(GatewayError::MissingApiKey)?;
-        self.lookup(presented).ok_or(GatewayError::InvalidApiKey)
+        self.lookup_at(presented, now_ms)
+            .ok_or(GatewayError::InvalidApiKey)
     }
 
+    /// The key `presented` authenticates, whatever the time (tests, benches, collisions).
     pub fn lookup(&self, presented: &[u8]) -> Option<&KeyEntry> {
+        self.lookup_at(presented, 0)
+    }
+
+    pub fn lookup_at(&self, presented: &[u8], now_ms: u64) -> Option<&KeyEntry> {
         let d = secret::digest(presented);
-        let entry = self.entries.get(*self.by_digest.get(&d)?)?;
-        bool::from(entry.digest.ct_eq(&d)).then_some(entry)
+        let (stored, (i, until)) = self.by_digest.get_key_value(&d)?;
+        let entry = self.entries.get(*i)?;
+        (bool::from(stored.ct_eq(&d)) && now_ms < *until).then_some(entry)
+    }
+
+    /// The key holding the secret whose digest is `d`, if any (expired or not).
+    pub fn by_digest(&self, d: &[u8; 32]) -> Option<&KeyEntry> {
+        self.entries.get(self.by_digest.get(d)?.0)
     }
 }
 
@@ -97,11 +118,14 @@ mod tests {
                     tenant: "acme".into(),
                     user: "alice".into(),
                     key_index: 0,
+                    key_id: "ka".into(),
                 },
                 models: Some(vec![Glob::new("ollama/*"), Glob::new("gpt-4o*")]),
                 pools: Some(vec![1]),
                 limits: Default::default(),
                 budget: Default::default(),
+                expires_ms: None,
+                retiring: Vec::new(),
             },
             KeyEntry {
                 digest: secret::digest(b"sk-b"),
@@ -109,11 +133,14 @@ mod tests {
                     tenant: "beta".into(),
                     user: "".into(),
                     key_index: 1,
+                    key_id: "kb".into(),
                 },
                 models: None,
                 pools: None,
                 limits: Default::default(),
                 budget: Default::default(),
+                expires_ms: None,
+                retiring: Vec::new(),
             },
         ])
     }
@@ -130,13 +157,13 @@ mod tests {
     fn bearer_and_azure_header_both_authenticate() {
         let s = store();
         let a = s
-            .authenticate(&headers(&[("authorization", "Bearer sk-a")]))
+            .authenticate(&headers(&[("authorization", "Bearer sk-a")]), 1)
             .unwrap();
         assert_eq!(&*a.principal.tenant, "acme");
-        let b = s.authenticate(&headers(&[("api-key", "sk-b")])).unwrap();
+        let b = s.authenticate(&headers(&[("api-key", "sk-b")]), 1).unwrap();
         assert_eq!(&*b.principal.tenant, "beta");
         let c = s
-            .authenticate(&headers(&[("authorization", "bearer   sk-b ")]))
+            .authenticate(&headers(&[("authorization", "bearer   sk-b ")]), 1)
             .unwrap();
         assert_eq!(c.principal.key_index, 1);
     }
@@ -145,21 +172,21 @@ mod tests {
     fn missing_and_wrong_keys_are_told_apart() {
         let s = store();
         assert_eq!(
-            s.authenticate(&headers(&[])).unwrap_err(),
+            s.authenticate(&headers(&[]), 1).unwrap_err(),
             GatewayError::MissingApiKey
         );
         assert_eq!(
-            s.authenticate(&headers(&[("authorization", "Bearer sk-zzz")]))
+            s.authenticate(&headers(&[("authorization", "Bearer sk-zzz")]), 1)
                 .unwrap_err(),
             GatewayError::InvalidApiKey
         );
         assert_eq!(
-            s.authenticate(&headers(&[("authorization", "Basic sk-a")]))
+            s.authenticate(&headers(&[("authorization", "Basic sk-a")]), 1)
                 .unwrap_err(),
             GatewayError::MissingApiKey
         );
         assert_eq!(
-            s.authenticate(&headers(&[("authorization", "Bearer")]))
+            s.authenticate(&headers(&[("authorization", "Bearer")]), 1)
                 .unwrap_err(),
             GatewayError::MissingApiKey
         );
@@ -175,5 +202,20 @@ mod tests {
         assert!(s.lookup(b"sk-b").unwrap().allows("anything"));
         assert!(a.may_pin(1) && !a.may_pin(0));
         assert!(s.lookup(b"sk-b").unwrap().may_pin(7));
+    }
+
+    #[test]
+    fn expired_keys_and_retired_secrets_stop_at_their_time() {
+        let mut entries = store().entries;
+        entries[0].expires_ms = Some(5_000);
+        entries[1].retiring = vec![(secret::digest(b"sk-b-old"), 2_000)];
+        let s = KeyStore::new(entries);
+        assert!(s.lookup_at(b"sk-a", 4_999).is_some());
+        assert!(s.lookup_at(b"sk-a", 5_000).is_none());
+        let old = s.lookup_at(b"sk-b-old", 1_999).unwrap();
+        assert_eq!(&*old.principal.key_id, "kb");
+        assert!(s.lookup_at(b"sk-b-old", 2_000).is_none());
+        assert!(s.lookup_at(b"sk-b", u64::MAX - 1).is_some());
+        assert!(s.by_digest(&secret::digest(b"sk-b-old")).is_some());
     }
 }

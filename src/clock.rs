@@ -57,6 +57,13 @@ pub fn rfc3339(ms: u64) -> String {
     )
 }
 
+/// Milliseconds since the epoch of an RFC 3339 time (any offset, any fraction); `None` for
+/// anything else or a time before 1970.
+pub fn parse_rfc3339(s: &str) -> Option<u64> {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    u64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
 /// Howard Hinnant's days-to-civil algorithm.
 pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
@@ -84,6 +91,18 @@ pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rfc3339_parses_offsets_and_round_trips() {
+        let ms = 1_764_633_600_123;
+        assert_eq!(parse_rfc3339(&rfc3339(ms)), Some(ms));
+        assert_eq!(
+            parse_rfc3339("2025-12-02T01:00:00+01:00"),
+            parse_rfc3339("2025-12-02T00:00:00Z")
+        );
+        assert_eq!(parse_rfc3339("2025-12-02"), None);
+        assert_eq!(parse_rfc3339("1960-01-01T00:00:00Z"), None);
+    }
+
     use super::*;
 
     #[test]

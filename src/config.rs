@@ -7,6 +7,7 @@ mod route;
 pub mod secret;
 pub mod server;
 pub mod state;
+pub mod store;
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -28,6 +29,8 @@ use server::RawServer;
 pub use server::{CorsConfig, ServerConfig, TlsConfig};
 use state::RawState;
 pub use state::{OnError, RedisConfig, StateConfig};
+pub use store::{AdminConfig, StoreConfig, StoreUrl};
+use store::{RawAdmin, RawStore};
 
 const MAX_CONFIG_BYTES: usize = 16_777_216; // 16 MiB
 
@@ -52,6 +55,10 @@ struct RawConfig {
     pricing: Option<serde_yaml::Mapping>,
     #[serde(default)]
     state: Option<RawState>,
+    #[serde(default)]
+    store: RawStore,
+    #[serde(default)]
+    admin: RawAdmin,
 }
 
 #[derive(Debug, Deserialize)]
@@ -100,6 +107,9 @@ pub struct Config {
     pub state: Option<StateConfig>,
     /// `backend: redis`: the server every gateway shares counters on.
     pub shared: Option<RedisConfig>,
+    /// The control plane's database (keys and tenants managed at runtime).
+    pub store: StoreConfig,
+    pub admin: AdminConfig,
 }
 
 /// A tenant's shared limits and budget (`tenants.<name>`).
@@ -194,6 +204,8 @@ impl RawConfig {
             pricing: limits::parse_pricing(self.pricing)?,
             state: states.file,
             shared: states.redis,
+            store: self.store.validate(env)?,
+            admin: self.admin.validate(env)?,
         })
     }
 }
@@ -318,8 +330,11 @@ fn validate_keys(
                 tenant: k.tenant.into(),
                 user: k.user.unwrap_or_default().into(),
                 key_index: i,
+                key_id: KeyEntry::file_id(&digest),
             },
             models,
+            expires_ms: None,
+            retiring: Vec::new(),
         });
     }
     Ok(keys)

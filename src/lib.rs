@@ -10,6 +10,7 @@ pub mod balance;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod control;
 pub mod endpoint;
 pub mod errors;
 pub mod glob;
@@ -27,6 +28,7 @@ pub mod run;
 pub mod shared;
 pub mod sse;
 pub mod state;
+pub mod store;
 pub mod upstream;
 
 use std::net::{SocketAddr, TcpListener};
@@ -113,6 +115,7 @@ fn add_gateway_with(
         }
     }
     let srv = config.server.clone();
+    let (control, records) = open_control(&config, &metrics)?;
     let live = match config.shared.clone() {
         Some(r) => {
             let store = shared_store(&r, &metrics)?;
@@ -129,6 +132,14 @@ fn add_gateway_with(
             live::Live::new(config)
         }
     };
+    live.set_records(records);
+    let weak = std::sync::Arc::downgrade(&live);
+    control.attach(Box::new(move |r| {
+        if let Some(live) = weak.upgrade() {
+            live.set_records(r);
+        }
+    }));
+    live.attach_store(control);
     let gateway = Gateway::new(live, metrics.clone());
     add_api_listener(server, &gateway, &srv)?;
     let flusher = add_flusher(server, &gateway)?;
@@ -159,6 +170,30 @@ fn add_gateway_with(
         tracing::info!(admin_listen = %a, "admin (metrics) listening");
     }
     Ok(gateway)
+}
+
+/// The control-plane store, migrated and loaded; a store key with a file key's secret is a
+/// config error naming the key.
+fn open_control(
+    config: &Config,
+    metrics: &Metrics,
+) -> Result<
+    (
+        std::sync::Arc<store::Store>,
+        std::sync::Arc<control::Records>,
+    ),
+    StartupError,
+> {
+    let (store, records) =
+        store::Store::open(&config.store, metrics.store.clone()).map_err(StartupError::Other)?;
+    let (_, skipped) = control::merge::effective(config, &records);
+    if let Some(clash) = skipped.iter().find(|s| s.clash) {
+        return Err(StartupError::Config(errors::ConfigError::new(
+            "keys",
+            clash.reason.clone(),
+        )));
+    }
+    Ok((std::sync::Arc::new(store), records))
 }
 
 /// The shared counter store of `state.redis` (connected by its background service).

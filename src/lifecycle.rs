@@ -65,7 +65,11 @@ impl Reloader {
             );
         }
         // built over the live state outside any lock a request waits on
-        state.swap(config);
+        if let Err(e) = state.swap(config) {
+            tracing::error!(trigger, error = %e, "config reload refused; the running config stays");
+            metrics.reloads.with_label_values(&["failure"]).inc();
+            return Err(e);
+        }
         metrics.reloads.with_label_values(&["success"]).inc();
         tracing::info!(trigger, config = %path, "config reloaded");
         Ok(())
@@ -77,6 +81,7 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     let (o, n) = (&old.server, &new.server);
     [
         ("state", old.state != new.state),
+        ("store", old.store != new.store),
         (
             "state.redis",
             !same_store(old.shared.as_ref(), new.shared.as_ref()),

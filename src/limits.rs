@@ -186,7 +186,12 @@ impl Governor {
         for k in &config.keys {
             let t = position(&k.principal.tenant, &Limits::default(), Budget::default());
             let id = format!("key:{}", k.id());
-            let name = format!("key {}", k.principal.key_index);
+            // a store key is named by its id, a file key by its place in `keys:`
+            let name = if k.id().starts_with("key_") {
+                format!("key {}", k.id())
+            } else {
+                format!("key {}", k.principal.key_index)
+            };
             let r = rule(&id, name, &k.limits, k.budget, counters.cell(&id));
             key_ids.push(id);
             if let Some(slot) = keys.get_mut(k.principal.key_index) {

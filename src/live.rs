@@ -18,12 +18,15 @@ use tokio::sync::watch;
 use crate::auth::KeyEntry;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, OnError};
+use crate::control::{merge, Records};
+use crate::errors::ConfigError;
 use crate::errors::GatewayError;
 use crate::limits::{self, Ask, Counters, Denied, RateHeaders};
 use crate::models::ModelsCache;
 use crate::openai::Usage;
 use crate::shared::{self, Answer, Counted, Held, Shared};
 use crate::state::Snapshot;
+use crate::store::Store;
 use crate::upstream::Backends;
 
 pub mod flush;
@@ -37,12 +40,20 @@ pub struct Live {
     clock: Arc<dyn Clock>,
     /// Bumped by every swap; the upstream monitor waits on it to check new backends.
     generation: watch::Sender<u64>,
-    /// One swap at a time: snapshots are built in order over the shared state.
-    swapping: Mutex<()>,
+    /// What the current snapshot was built from: the config file and the store's records.
+    /// Held while a snapshot is built, so swaps happen one at a time and in order.
+    sources: Mutex<Sources>,
+    /// The control-plane store (keys and tenants managed at runtime), once attached.
+    control: std::sync::OnceLock<Arc<Store>>,
     /// Set when a graceful shutdown starts: `/readyz` answers 503 from then on.
     draining: AtomicBool,
     /// `state.backend: redis`: the counters every gateway shares.
     shared: Option<Arc<Shared>>,
+}
+
+struct Sources {
+    file: Config,
+    records: Arc<Records>,
 }
 
 /// An admitted request's reservations, wherever they were made.
@@ -87,6 +98,10 @@ impl Live {
     fn build(config: Config, clock: Arc<dyn Clock>, shared: Option<Arc<Shared>>) -> Arc<Self> {
         let backends = Backends::default();
         let counters = Counters::default();
+        let sources = Sources {
+            file: config.clone(),
+            records: Arc::new(Records::default()),
+        };
         let snap = Snapshot::new(config, &backends, &counters, clock.clone());
         Arc::new(Self {
             snap: ArcSwap::from_pointee(snap),
@@ -95,7 +110,8 @@ impl Live {
             models: ModelsCache::default(),
             clock,
             generation: watch::channel(0).0,
-            swapping: Mutex::new(()),
+            sources: Mutex::new(sources),
+            control: std::sync::OnceLock::new(),
             draining: AtomicBool::new(false),
             shared,
         })
@@ -106,11 +122,61 @@ impl Live {
         self.snap.load_full()
     }
 
-    /// Builds the snapshot of `config` over the live state and makes it current; requests in
-    /// flight finish on the snapshot they pinned.
-    pub fn swap(&self, config: Config) {
-        let _one = self.swapping.lock();
-        let next = Snapshot::new(config, &self.backends, &self.counters, self.clock.clone());
+    /// Builds the snapshot of the file's `config` (joined with the store's records) over the
+    /// live state and makes it current; requests in flight finish on the snapshot they pinned.
+    /// Refused, and the running config kept, when a file key has a store key's secret.
+    pub fn swap(&self, config: Config) -> Result<(), ConfigError> {
+        let mut src = self.sources.lock();
+        let (merged, skipped) = merge::effective(&config, &src.records);
+        if let Some(clash) = skipped.iter().find(|s| s.clash) {
+            return Err(ConfigError::new("keys", clash.reason.clone()));
+        }
+        log_skipped(&skipped);
+        src.file = config;
+        self.install(merged);
+        Ok(())
+    }
+
+    /// Runs on the store's newest records (the file's config unchanged). A store key that
+    /// clashes with the file is left out, and said so.
+    pub fn set_records(&self, records: Arc<Records>) {
+        let mut src = self.sources.lock();
+        if Arc::ptr_eq(&src.records, &records) {
+            return;
+        }
+        let (merged, skipped) = merge::effective(&src.file, &records);
+        log_skipped(&skipped);
+        src.records = records;
+        self.install(merged);
+    }
+
+    /// The store records the current snapshot runs on.
+    pub fn records(&self) -> Arc<Records> {
+        self.sources.lock().records.clone()
+    }
+
+    /// The tenants the config file defines (the store cannot change those).
+    pub fn file_tenants(&self) -> Vec<String> {
+        let src = self.sources.lock();
+        src.file.tenants.iter().map(|t| t.name.clone()).collect()
+    }
+
+    /// Whether a file key has the secret whose digest is `d`.
+    pub fn file_has_digest(&self, d: &[u8; 32]) -> bool {
+        self.sources.lock().file.keys.iter().any(|k| &k.digest == d)
+    }
+
+    /// Attaches the control-plane store (once): the admin API writes through it.
+    pub fn attach_store(&self, store: Arc<Store>) {
+        let _already = self.control.set(store);
+    }
+
+    pub fn store(&self) -> Option<&Arc<Store>> {
+        self.control.get()
+    }
+
+    fn install(&self, merged: Config) {
+        let next = Snapshot::new(merged, &self.backends, &self.counters, self.clock.clone());
         self.snap.store(Arc::new(next));
         self.generation.send_modify(|g| *g += 1);
     }
@@ -216,6 +282,12 @@ impl Live {
     }
 }
 
+fn log_skipped(skipped: &[merge::Skipped]) {
+    for s in skipped {
+        tracing::error!(id = %s.id, reason = %s.reason, "store entry not loaded");
+    }
+}
+
 /// Admission in this process's counters.
 fn local(snap: &Snapshot, ask: &Ask<'_>, counted: Option<Counted>) -> Admission {
     match snap.governor.admit(ask) {
@@ -253,7 +325,7 @@ mod tests {
         live.swap(Config::from_yaml(
             "pools: {p: {backends: ['http://h:0', 'http://h:1', 'http://h:2']}}\nroutes: [{prefix: '', pool: p}]\nkeys: [{key: z, tenant: u}, {key: a, tenant: t, limits: {concurrency: 1}}]",
             &|_| None,
-        ).unwrap());
+        ).unwrap()).unwrap();
         let new = live.load();
         assert!(
             !new.pools[0].is_up(2, now),
@@ -280,7 +352,7 @@ mod tests {
     #[test]
     fn admission_does_not_wait_for_a_reload_in_progress() {
         let live = Live::new(config("keys: [{key: a, tenant: t}]"));
-        let building = live.swapping.lock(); // a reload building its snapshot
+        let building = live.sources.lock(); // a reload building its snapshot
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::scope(|s| {
             s.spawn(|| {
@@ -303,7 +375,7 @@ mod tests {
         let live = Live::new(config("keys: [{key: a, tenant: t}]"));
         let old = live.load();
         let key = old.keys.lookup(b"a").unwrap().clone();
-        live.swap(config("keys: [{key: b, tenant: t}]"));
+        live.swap(config("keys: [{key: b, tenant: t}]")).unwrap();
         assert!(matches!(
             futures::executor::block_on(live.admit(&old, &key, ("m", 0, 0))),
             Err(GatewayError::InvalidApiKey)

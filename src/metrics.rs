@@ -58,6 +58,7 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     /// `llmedge_state_backend_*`: the shared counter store (Redis).
     pub state: StateMetrics,
+    pub store: StoreMetrics,
     /// Every registered metric family's name (dashboards are checked against it).
     names: Vec<String>,
     models: ModelLabels,
@@ -73,6 +74,17 @@ pub struct StateMetrics {
     pub errors: IntCounterVec,
     /// `llmedge_state_backend_seconds`: the admission round trip.
     pub seconds: prometheus::Histogram,
+}
+
+/// The control plane's store, as this gateway sees it.
+#[derive(Clone)]
+pub struct StoreMetrics {
+    /// `llmedge_store_up`: 1 while the keys-and-tenants store answers.
+    pub up: prometheus::IntGauge,
+    /// `llmedge_store_keys`: store keys this gateway authenticates (live, not revoked).
+    pub keys: prometheus::IntGauge,
+    /// `llmedge_store_revision`: the store revision this gateway runs on.
+    pub revision: prometheus::IntGauge,
 }
 
 /// Round trips on loopback take tens of microseconds; a timeout is tens of milliseconds.
@@ -202,6 +214,7 @@ impl Metrics {
             route_available: r.int_gauge(ROUTE_AVAILABLE)?,
             reloads: r.counter(RELOADS)?,
             state: r.state()?,
+            store: r.store()?,
             registry: r.registry,
             names: r.names.into_inner(),
             models: ModelLabels::new(model_label_cap),
@@ -321,6 +334,26 @@ impl Reg {
 
     fn int_gauge(&self, (name, help, labels): Spec) -> Result<IntGaugeVec, prometheus::Error> {
         register(self, IntGaugeVec::new(Opts::new(name, help), labels)?)
+    }
+
+    fn store(&self) -> Result<StoreMetrics, prometheus::Error> {
+        let gauge = |name: &str, help: &str| {
+            prometheus::IntGauge::new(name, help).and_then(|g| register(self, g))
+        };
+        Ok(StoreMetrics {
+            up: gauge(
+                "llmedge_store_up",
+                "1 while the control-plane store (keys and tenants) answers",
+            )?,
+            keys: gauge(
+                "llmedge_store_keys",
+                "Keys from the control-plane store this gateway authenticates",
+            )?,
+            revision: gauge(
+                "llmedge_store_revision",
+                "The control-plane store revision this gateway runs on",
+            )?,
+        })
     }
 
     fn state(&self) -> Result<StateMetrics, prometheus::Error> {

@@ -59,7 +59,10 @@ fn gateway(path: &str, test: bool, watch: bool, upgrade: bool, on_drained: fn())
         Ok(s) => s,
         Err(e) => {
             say_err(&format!("error: {e}"));
-            return EXIT_STARTUP;
+            return match e {
+                crate::errors::StartupError::Config(_) => EXIT_CONFIG,
+                _ => EXIT_STARTUP,
+            };
         }
     };
     let reloader = Arc::new(Reloader::new(path, gateway));

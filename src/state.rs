@@ -42,7 +42,7 @@ impl Snapshot {
         let key_index_by_id = config
             .keys
             .iter()
-            .map(|k| (k.id(), k.principal.key_index))
+            .map(|k| (k.id().to_string(), k.principal.key_index))
             .collect();
         let prompt_prefix_bytes = config
             .pools
@@ -66,7 +66,7 @@ impl Snapshot {
     /// This snapshot's entry of the key that sits at `index` in `other` (None if removed).
     pub fn same_key(&self, other: &Snapshot, index: usize) -> Option<&crate::auth::KeyEntry> {
         let id = other.config.keys.get(index)?.id();
-        let i = *self.key_index_by_id.get(&id)?;
+        let i = *self.key_index_by_id.get(id)?;
         self.config.keys.get(i)
     }
 

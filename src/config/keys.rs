@@ -1,4 +1,5 @@
-//! The runtime identity of a configured key: its digest, principal and what it may use.
+//! The runtime identity of a key (from the file or the store): its digest, principal and what
+//! it may use.
 
 use std::sync::Arc;
 
@@ -10,11 +11,14 @@ use crate::glob::Glob;
 pub struct Principal {
     pub tenant: Arc<str>,
     pub user: Arc<str>,
-    /// Position of the key in `keys:`, a stable handle that is safe to log.
+    /// Position of the key in this snapshot's key list (the file's `keys:` first).
     pub key_index: usize,
+    /// The key's stable, non-secret id: a digest prefix for a file key, the record id
+    /// (`key_…`) for a store key. Counters, logs and the ledger use it.
+    pub key_id: Arc<str>,
 }
 
-/// One configured key; only the SHA-256 digest of the secret is kept in memory.
+/// One key; only SHA-256 digests of its secrets are kept in memory.
 #[derive(Debug, Clone)]
 pub struct KeyEntry {
     pub digest: [u8; 32],
@@ -25,4 +29,15 @@ pub struct KeyEntry {
     pub pools: Option<Vec<usize>>,
     pub limits: Limits,
     pub budget: Budget,
+    /// When the key stops authenticating (ms since the epoch); `None`: never.
+    pub expires_ms: Option<u64>,
+    /// Earlier secrets of a rotated key, each accepted until its time (ms since the epoch).
+    pub retiring: Vec<([u8; 32], u64)>,
+}
+
+impl KeyEntry {
+    /// The id of a file key: the first 8 bytes of its digest, in hex.
+    pub fn file_id(digest: &[u8; 32]) -> Arc<str> {
+        hex::encode(&digest[..8]).into()
+    }
 }

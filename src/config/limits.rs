@@ -183,3 +183,31 @@ pub(super) fn parse_pricing(
     }
     Ok(out)
 }
+
+/// A `limits:` object given as JSON (the admin API), validated as in the file; `base` names it
+/// in errors (`limits`, `tenants.acme.limits`).
+pub fn limits_from_json(base: &str, v: &serde_json::Value) -> Result<Limits, ConfigError> {
+    let raw: RawLimits = from_json(base, v)?;
+    raw.validate(base)
+}
+
+/// A `budget:` object given as JSON, validated as in the file.
+pub fn budget_from_json(base: &str, v: &serde_json::Value) -> Result<Budget, ConfigError> {
+    let raw: RawBudget = from_json(base, v)?;
+    raw.validate(base)
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(
+    base: &str,
+    v: &serde_json::Value,
+) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let at = e.path().to_string();
+        let path = if at == "." {
+            base.to_string()
+        } else {
+            format!("{base}.{at}")
+        };
+        ConfigError::new(path, e.into_inner().to_string())
+    })
+}

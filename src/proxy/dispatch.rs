@@ -115,7 +115,8 @@ async fn list_models(
     id: Option<String>,
 ) -> Result<bool> {
     let snap = ctx.snap.clone();
-    let key = match snap.keys.authenticate(&session.req_header().headers) {
+    let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
+    let key = match snap.keys.authenticate(&session.req_header().headers, now) {
         Ok(k) => k,
         Err(e) => return respond::error(session, ctx, e).await,
     };

@@ -25,7 +25,8 @@ pub async fn prepare(
     endpoint: Endpoint,
 ) -> Result<(), GatewayError> {
     let snap = ctx.snap.clone();
-    let key = snap.keys.authenticate(&session.req_header().headers)?;
+    let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
+    let key = snap.keys.authenticate(&session.req_header().headers, now)?;
     ctx.principal = Some(key.principal.clone());
     let max = snap.config.server.max_body_bytes;
     if endpoint.multipart() {

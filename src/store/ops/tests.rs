@@ -1,0 +1,184 @@
+use super::*;
+use crate::control::input::{self, Catalog};
+use crate::store::schema::{self, SchemaError};
+use crate::store::sqlite::Sqlite;
+
+fn db() -> Sqlite {
+    let mut s = Sqlite::open(":memory:").unwrap();
+    schema::migrate(&mut s).unwrap();
+    s
+}
+
+fn cat() -> Catalog<'static> {
+    Catalog {
+        pools: vec!["p"],
+        now_ms: 1_000,
+    }
+}
+
+fn create(sql: &mut Sqlite, id: &str, name: &str, secret: &str) -> Result<Applied, OpError> {
+    let body = format!(r#"{{"name":"{name}","tenant":"acme","limits":{{"rpm":5}}}}"#);
+    let key = input::new_key(body.as_bytes(), &cat()).unwrap();
+    let s = crate::control::secret::from_secret(secret.into());
+    let w = Write::CreateKey {
+        key,
+        id: id.into(),
+        digest: s.digest,
+        hint: s.hint,
+        make_tenant: true,
+    };
+    apply(sql, 1_000, "admin:t", w)
+}
+
+#[test]
+fn create_patch_rotate_revoke_each_bump_the_revision_and_leave_an_audit_row() {
+    let mut sql = db();
+    create(&mut sql, "key_a", "ci", "sk-aaaaaaaaaaaaaaaa").unwrap();
+    let r = load(&mut sql).unwrap();
+    assert_eq!(r.revision, 1);
+    assert_eq!(r.keys[0].secrets.len(), 1);
+    assert_eq!(r.tenants[0].name, "acme", "the tenant was made");
+    let patch = input::key_patch(br#"{"limits":{"rpm":50}}"#, &cat()).unwrap();
+    apply(
+        &mut sql,
+        2_000,
+        "admin:t",
+        Write::PatchKey {
+            id: "key_a".into(),
+            patch,
+        },
+    )
+    .unwrap();
+    let s = crate::control::secret::from_secret("sk-bbbbbbbbbbbbbbbb".into());
+    let w = Write::RotateKey {
+        id: "key_a".into(),
+        grace_ms: 60_000,
+        digest: s.digest.clone(),
+        hint: s.hint,
+    };
+    apply(&mut sql, 3_000, "admin:t", w).unwrap();
+    let r = load(&mut sql).unwrap();
+    let k = &r.keys[0];
+    assert_eq!(k.spec.limits.as_ref().unwrap()["rpm"], 50);
+    assert_eq!(k.secrets.len(), 2);
+    assert!(k.secrets.iter().any(|x| x.until == Some(63_000)));
+    assert!(k
+        .secrets
+        .iter()
+        .any(|x| x.digest == s.digest && x.until.is_none()));
+    apply(
+        &mut sql,
+        4_000,
+        "admin:t",
+        Write::RevokeKey { id: "key_a".into() },
+    )
+    .unwrap();
+    let r = load(&mut sql).unwrap();
+    assert_eq!(r.revision, 4);
+    assert_eq!(r.keys[0].revoked_at, Some(4_000));
+    assert!(r.keys[0].secrets.is_empty());
+    let rows = audit(&mut sql, None, 10).unwrap();
+    let actions: Vec<&str> = rows.iter().map(|r| r["action"].as_str().unwrap()).collect();
+    assert_eq!(
+        actions,
+        ["key.revoke", "key.rotate", "key.patch", "key.create"]
+    );
+    assert_eq!(rows[2]["before"]["limits"]["rpm"], 5);
+    assert_eq!(rows[2]["after"]["limits"]["rpm"], 50);
+    assert_eq!(audit(&mut sql, Some(3), 10).unwrap().len(), 2);
+    let all = serde_json::to_string(&rows).unwrap();
+    assert!(!all.contains("sk-aaaa") && !all.contains("sk-bbbb"));
+    assert_eq!(
+        apply(
+            &mut sql,
+            5_000,
+            "admin:t",
+            Write::RevokeKey { id: "key_a".into() }
+        )
+        .unwrap_err(),
+        OpError::NotFound("key key_a is revoked".into())
+    );
+}
+
+#[test]
+fn names_are_unique_per_tenant_among_live_keys_and_secrets_are_unique() {
+    let mut sql = db();
+    create(&mut sql, "key_a", "ci", "sk-aaaaaaaaaaaaaaaa").unwrap();
+    assert!(matches!(
+        create(&mut sql, "key_b", "ci", "sk-cccccccccccccccc"),
+        Err(OpError::Conflict(_))
+    ));
+    assert!(matches!(
+        create(&mut sql, "key_c", "other", "sk-aaaaaaaaaaaaaaaa"),
+        Err(OpError::Conflict(m)) if m.contains("secret")
+    ));
+    assert_eq!(
+        load(&mut sql).unwrap().revision,
+        1,
+        "refused writes leave nothing"
+    );
+    apply(
+        &mut sql,
+        2_000,
+        "a",
+        Write::RevokeKey { id: "key_a".into() },
+    )
+    .unwrap();
+    create(&mut sql, "key_d", "ci", "sk-dddddddddddddddd").unwrap();
+}
+
+#[test]
+fn tenants_put_patch_and_delete_only_without_live_keys() {
+    let mut sql = db();
+    let put = |sql: &mut Sqlite, body: &str, replace: bool| {
+        let w = Write::PutTenant {
+            name: "beta".into(),
+            patch: input::tenant(body.as_bytes()).unwrap(),
+            replace,
+        };
+        apply(sql, 1_000, "a", w)
+    };
+    assert!(matches!(
+        put(&mut sql, r#"{"limits":{"rpm":1}}"#, false),
+        Err(OpError::NotFound(_))
+    ));
+    put(
+        &mut sql,
+        r#"{"limits":{"rpm":1},"budget":{"usd_per_day":2}}"#,
+        true,
+    )
+    .unwrap();
+    put(&mut sql, r#"{"limits":{"rpm":7}}"#, false).unwrap();
+    let t = load(&mut sql).unwrap().tenants.remove(0);
+    assert_eq!(t.spec.limits.unwrap()["rpm"], 7);
+    assert_eq!(t.spec.budget.unwrap()["usd_per_day"], 2);
+    create(&mut sql, "key_a", "ci", "sk-aaaaaaaaaaaaaaaa").unwrap();
+    let del = |sql: &mut Sqlite, name: &str| {
+        apply(sql, 2_000, "a", Write::DeleteTenant { name: name.into() })
+    };
+    assert!(matches!(del(&mut sql, "acme"), Err(OpError::Conflict(_))));
+    del(&mut sql, "beta").unwrap();
+    assert!(matches!(del(&mut sql, "beta"), Err(OpError::NotFound(_))));
+}
+
+#[test]
+fn a_schema_newer_than_this_binary_is_refused() {
+    let mut sql = db();
+    assert_eq!(
+        schema::migrate(&mut sql).unwrap(),
+        1,
+        "migrating twice is a no-op"
+    );
+    sql.exec(
+        "INSERT INTO llmedge_schema (version, name, applied_at) VALUES (99, 'future', 0)",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        schema::migrate(&mut sql).unwrap_err(),
+        SchemaError::TooNew {
+            found: 99,
+            known: 1
+        }
+    );
+}
