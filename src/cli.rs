@@ -31,6 +31,131 @@ pub enum Command {
     Mock(MockArgs),
     /// Start the gateway in front of an in-process mock, with a demo key and curl lines
     Demo(DemoArgs),
+    /// Manage virtual keys through a running gateway's admin API
+    Keys(KeysArgs),
+    /// Manage tenants' limits and budgets through a running gateway's admin API
+    Tenants(TenantsArgs),
+}
+
+/// How the CLI reaches the admin API; the admin key comes from `LLMEDGE_ADMIN_KEY`.
+#[derive(Debug, Args, Clone)]
+pub struct AdminConn {
+    /// Admin listener URL (default: `server.admin_listen` of --config)
+    #[arg(long, global = true, value_name = "URL")]
+    pub admin_url: Option<String>,
+    /// Print the server's JSON instead of a table
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct KeysArgs {
+    #[command(subcommand)]
+    pub command: KeysCommand,
+    #[command(flatten)]
+    pub conn: AdminConn,
+}
+
+/// Limits and budget flags, shared by keys and tenants.
+#[derive(Debug, Args, Clone, Default)]
+pub struct RuleFlags {
+    /// Requests per minute
+    #[arg(long)]
+    pub rpm: Option<u64>,
+    /// Tokens per minute
+    #[arg(long)]
+    pub tpm: Option<u64>,
+    /// Requests in flight at once
+    #[arg(long)]
+    pub concurrency: Option<u64>,
+    /// Budget per UTC day, in USD
+    #[arg(long)]
+    pub usd_per_day: Option<f64>,
+    /// Budget per UTC month, in USD
+    #[arg(long)]
+    pub usd_per_month: Option<f64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key; its secret is printed this once
+    Create {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        user: Option<String>,
+        /// Model globs the key may use (comma-separated; default: every model)
+        #[arg(long, value_delimiter = ',')]
+        models: Option<Vec<String>>,
+        /// Pools the key may pin (comma-separated)
+        #[arg(long, value_delimiter = ',')]
+        pools: Option<Vec<String>>,
+        /// RFC 3339 time the key stops working
+        #[arg(long)]
+        expires_at: Option<String>,
+        #[command(flatten)]
+        rules: RuleFlags,
+    },
+    /// List keys (never their secrets)
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        user: Option<String>,
+        /// active, revoked or expired
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// Show one key
+    Show { id: String },
+    /// Change a key's name, models, pools, limits, budget or expiry (limits given are merged)
+    Update {
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, value_delimiter = ',')]
+        models: Option<Vec<String>>,
+        #[arg(long, value_delimiter = ',')]
+        pools: Option<Vec<String>>,
+        #[arg(long)]
+        expires_at: Option<String>,
+        #[command(flatten)]
+        rules: RuleFlags,
+    },
+    /// Revoke a key (401 on every gateway within a second)
+    Revoke { id: String },
+    /// Give a key a new secret; the old one keeps working for --grace seconds
+    Rotate {
+        id: String,
+        #[arg(long, default_value_t = 0)]
+        grace: u64,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct TenantsArgs {
+    #[command(subcommand)]
+    pub command: TenantsCommand,
+    #[command(flatten)]
+    pub conn: AdminConn,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantsCommand {
+    /// Set a tenant's limits and budget (the flags given; others stay)
+    Set {
+        name: String,
+        #[command(flatten)]
+        rules: RuleFlags,
+    },
+    /// List tenants (the config file's and the store's)
+    List,
+    /// Show one tenant
+    Show { name: String },
+    /// Delete a store tenant that has no live keys
+    Delete { name: String },
 }
 
 #[derive(Debug, Args)]

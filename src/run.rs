@@ -30,6 +30,8 @@ pub fn main(cli: Cli, on_drained: fn()) -> i32 {
     match (command, config) {
         (Some(Command::Mock(args)), _) => mock(args),
         (Some(Command::Demo(args)), _) => demo(args, on_drained),
+        (Some(Command::Keys(args)), config) => crate::client::keys(args, config.as_deref()),
+        (Some(Command::Tenants(args)), config) => crate::client::tenants(args, config.as_deref()),
         (None, Some(path)) => gateway(&path, test, watch, upgrade, on_drained),
         (None, None) => {
             say_err("error: --config PATH is required (or use `llmedge demo` / `llmedge mock`)");
@@ -127,13 +129,17 @@ fn demo(args: DemoArgs, on_drained: fn()) -> i32 {
         upgrade: false,
         on_drained: Some(on_drained),
     };
-    let mut server = match crate::launch(config, &how) {
-        Ok((s, _)) => s,
+    let (mut server, gateway) = match crate::launch(config, &how) {
+        Ok(s) => s,
         Err(e) => {
             say_err(&format!("error: {e}"));
             return EXIT_STARTUP;
         }
     };
+    if let Err(e) = demo_key(&gateway) {
+        say_err(&format!("error: cannot store the demo key: {e}"));
+        return EXIT_STARTUP;
+    }
     if let Err(e) = crate::add_mock(&mut server, &mock_addr, MockConfig::default()) {
         say_err(&format!("error: {e}"));
         return EXIT_STARTUP;
@@ -146,6 +152,32 @@ fn demo(args: DemoArgs, on_drained: fn()) -> i32 {
 }
 
 pub const DEMO_KEY: &str = "sk-llmedge-demo";
+/// The demo's admin key, for `llmedge keys list` against it.
+pub const DEMO_ADMIN_KEY: &str = "sk-llmedge-demo-admin";
+
+/// The demo key goes into the (in-memory) store, as a key issued through the admin API would.
+fn demo_key(gateway: &crate::proxy::Gateway) -> Result<(), String> {
+    let store = gateway.state.store().ok_or("no store")?;
+    let cat = crate::control::input::Catalog {
+        pools: vec![],
+        now_ms: 0,
+    };
+    let body = br#"{"name":"demo","tenant":"demo","user":"newcomer"}"#;
+    let key = crate::control::input::new_key(body, &cat).map_err(|e| e.msg)?;
+    let fresh = crate::control::secret::from_secret(DEMO_KEY.to_string());
+    let w = crate::store::Write::CreateKey {
+        key,
+        id: crate::control::secret::new_id(crate::clock::Clock::now_ms(
+            &crate::clock::SystemClock,
+        ))?,
+        digest: fresh.digest,
+        hint: fresh.hint,
+        make_tenant: true,
+    };
+    futures::executor::block_on(store.write("demo", w))
+        .map(drop)
+        .map_err(|e| format!("{e:?}"))
+}
 
 fn demo_config(args: &DemoArgs, mock_addr: &str) -> String {
     format!(
@@ -154,10 +186,10 @@ server:
   listen: "{listen}"
   admin_listen: "{admin}"
   threads: 2
-keys:
-  - key: "{DEMO_KEY}"
-    tenant: demo
-    user: newcomer
+store:
+  url: "sqlite::memory:"              # the demo key lives in an in-memory store
+admin:
+  keys: ["{DEMO_ADMIN_KEY}"]
 pools:
   mock:
     backends: ["http://{mock_addr}"]
@@ -190,6 +222,11 @@ demo key: {DEMO_KEY}   models: mock/llama3 (chat, completions), mock/mock-embed 
 
   curl -s {base}/v1/models -H 'Authorization: Bearer {DEMO_KEY}'
   curl -s http://{admin}/metrics | grep llmedge_
+
+Keys are managed at runtime through the admin API:
+  export LLMEDGE_ADMIN_KEY={DEMO_ADMIN_KEY}
+  llmedge keys list --admin-url http://{admin}
+  llmedge keys create --admin-url http://{admin} --tenant demo --name mine --rpm 60
 
 Python: OpenAI(base_url="{base}/v1", api_key="{DEMO_KEY}")
 Ctrl-C stops it."#,

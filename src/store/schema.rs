@@ -45,7 +45,7 @@ pub fn migrate(sql: &mut dyn Sql) -> Result<i64, SchemaError> {
     write_tx(sql, |sql| {
         if sql.dialect() == Dialect::Postgres {
             // gateways starting together migrate one at a time
-            sql.query("SELECT pg_advisory_xact_lock(7150221)", &[])?;
+            sql.exec("SELECT pg_advisory_xact_lock(7150221)", &[])?;
         }
         sql.batch(
             "CREATE TABLE IF NOT EXISTS llmedge_schema (

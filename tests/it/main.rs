@@ -11,6 +11,7 @@ mod bodies;
 mod builtin;
 mod chat;
 mod cli;
+mod control;
 mod errors;
 mod fleet;
 mod limits;

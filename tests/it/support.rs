@@ -1,6 +1,7 @@
 //! Test harness: the real `llmedge` binary on ephemeral loopback ports, in front of a mock.
 
 pub mod mock;
+pub mod postgres_server;
 pub mod redis_server;
 pub mod tls;
 
@@ -312,6 +313,15 @@ impl TestGateway {
                 self.logs()
             ),
         }
+    }
+
+    /// Kills the gateway and hands back its directory (config, store, counters), so a test can
+    /// start another one on it.
+    pub async fn stop_keep(mut self) -> (tempfile::TempDir, String) {
+        let _ = self.child.kill().await;
+        let _ = self.child.wait().await;
+        let logs = self.logs();
+        (self._dir, logs)
     }
 
     pub async fn stop(mut self) -> String {
