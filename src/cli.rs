@@ -79,25 +79,7 @@ pub struct RuleFlags {
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
     /// Create a key; its secret is printed this once
-    Create {
-        #[arg(long)]
-        tenant: String,
-        #[arg(long)]
-        name: String,
-        #[arg(long)]
-        user: Option<String>,
-        /// Model globs the key may use (comma-separated; default: every model)
-        #[arg(long, value_delimiter = ',')]
-        models: Option<Vec<String>>,
-        /// Pools the key may pin (comma-separated)
-        #[arg(long, value_delimiter = ',')]
-        pools: Option<Vec<String>>,
-        /// RFC 3339 time the key stops working
-        #[arg(long)]
-        expires_at: Option<String>,
-        #[command(flatten)]
-        rules: RuleFlags,
-    },
+    Create(CreateKey),
     /// List keys (never their secrets)
     List {
         #[arg(long)]
@@ -111,19 +93,7 @@ pub enum KeysCommand {
     /// Show one key
     Show { id: String },
     /// Change a key's name, models, pools, limits, budget or expiry (limits given are merged)
-    Update {
-        id: String,
-        #[arg(long)]
-        name: Option<String>,
-        #[arg(long, value_delimiter = ',')]
-        models: Option<Vec<String>>,
-        #[arg(long, value_delimiter = ',')]
-        pools: Option<Vec<String>>,
-        #[arg(long)]
-        expires_at: Option<String>,
-        #[command(flatten)]
-        rules: RuleFlags,
-    },
+    Update(UpdateKey),
     /// Revoke a key (401 on every gateway within a second)
     Revoke { id: String },
     /// Give a key a new secret; the old one keeps working for --grace seconds
@@ -132,6 +102,47 @@ pub enum KeysCommand {
         #[arg(long, default_value_t = 0)]
         grace: u64,
     },
+}
+
+/// `llmedge keys create`.
+#[derive(Debug, Args)]
+pub struct CreateKey {
+    #[arg(long)]
+    pub tenant: String,
+    #[arg(long)]
+    pub name: String,
+    #[arg(long)]
+    pub user: Option<String>,
+    #[command(flatten)]
+    pub access: KeyAccess,
+    #[command(flatten)]
+    pub rules: RuleFlags,
+}
+
+/// `llmedge keys update`.
+#[derive(Debug, Args)]
+pub struct UpdateKey {
+    pub id: String,
+    #[arg(long)]
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub access: KeyAccess,
+    #[command(flatten)]
+    pub rules: RuleFlags,
+}
+
+/// What a key may use, and until when.
+#[derive(Debug, Args, Clone, Default)]
+pub struct KeyAccess {
+    /// Model globs the key may use (comma-separated; default: every model)
+    #[arg(long, value_delimiter = ',')]
+    pub models: Option<Vec<String>>,
+    /// Pools the key may pin (comma-separated)
+    #[arg(long, value_delimiter = ',')]
+    pub pools: Option<Vec<String>>,
+    /// RFC 3339 time the key stops working
+    #[arg(long)]
+    pub expires_at: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
-use crate::cli::{AdminConn, KeysArgs, KeysCommand, RuleFlags, TenantsArgs, TenantsCommand};
+use crate::cli::{
+    AdminConn, CreateKey, KeyAccess, KeysArgs, KeysCommand, RuleFlags, TenantsArgs, TenantsCommand,
+    UpdateKey,
+};
 
 /// The environment variable the admin key is read from (never a flag: flags end up in shell
 /// history and `ps`).
@@ -222,45 +225,67 @@ fn show_keys(v: &Value, json_out: bool) {
     }
 }
 
+/// Sets the fields that are given.
+fn set_fields<const N: usize>(body: &mut Value, fields: [(&str, Option<Value>); N]) {
+    for (k, v) in fields {
+        if let Some(v) = v {
+            body[k] = v;
+        }
+    }
+}
+
+fn key_fields(body: &mut Value, a: KeyAccess) {
+    set_fields(
+        body,
+        [
+            ("models", a.models.map(Value::from)),
+            ("pools", a.pools.map(Value::from)),
+            ("expires_at", a.expires_at.map(Value::from)),
+        ],
+    );
+}
+
+fn create(c: &Client, a: CreateKey) -> Result<Value, Failure> {
+    let mut body = json!({"tenant": a.tenant, "name": a.name});
+    set_fields(&mut body, [("user", a.user.map(Value::from))]);
+    key_fields(&mut body, a.access);
+    let (mut limits, mut budget) = (Map::new(), Map::new());
+    merge_rules(&a.rules, &mut limits, &mut budget);
+    set_fields(
+        &mut body,
+        [
+            (
+                "limits",
+                (!limits.is_empty()).then_some(Value::Object(limits)),
+            ),
+            (
+                "budget",
+                (!budget.is_empty()).then_some(Value::Object(budget)),
+            ),
+        ],
+    );
+    c.call("POST", "/admin/v1/keys", Some(&body))
+}
+
+/// The flags given change those fields; limits and budget merge into what the key has.
+fn update(c: &Client, a: UpdateKey) -> Result<Value, Failure> {
+    let path = format!("/admin/v1/keys/{}", encode(&a.id));
+    let cur = c.call("GET", &path, None)?;
+    let (mut limits, mut budget) = (object(&cur["limits"]), object(&cur["budget"]));
+    merge_rules(&a.rules, &mut limits, &mut budget);
+    let mut body = json!({"limits": limits, "budget": budget});
+    set_fields(&mut body, [("name", a.name.map(Value::from))]);
+    key_fields(&mut body, a.access);
+    c.call("PATCH", &path, Some(&body))
+}
+
 pub fn keys(args: KeysArgs, config: Option<&str>) -> i32 {
     finish(Client::new(&args.conn, config).and_then(|c| run_keys(&c, args.command, args.conn.json)))
 }
 
 fn run_keys(c: &Client, cmd: KeysCommand, json_out: bool) -> Result<(), Failure> {
     let v = match cmd {
-        KeysCommand::Create {
-            tenant,
-            name,
-            user,
-            models,
-            pools,
-            expires_at,
-            rules,
-        } => {
-            let (mut limits, mut budget) = (Map::new(), Map::new());
-            merge_rules(&rules, &mut limits, &mut budget);
-            let mut body = json!({"tenant": tenant, "name": name});
-            let fields = [
-                ("user", user.map(Value::from)),
-                ("models", models.map(Value::from)),
-                ("pools", pools.map(Value::from)),
-                ("expires_at", expires_at.map(Value::from)),
-                (
-                    "limits",
-                    (!limits.is_empty()).then_some(Value::Object(limits)),
-                ),
-                (
-                    "budget",
-                    (!budget.is_empty()).then_some(Value::Object(budget)),
-                ),
-            ];
-            for (k, v) in fields {
-                if let Some(v) = v {
-                    body[k] = v;
-                }
-            }
-            c.call("POST", "/admin/v1/keys", Some(&body))?
-        }
+        KeysCommand::Create(args) => create(c, args)?,
         KeysCommand::List {
             tenant,
             user,
@@ -276,32 +301,7 @@ fn run_keys(c: &Client, cmd: KeysCommand, json_out: bool) -> Result<(), Failure>
         KeysCommand::Show { id } => {
             c.call("GET", &format!("/admin/v1/keys/{}", encode(&id)), None)?
         }
-        KeysCommand::Update {
-            id,
-            name,
-            models,
-            pools,
-            expires_at,
-            rules,
-        } => {
-            let path = format!("/admin/v1/keys/{}", encode(&id));
-            let cur = c.call("GET", &path, None)?;
-            let (mut limits, mut budget) = (object(&cur["limits"]), object(&cur["budget"]));
-            merge_rules(&rules, &mut limits, &mut budget);
-            let mut body = json!({"limits": limits, "budget": budget});
-            let fields = [
-                ("name", name.map(Value::from)),
-                ("models", models.map(Value::from)),
-                ("pools", pools.map(Value::from)),
-                ("expires_at", expires_at.map(Value::from)),
-            ];
-            for (k, v) in fields {
-                if let Some(v) = v {
-                    body[k] = v;
-                }
-            }
-            c.call("PATCH", &path, Some(&body))?
-        }
+        KeysCommand::Update(args) => update(c, args)?,
         KeysCommand::Revoke { id } => {
             c.call("DELETE", &format!("/admin/v1/keys/{}", encode(&id)), None)?
         }

@@ -133,14 +133,7 @@ fn add_gateway_with(
             live::Live::new(config)
         }
     };
-    live.set_records(records);
-    let weak = std::sync::Arc::downgrade(&live);
-    control.attach(Box::new(move |r| {
-        if let Some(live) = weak.upgrade() {
-            live.set_records(r);
-        }
-    }));
-    live.attach_store(control);
+    attach_control(&live, control, records);
     let gateway = Gateway::new(live, metrics.clone());
     add_api_listener(server, &gateway, &srv)?;
     let flusher = add_flusher(server, &gateway)?;
@@ -195,6 +188,22 @@ fn open_control(
         )));
     }
     Ok((std::sync::Arc::new(store), records))
+}
+
+/// Runs `live` on the store's records, and on every later revision.
+fn attach_control(
+    live: &std::sync::Arc<live::Live>,
+    control: std::sync::Arc<store::Store>,
+    records: std::sync::Arc<control::Records>,
+) {
+    live.set_records(records);
+    let weak = std::sync::Arc::downgrade(live);
+    control.attach(Box::new(move |r| {
+        if let Some(live) = weak.upgrade() {
+            live.set_records(r);
+        }
+    }));
+    live.attach_store(control);
 }
 
 /// The shared counter store of `state.redis` (connected by its background service).

@@ -33,7 +33,7 @@ const OPEN_WAIT: Duration = Duration::from_secs(30);
 enum Job {
     Write {
         actor: String,
-        write: Write,
+        write: Box<Write>,
         reply: oneshot::Sender<Result<Applied, OpError>>,
     },
     Audit {
@@ -102,7 +102,7 @@ impl Store {
         let (reply, rx) = oneshot::channel();
         let job = Job::Write {
             actor: actor.to_string(),
-            write,
+            write: Box::new(write),
             reply,
         };
         self.jobs

@@ -239,7 +239,7 @@ impl Worker {
                 write,
                 reply,
             } => {
-                let r = self.write(&actor, write);
+                let r = self.write(&actor, *write);
                 let _gone = reply.send(r);
             }
             Job::Audit {

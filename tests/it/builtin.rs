@@ -100,6 +100,36 @@ async fn builtin_mock_streams_the_requested_tokens_through_the_gateway() {
     json_answers_follow_the_request(&gw).await;
 }
 
+/// The demo key lives in the store: a newcomer can list it with the admin key the banner prints.
+fn demo_key_is_listed_with_the_printed_admin_key(banner: &str, admin_listen: &str) {
+    let admin_line = format!("llmedge keys list --admin-url http://{admin_listen}");
+    assert!(banner.contains(&admin_line), "{banner}");
+    let out = std::process::Command::new(crate::support::bin())
+        .args([
+            "keys",
+            "list",
+            "--admin-url",
+            &format!("http://{admin_listen}"),
+        ])
+        .env("LLMEDGE_ADMIN_KEY", "sk-llmedge-demo-admin")
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        table.contains("demo") && table.contains("newcomer"),
+        "{table}"
+    );
+    assert!(
+        !table.contains("sk-llmedge-demo "),
+        "the secret is not listed"
+    );
+}
+
 #[tokio::test]
 async fn demo_answers_the_curl_lines_it_prints() {
     let (port, admin) = (reserve_port(), reserve_port());
@@ -149,33 +179,7 @@ async fn demo_answers_the_curl_lines_it_prints() {
         .await
         .unwrap();
     assert!(metrics.contains("llmedge_requests_total"), "{metrics}");
-    // the demo key lives in the store: a newcomer can list it with the printed admin key
-    let admin_line = format!("llmedge keys list --admin-url http://{admin_listen}");
-    assert!(banner.contains(&admin_line), "{banner}");
-    let out = std::process::Command::new(crate::support::bin())
-        .args([
-            "keys",
-            "list",
-            "--admin-url",
-            &format!("http://{admin_listen}"),
-        ])
-        .env("LLMEDGE_ADMIN_KEY", "sk-llmedge-demo-admin")
-        .output()
-        .unwrap();
-    let table = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        table.contains("demo") && table.contains("newcomer"),
-        "{table}"
-    );
-    assert!(
-        !table.contains("sk-llmedge-demo "),
-        "the secret is not listed"
-    );
+    demo_key_is_listed_with_the_printed_admin_key(&banner, &admin_listen);
 }
 
 #[tokio::test]

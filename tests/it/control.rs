@@ -91,6 +91,18 @@ async fn until_status(gw: &TestGateway, key: &str, want: u16, limit: Duration) -
     }
 }
 
+/// `{id}` and the secret of a key made by `POST /admin/v1/keys` with `body`.
+async fn create(gw: &TestGateway, body: Value) -> (String, String) {
+    let v = ok(gw, "POST", "/admin/v1/keys", Some(body)).await;
+    (v["id"].as_str().unwrap().to_string(), secret(&v))
+}
+
+/// The status and `error.param`/`error.code` of an admin call with the admin key.
+async fn refused(gw: &TestGateway, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let (s, v) = admin(gw, method, path, body, Some(ADMIN_KEY)).await;
+    (s, v["error"].clone())
+}
+
 fn secret(v: &Value) -> String {
     v["key"]
         .as_str()
@@ -99,212 +111,171 @@ fn secret(v: &Value) -> String {
 }
 
 #[tokio::test]
-async fn admin_api_needs_an_admin_key_and_names_bad_fields() {
+async fn admin_api_refuses_missing_wrong_and_client_keys() {
     let mock = MockOpenAi::start().await;
     let gw = TestGateway::start_with(|p, a| yaml(&mock.url(), p, a, None)).await;
-    let (s, v) = admin(&gw, "GET", "/admin/v1/keys", None, None).await;
-    assert_eq!(
-        (s, v["error"]["code"].as_str()),
-        (401, Some("invalid_admin_key"))
-    );
-    let (s, _) = admin(&gw, "GET", "/admin/v1/keys", None, Some("wrong")).await;
-    assert_eq!(s, 401);
-    let (s, _) = admin(
-        &gw,
-        "GET",
-        "/admin/v1/keys",
-        None,
-        Some(crate::support::CLIENT_KEY),
-    )
-    .await;
-    assert_eq!(s, 401, "a client key is not an admin key");
-    let bad = [
-        (json!({"name": "a", "tenant": "t", "rpm": 5}), "rpm"),
-        (
-            json!({"name": "a", "tenant": "t", "limits": {"rpm": -1}}),
-            "limits.rpm",
-        ),
-        (
-            json!({"name": "a", "tenant": "t", "limits": {"tpm": "lots"}}),
-            "limits.tpm",
-        ),
-        (
-            json!({"name": "a", "tenant": "t", "pools": ["nowhere"]}),
-            "pools[0]",
-        ),
-        (
-            json!({"name": "a", "tenant": "t", "models": ["bad glob"]}),
-            "models[0]",
-        ),
-        (
-            json!({"name": "a", "tenant": "t", "expires_at": "2001-01-01T00:00:00Z"}),
-            "expires_at",
-        ),
-    ];
-    for (body, param) in bad {
-        let (s, v) = admin(
-            &gw,
-            "POST",
-            "/admin/v1/keys",
-            Some(body.clone()),
-            Some(ADMIN_KEY),
-        )
-        .await;
-        assert_eq!(
-            (s, v["error"]["param"].as_str()),
-            (400, Some(param)),
-            "{body}: {v}"
-        );
+    let client = crate::support::CLIENT_KEY;
+    for token in [None, Some("wrong"), Some(client)] {
+        let (s, v) = admin(&gw, "GET", "/admin/v1/keys", None, token).await;
+        assert_eq!(s, 401, "{token:?}");
+        assert_eq!(v["error"]["code"], "invalid_admin_key");
     }
-    let body = json!({"name": "ci", "tenant": "acme"});
-    ok(&gw, "POST", "/admin/v1/keys", Some(body.clone())).await;
-    let (s, v) = admin(&gw, "POST", "/admin/v1/keys", Some(body), Some(ADMIN_KEY)).await;
-    assert_eq!(
-        (s, v["error"]["code"].as_str()),
-        (409, Some("conflict")),
-        "{v}"
-    );
-    let chosen = json!({"name": "moved", "tenant": "acme", "key": crate::support::CLIENT_KEY});
-    let (s, _) = admin(&gw, "POST", "/admin/v1/keys", Some(chosen), Some(ADMIN_KEY)).await;
-    assert_eq!(s, 409, "a file key's secret cannot go into the store");
-    let (s, _) = admin(
-        &gw,
-        "PUT",
-        "/admin/v1/tenants/acme",
-        Some(json!({})),
-        Some(ADMIN_KEY),
-    )
-    .await;
-    assert_eq!(
-        s, 200,
-        "acme is not in this file's tenants: the store may set it"
-    );
 }
 
 #[tokio::test]
-async fn a_key_lives_created_used_patched_rotated_revoked_and_survives_a_restart() {
+async fn admin_api_names_bad_fields_and_refuses_conflicts() {
     let mock = MockOpenAi::start().await;
     let gw = TestGateway::start_with(|p, a| yaml(&mock.url(), p, a, None)).await;
-    let created = ok(
-        &gw,
-        "POST",
-        "/admin/v1/keys",
-        Some(json!({"name": "ci", "tenant": "team", "user": "alice", "models": ["mock/*"], "limits": {"rpm": 2}})),
-    )
-    .await;
-    let id = created["id"].as_str().unwrap().to_string();
-    let first = secret(&created);
+    let bad = [
+        (json!({"rpm": 5}), "rpm"),
+        (json!({"limits": {"rpm": -1}}), "limits.rpm"),
+        (json!({"limits": {"tpm": "lots"}}), "limits.tpm"),
+        (json!({"pools": ["nowhere"]}), "pools[0]"),
+        (json!({"models": ["bad glob"]}), "models[0]"),
+        (json!({"expires_at": "2001-01-01T00:00:00Z"}), "expires_at"),
+    ];
+    for (extra, param) in bad {
+        let mut body = json!({"name": "a", "tenant": "t"});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let (s, e) = refused(&gw, "POST", "/admin/v1/keys", Some(body)).await;
+        assert_eq!((s, e["param"].as_str()), (400, Some(param)), "{e}");
+    }
+    let body = json!({"name": "ci", "tenant": "acme"});
+    create(&gw, body.clone()).await;
+    let (s, e) = refused(&gw, "POST", "/admin/v1/keys", Some(body)).await;
+    assert_eq!((s, e["code"].as_str()), (409, Some("conflict")), "{e}");
+    let chosen = json!({"name": "moved", "tenant": "acme", "key": crate::support::CLIENT_KEY});
+    let (s, _) = refused(&gw, "POST", "/admin/v1/keys", Some(chosen)).await;
+    assert_eq!(s, 409, "a file key's secret cannot go into the store");
+    let (s, e) = refused(&gw, "PATCH", "/admin/v1/keys/key_none", Some(json!({}))).await;
+    assert_eq!((s, e["code"].as_str()), (404, Some("not_found")));
+}
+
+/// Limits counted before a `PATCH` of them still count after it.
+async fn counters_carry_over_a_patch(gw: &TestGateway, id: &str, key: &str) {
     assert_eq!(
-        chat(&gw, &first).await,
+        chat(gw, key).await,
         200,
-        "applies at once on the gateway that took it"
+        "applies at once where it was made"
     );
-    assert_eq!(chat(&gw, &first).await, 200);
-    assert_eq!(chat(&gw, &first).await, 429, "rpm 2");
-    let patched = ok(
-        &gw,
-        "PATCH",
-        &format!("/admin/v1/keys/{id}"),
-        Some(json!({"limits": {"rpm": 3}})),
-    )
-    .await;
+    assert_eq!(chat(gw, key).await, 200);
+    assert_eq!(chat(gw, key).await, 429, "rpm 2");
+    let path = format!("/admin/v1/keys/{id}");
+    let patched = ok(gw, "PATCH", &path, Some(json!({"limits": {"rpm": 3}}))).await;
     assert_eq!(patched["limits"]["rpm"], 3);
     assert_eq!(
-        chat(&gw, &first).await,
+        chat(gw, key).await,
         200,
-        "the two requests already counted carry over"
+        "the two requests counted carry over"
     );
-    assert_eq!(chat(&gw, &first).await, 429);
-    ok(
-        &gw,
-        "PATCH",
-        &format!("/admin/v1/keys/{id}"),
-        Some(json!({"limits": null})),
-    )
-    .await;
-    let rotated = ok(
-        &gw,
-        "POST",
-        &format!("/admin/v1/keys/{id}/rotate"),
-        Some(json!({"grace_secs": 3600})),
-    )
-    .await;
+    assert_eq!(chat(gw, key).await, 429);
+    ok(gw, "PATCH", &path, Some(json!({"limits": null}))).await;
+}
+
+/// Rotates with an hour's grace, then without; returns the three secrets in order.
+async fn rotations(gw: &TestGateway, id: &str, first: String) -> [String; 3] {
+    let path = format!("/admin/v1/keys/{id}/rotate");
+    let rotated = ok(gw, "POST", &path, Some(json!({"grace_secs": 3600}))).await;
     let second = secret(&rotated);
     assert_eq!(
-        chat(&gw, &first).await,
+        chat(gw, &first).await,
         200,
         "the old secret works during its grace"
     );
-    assert_eq!(chat(&gw, &second).await, 200);
+    assert_eq!(chat(gw, &second).await, 200);
     assert_eq!(rotated["retiring_secrets"].as_array().unwrap().len(), 1);
-    let third = secret(&ok(&gw, "POST", &format!("/admin/v1/keys/{id}/rotate"), None).await);
+    let third = secret(&ok(gw, "POST", &path, None).await);
     assert_eq!(
-        chat(&gw, &first).await,
+        chat(gw, &first).await,
         401,
         "grace 0 ends every older secret"
     );
-    assert_eq!(chat(&gw, &second).await, 401);
-    assert_eq!(chat(&gw, &third).await, 200);
-    let listing = ok(&gw, "GET", "/admin/v1/keys?tenant=team", None).await;
-    assert_eq!(listing["data"][0]["id"], id.as_str());
+    assert_eq!(chat(gw, &second).await, 401);
+    assert_eq!(chat(gw, &third).await, 200);
+    [first, second, third]
+}
+
+/// Listings, the key, tenants and the audit: no secret, not even in part.
+async fn listings_hold_no_secret(gw: &TestGateway, id: &str, secrets: &[String]) {
+    let listing = ok(gw, "GET", "/admin/v1/keys?tenant=team", None).await;
+    assert_eq!(listing["data"][0]["id"], id);
     assert!(listing["data"][0]["hint"]
         .as_str()
         .unwrap()
         .starts_with("sk-…"));
-    let shown = ok(&gw, "GET", &format!("/admin/v1/keys/{id}"), None).await;
-    let tenants = ok(&gw, "GET", "/admin/v1/tenants", None).await;
-    assert!(tenants["data"]
+    let shown = ok(gw, "GET", &format!("/admin/v1/keys/{id}"), None).await;
+    let tenants = ok(gw, "GET", "/admin/v1/tenants", None).await;
+    let names: Vec<&Value> = tenants["data"]
         .as_array()
         .unwrap()
         .iter()
-        .any(|t| t["name"] == "team"));
-    let audit = ok(&gw, "GET", "/admin/v1/audit", None).await;
-    let everything = format!("{listing}{shown}{tenants}{audit}");
-    for s in [&first, &second, &third] {
-        assert!(!everything.contains(s.as_str()), "a listing shows a secret");
-        assert!(
-            !everything.contains(&s[3..]),
-            "a listing shows part of a secret"
-        );
-    }
+        .map(|t| &t["name"])
+        .collect();
+    assert!(names.contains(&&json!("team")), "the key made its tenant");
+    let audit = ok(gw, "GET", "/admin/v1/audit", None).await;
     assert_eq!(audit["data"][0]["action"], "key.rotate");
     assert!(audit["data"][0]["actor"]
         .as_str()
         .unwrap()
         .starts_with("admin:"));
+    let everything = format!("{listing}{shown}{tenants}{audit}");
+    for s in secrets {
+        assert!(!everything.contains(&s[3..]), "a listing shows a secret");
+    }
+}
 
-    let (dir, logs) = gw.stop_keep().await;
-    let mut stored = Vec::new();
-    for entry in std::fs::read_dir(dir.path()).unwrap() {
+/// Every `llmedge.db*` file of `dir`, as text.
+fn stored(dir: &std::path::Path) -> String {
+    let mut bytes = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
         let p = entry.unwrap().path();
         if p.file_name()
             .unwrap()
             .to_string_lossy()
             .starts_with("llmedge.db")
         {
-            stored.extend(std::fs::read(&p).unwrap());
+            bytes.extend(std::fs::read(&p).unwrap());
         }
     }
     assert!(
-        !stored.is_empty(),
+        !bytes.is_empty(),
         "the default store is llmedge.db in the working directory"
     );
-    let stored = String::from_utf8_lossy(&stored);
-    for s in [&first, &second, &third] {
-        assert!(!stored.contains(&s[3..]), "the database holds a secret");
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+#[tokio::test]
+async fn a_key_lives_created_used_patched_rotated_revoked_and_survives_a_restart() {
+    let mock = MockOpenAi::start().await;
+    let gw = TestGateway::start_with(|p, a| yaml(&mock.url(), p, a, None)).await;
+    let body = json!({"name": "ci", "tenant": "team", "user": "alice", "models": ["mock/*"], "limits": {"rpm": 2}});
+    let (id, first) = create(&gw, body).await;
+    counters_carry_over_a_patch(&gw, &id, &first).await;
+    let secrets = rotations(&gw, &id, first).await;
+    listings_hold_no_secret(&gw, &id, &secrets).await;
+    let (dir, logs) = gw.stop_keep().await;
+    let db = stored(dir.path());
+    for s in &secrets {
+        assert!(!db.contains(&s[3..]), "the database holds a secret");
         assert!(!logs.contains(&s[3..]), "the log shows a secret");
     }
     assert!(
-        stored.contains(&sha256_hex(&third)),
+        db.contains(&sha256_hex(&secrets[2])),
         "only its digest is stored"
     );
     let gw = TestGateway::start_in(dir, |p, a| yaml(&mock.url(), p, a, None), &[]).await;
-    assert_eq!(chat(&gw, &third).await, 200, "the key survives a restart");
+    assert_eq!(
+        chat(&gw, &secrets[2]).await,
+        200,
+        "the key survives a restart"
+    );
     ok(&gw, "DELETE", &format!("/admin/v1/keys/{id}"), None).await;
     let resp = post(
         &gw,
         "/v1/chat/completions",
-        &third,
+        &secrets[2],
         r#"{"model":"mock/echo"}"#,
     )
     .await;
@@ -313,16 +284,9 @@ async fn a_key_lives_created_used_patched_rotated_revoked_and_survives_a_restart
         (s, v["error"]["code"].as_str()),
         (401, Some("invalid_api_key"))
     );
-    let (s, _) = admin(
-        &gw,
-        "DELETE",
-        &format!("/admin/v1/keys/{id}"),
-        None,
-        Some(ADMIN_KEY),
-    )
-    .await;
+    let (s, _) = refused(&gw, "DELETE", &format!("/admin/v1/keys/{id}"), None).await;
     assert_eq!(s, 404, "a revoked key is revoked once");
-    let revoked = ok(&gw, "GET", &format!("/admin/v1/keys?status=revoked"), None).await;
+    let revoked = ok(&gw, "GET", "/admin/v1/keys?status=revoked", None).await;
     assert_eq!(revoked["data"][0]["status"], "revoked");
 }
 
@@ -390,19 +354,21 @@ fn cli(args: &[&str], token: &str) -> (i32, String, String) {
     )
 }
 
+/// `llmedge <args> --config <cfg>` with the admin key; its stdout, once it succeeded.
+fn cli_ok(cfg: &std::path::Path, args: &[&str]) -> String {
+    let mut all = args.to_vec();
+    all.extend(["--config", cfg.to_str().unwrap()]);
+    let (code, out, err) = cli(&all, ADMIN_KEY);
+    assert_eq!(code, 0, "{args:?}: {err}");
+    out
+}
+
 #[tokio::test]
 async fn the_cli_drives_keys_and_tenants() {
     let mock = MockOpenAi::start().await;
     let gw = TestGateway::start_with(|p, a| yaml(&mock.url(), p, a, None)).await;
     let cfg = gw.config_path();
-    let cfg = cfg.to_str().unwrap();
-    let run = |args: &[&str]| {
-        let mut all = args.to_vec();
-        all.extend(["--config", cfg]);
-        let (code, out, err) = cli(&all, ADMIN_KEY);
-        assert_eq!(code, 0, "{args:?}: {err}");
-        out
-    };
+    let run = |args: &[&str]| cli_ok(&cfg, args);
     let created: Value = serde_json::from_str(&run(&[
         "keys",
         "create",
@@ -421,10 +387,17 @@ async fn the_cli_drives_keys_and_tenants() {
         "--json",
     ]))
     .unwrap();
-    let id = created["id"].as_str().unwrap().to_string();
-    let key = secret(&created);
-    assert_eq!(created["limits"]["rpm"], 60);
-    assert_eq!(created["budget"]["usd_per_day"], 5.0);
+    let (id, key) = (
+        created["id"].as_str().unwrap().to_string(),
+        secret(&created),
+    );
+    assert_eq!(
+        (
+            created["limits"]["rpm"].as_u64(),
+            created["budget"]["usd_per_day"].as_f64()
+        ),
+        (Some(60), Some(5.0))
+    );
     assert_eq!(chat(&gw, &key).await, 200);
     let table = run(&["keys", "list", "--tenant", "acme"]);
     assert!(
@@ -434,8 +407,8 @@ async fn the_cli_drives_keys_and_tenants() {
     assert!(!table.contains(&key[3..]));
     let shown = run(&["keys", "show", &id]);
     assert!(shown.contains("ci") && shown.contains("acme"), "{shown}");
-    let updated = run(&["keys", "update", &id, "--tpm", "100000", "--json"]);
-    let updated: Value = serde_json::from_str(&updated).unwrap();
+    let updated: Value =
+        serde_json::from_str(&run(&["keys", "update", &id, "--tpm", "100000", "--json"])).unwrap();
     assert_eq!(
         updated["limits"],
         json!({"rpm": 60, "tpm": 100000}),
@@ -445,7 +418,7 @@ async fn the_cli_drives_keys_and_tenants() {
     let new_key = rotated
         .lines()
         .find_map(|l| l.strip_prefix("key: "))
-        .expect("the rotated secret is printed once")
+        .expect("the new secret is printed once")
         .to_string();
     assert_eq!(chat(&gw, &key).await, 200, "grace");
     assert_eq!(chat(&gw, &new_key).await, 200);
@@ -465,6 +438,14 @@ async fn the_cli_drives_keys_and_tenants() {
         tenants.contains("acme") && tenants.contains("rpm=600"),
         "{tenants}"
     );
+}
+
+#[tokio::test]
+async fn a_refused_cli_call_prints_the_server_message_and_exits_non_zero() {
+    let mock = MockOpenAi::start().await;
+    let gw = TestGateway::start_with(|p, a| yaml(&mock.url(), p, a, None)).await;
+    let cfg = gw.config_path();
+    let cfg = cfg.to_str().unwrap();
     let (code, _, err) = cli(&["keys", "list", "--config", cfg], "not-an-admin-key");
     assert_eq!(code, 1);
     assert!(
@@ -474,6 +455,8 @@ async fn the_cli_drives_keys_and_tenants() {
     let (code, _, err) = cli(&["keys", "show", "key_nope", "--config", cfg], ADMIN_KEY);
     assert_eq!(code, 1);
     assert!(err.contains("404"), "{err}");
+    let (code, _, err) = cli(&["tenants", "list"], ADMIN_KEY);
+    assert_eq!(code, 64, "no --config and no --admin-url: {err}");
 }
 
 #[tokio::test]
@@ -532,30 +515,62 @@ async fn a_store_key_with_a_file_key_secret_or_a_newer_schema_refuses_to_start()
     );
 }
 
-#[tokio::test]
-async fn two_gateways_on_one_postgres_see_each_others_changes_within_a_second() {
-    let mut pg = PostgresServer::start().await;
-    let mock = MockOpenAi::start().await;
+/// Two gateways on one Postgres (`a`, `b`) in front of `mock`.
+async fn fleet(pg: &PostgresServer, mock: &MockOpenAi) -> (TestGateway, TestGateway) {
     let url = pg.url();
     let a = TestGateway::start_with(|p, ad| yaml(&mock.url(), p, ad, Some(&url))).await;
     let b = TestGateway::start_with(|p, ad| yaml(&mock.url(), p, ad, Some(&url))).await;
-    let created = ok(
-        &a,
-        "POST",
-        "/admin/v1/keys",
-        Some(json!({"name": "ci", "tenant": "acme"})),
-    )
-    .await;
-    let key = secret(&created);
-    let id = created["id"].as_str().unwrap().to_string();
+    (a, b)
+}
+
+#[tokio::test]
+async fn two_gateways_on_one_postgres_see_each_others_changes_within_a_second() {
+    let pg = PostgresServer::start().await;
+    let mock = MockOpenAi::start().await;
+    let (a, b) = fleet(&pg, &mock).await;
+    let (id, key) = create(&a, json!({"name": "ci", "tenant": "acme"})).await;
     assert_eq!(chat(&a, &key).await, 200);
     let took = until_status(&b, &key, 200, Duration::from_secs(1)).await;
     eprintln!("created on a, working on b after {took:?}");
+    ok(&a, "DELETE", &format!("/admin/v1/keys/{id}"), None).await;
+    let took = until_status(&b, &key, 401, Duration::from_secs(1)).await;
+    eprintln!("revoked on a, refused on b after {took:?}");
+    let (_, second) = create(&b, json!({"name": "two", "tenant": "acme"})).await;
+    until_status(&a, &second, 200, Duration::from_secs(1)).await;
     let (_, ready) = admin(&b, "GET", "/readyz", None, None).await;
-    assert_eq!(ready["store"]["up"], true);
-    assert_eq!(ready["store"]["backend"], "postgres");
+    assert_eq!(
+        (&ready["store"]["up"], &ready["store"]["backend"]),
+        (&json!(true), &json!("postgres"))
+    );
+    let rows = pg.query("SELECT digest FROM llmedge_key_secrets");
+    assert!(rows
+        .iter()
+        .all(|r| r[0].as_deref().is_some_and(|d| d.len() == 64)));
+    let dump = format!(
+        "{:?}{:?}",
+        pg.query("SELECT * FROM llmedge_keys"),
+        pg.query("SELECT * FROM llmedge_audit")
+    );
+    assert!(
+        !dump.contains(&second[3..]) && !dump.contains(&key[3..]),
+        "a secret in the database"
+    );
+    for logs in [a.logs(), b.logs()] {
+        assert!(
+            !logs.contains(postgres_server::PASSWORD),
+            "the database password is logged"
+        );
+        assert!(!logs.contains(&second[3..]));
+    }
+}
 
-    // the store goes away: requests keep being served, writes answer 503
+#[tokio::test]
+async fn a_postgres_outage_keeps_requests_served_and_a_start_during_it_uses_the_cache() {
+    let mut pg = PostgresServer::start().await;
+    let mock = MockOpenAi::start().await;
+    let (a, b) = fleet(&pg, &mock).await;
+    let (_, key) = create(&a, json!({"name": "ci", "tenant": "acme"})).await;
+    until_status(&b, &key, 200, Duration::from_secs(1)).await;
     pg.stop();
     b.wait_metric("llmedge_store_up 0").await;
     assert_eq!(
@@ -563,60 +578,28 @@ async fn two_gateways_on_one_postgres_see_each_others_changes_within_a_second() 
         200,
         "keys already loaded keep working"
     );
-    let (s, v) = admin(
+    let (s, e) = refused(
         &a,
         "POST",
         "/admin/v1/keys",
         Some(json!({"name": "x", "tenant": "acme"})),
-        Some(ADMIN_KEY),
     )
     .await;
     assert_eq!(
-        (s, v["error"]["code"].as_str()),
+        (s, e["code"].as_str()),
         (503, Some("store_unavailable")),
-        "{v}"
+        "{e}"
     );
     let (_, ready) = admin(&b, "GET", "/readyz", None, None).await;
     assert_eq!(ready["store"]["up"], false);
-    pg.restart().await;
-    a.wait_metric("llmedge_store_up 1").await;
-
-    ok(&a, "DELETE", &format!("/admin/v1/keys/{id}"), None).await;
-    let took = until_status(&b, &key, 401, Duration::from_secs(1)).await;
-    eprintln!("revoked on a, refused on b after {took:?}");
-    let second = secret(
-        &ok(
-            &b,
-            "POST",
-            "/admin/v1/keys",
-            Some(json!({"name": "two", "tenant": "acme"})),
-        )
-        .await,
-    );
-    until_status(&a, &second, 200, Duration::from_secs(1)).await;
-
-    // a gateway that starts while the store is down serves what it last saw
-    let (dir, logs_b) = b.stop_keep().await;
-    pg.stop();
+    let (dir, _) = b.stop_keep().await;
+    let url = pg.url();
     let b = TestGateway::start_in(dir, |p, ad| yaml(&mock.url(), p, ad, Some(&url)), &[]).await;
     b.wait_log("store unreachable at start").await;
-    assert_eq!(chat(&b, &second).await, 200, "the cached store key works");
-    assert_eq!(chat(&b, &key).await, 401);
-    let (_, ready) = admin(&b, "GET", "/readyz", None, None).await;
-    assert_eq!(ready["store"]["up"], false);
+    assert_eq!(chat(&b, &key).await, 200, "the cached store key works");
     pg.restart().await;
+    a.wait_metric("llmedge_store_up 1").await;
     b.wait_metric("llmedge_store_up 1").await;
-    let rows = pg.query("SELECT digest FROM llmedge_key_secrets");
-    assert!(rows
-        .iter()
-        .all(|r| r[0].as_deref().is_some_and(|d| d.len() == 64)));
-    let dump = format!("{:?}", pg.query("SELECT * FROM llmedge_keys"));
-    assert!(!dump.contains(&second[3..]) && !dump.contains(&key[3..]));
-    for logs in [logs_b, a.logs(), b.logs()] {
-        assert!(
-            !logs.contains(postgres_server::PASSWORD),
-            "the database password is logged"
-        );
-        assert!(!logs.contains(&second[3..]));
-    }
+    let (_, other) = create(&a, json!({"name": "after", "tenant": "acme"})).await;
+    until_status(&b, &other, 200, Duration::from_secs(1)).await;
 }

@@ -30,49 +30,58 @@ fn create(sql: &mut Sqlite, id: &str, name: &str, secret: &str) -> Result<Applie
     apply(sql, 1_000, "admin:t", w)
 }
 
+fn patch(sql: &mut Sqlite, at: u64, body: &str) {
+    let patch = input::key_patch(body.as_bytes(), &cat()).unwrap();
+    let id = "key_a".to_string();
+    apply(sql, at, "admin:t", Write::PatchKey { id, patch }).unwrap();
+}
+
+fn rotate(sql: &mut Sqlite, at: u64, secret: &str, grace_ms: u64) -> String {
+    let s = crate::control::secret::from_secret(secret.into());
+    let w = Write::RotateKey {
+        id: "key_a".into(),
+        grace_ms,
+        digest: s.digest.clone(),
+        hint: s.hint,
+    };
+    apply(sql, at, "admin:t", w).unwrap();
+    s.digest
+}
+
+fn revoke(sql: &mut Sqlite, at: u64) -> Result<Applied, OpError> {
+    apply(sql, at, "admin:t", Write::RevokeKey { id: "key_a".into() })
+}
+
 #[test]
-fn create_patch_rotate_revoke_each_bump_the_revision_and_leave_an_audit_row() {
+fn create_patch_and_rotate_with_grace_keep_both_secrets_for_a_while() {
     let mut sql = db();
     create(&mut sql, "key_a", "ci", "sk-aaaaaaaaaaaaaaaa").unwrap();
     let r = load(&mut sql).unwrap();
     assert_eq!(r.revision, 1);
     assert_eq!(r.keys[0].secrets.len(), 1);
     assert_eq!(r.tenants[0].name, "acme", "the tenant was made");
-    let patch = input::key_patch(br#"{"limits":{"rpm":50}}"#, &cat()).unwrap();
-    apply(
-        &mut sql,
-        2_000,
-        "admin:t",
-        Write::PatchKey {
-            id: "key_a".into(),
-            patch,
-        },
-    )
-    .unwrap();
-    let s = crate::control::secret::from_secret("sk-bbbbbbbbbbbbbbbb".into());
-    let w = Write::RotateKey {
-        id: "key_a".into(),
-        grace_ms: 60_000,
-        digest: s.digest.clone(),
-        hint: s.hint,
-    };
-    apply(&mut sql, 3_000, "admin:t", w).unwrap();
+    patch(&mut sql, 2_000, r#"{"limits":{"rpm":50}}"#);
+    let digest = rotate(&mut sql, 3_000, "sk-bbbbbbbbbbbbbbbb", 60_000);
     let r = load(&mut sql).unwrap();
     let k = &r.keys[0];
+    assert_eq!(r.revision, 3);
     assert_eq!(k.spec.limits.as_ref().unwrap()["rpm"], 50);
     assert_eq!(k.secrets.len(), 2);
     assert!(k.secrets.iter().any(|x| x.until == Some(63_000)));
     assert!(k
         .secrets
         .iter()
-        .any(|x| x.digest == s.digest && x.until.is_none()));
-    apply(
-        &mut sql,
-        4_000,
-        "admin:t",
-        Write::RevokeKey { id: "key_a".into() },
-    )
-    .unwrap();
+        .any(|x| x.digest == digest && x.until.is_none()));
+}
+
+#[test]
+fn a_revoke_drops_every_secret_and_the_audit_tells_the_story_without_secrets() {
+    let mut sql = db();
+    create(&mut sql, "key_a", "ci", "sk-aaaaaaaaaaaaaaaa").unwrap();
+    patch(&mut sql, 2_000, r#"{"limits":{"rpm":50}}"#);
+    rotate(&mut sql, 3_000, "sk-bbbbbbbbbbbbbbbb", 0);
+    assert_eq!(load(&mut sql).unwrap().keys[0].secrets.len(), 1, "grace 0");
+    revoke(&mut sql, 4_000).unwrap();
     let r = load(&mut sql).unwrap();
     assert_eq!(r.revision, 4);
     assert_eq!(r.keys[0].revoked_at, Some(4_000));
@@ -89,13 +98,7 @@ fn create_patch_rotate_revoke_each_bump_the_revision_and_leave_an_audit_row() {
     let all = serde_json::to_string(&rows).unwrap();
     assert!(!all.contains("sk-aaaa") && !all.contains("sk-bbbb"));
     assert_eq!(
-        apply(
-            &mut sql,
-            5_000,
-            "admin:t",
-            Write::RevokeKey { id: "key_a".into() }
-        )
-        .unwrap_err(),
+        revoke(&mut sql, 5_000).unwrap_err(),
         OpError::NotFound("key key_a is revoked".into())
     );
 }
