@@ -27,7 +27,8 @@ RUN apt-get update \
 COPY --from=build /src/target/release/llmedge /usr/local/bin/llmedge
 COPY conf/llmedge.yaml /etc/llmedge/llmedge.yaml
 USER llmedge
-# spend and limit windows persist to llmedge-state.json here; mount a volume to keep them
+# spend and limit windows (llmedge-state.json) and the control-plane store (llmedge.db, SQLite)
+# live here; mount a volume to keep them
 WORKDIR /var/lib/llmedge
 VOLUME /var/lib/llmedge
 EXPOSE 8080 9090

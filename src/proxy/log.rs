@@ -101,6 +101,8 @@ struct AccessLine<'a> {
     tenant: Option<&'a str>,
     user: Option<&'a str>,
     key: Option<usize>,
+    /// The key's stable id: a digest prefix (file key) or `key_…` (store key); never the key.
+    key_id: Option<&'a str>,
     model: Option<&'a str>,
     route: &'a str,
     pool: &'a str,
@@ -130,6 +132,7 @@ fn access_line(
         tenant: ctx.principal.as_ref().map(|p| &*p.tenant),
         user: ctx.principal.as_ref().map(|p| &*p.user),
         key: ctx.principal.as_ref().map(|p| p.key_index),
+        key_id: ctx.principal.as_ref().map(|p| &*p.key_id),
         model: ctx.client_model(),
         route,
         pool,

@@ -13,6 +13,11 @@ fn check(path: &std::path::Path) -> (i32, String, String) {
         .env("ACME_ALICE_KEY", "sk-test-alice")
         .env("TEAM_KEY", "sk-test-team")
         .env("LLMEDGE_REDIS_URL", "redis://:sk-redis-pw@127.0.0.1:6379/0")
+        .env(
+            "LLMEDGE_DATABASE_URL",
+            "postgres://llmedge:pw@127.0.0.1:5432/llmedge",
+        )
+        .env("LLMEDGE_ADMIN_KEY", "adm-test")
         .output()
         .unwrap();
     (
@@ -101,7 +106,8 @@ fn the_default_state_file_is_not_committed_by_accident() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".gitignore");
     let ignore = std::fs::read_to_string(path).unwrap();
     assert!(
-        ignore.lines().any(|l| l.trim() == "llmedge-state.json*"),
+        ignore.lines().any(|l| l.trim() == "llmedge-state.json*")
+            && ignore.lines().any(|l| l.trim() == "llmedge.db*"),
         "the state file (and its lock and temporary files) must be ignored"
     );
 }
