@@ -125,7 +125,7 @@ fn limits(c: &mut Criterion) {
             "  - {{key: sk-{i}, tenant: t, limits: {{rpm: 1000000, tpm: 1000000000, models: {{'m*': {{tpm: 1000000000}}}}}}, budget: {{usd_per_day: 1000}}}}\n"
         ));
     }
-    let config = llmedge::config::Config::from_yaml(&yaml, &|_| None)
+    let Ok(config) = llmedge::config::Config::from_yaml(&yaml, &|_| None)
         .unwrap_or_else(|_| std::process::abort());
     let g = Governor::new(
         &config,
@@ -157,5 +157,55 @@ fn limits(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, sse, request, auth_and_route, limits);
+/// What one store change costs a gateway with 10,000 store keys: the file config joined with
+/// the records, and the snapshot built from it (off the request path, on the store thread).
+fn control_merge(c: &mut Criterion) {
+    use llmedge::control::{KeyRecord, KeySpec, Records, SecretRecord};
+    let Ok(config) = llmedge::config::Config::from_yaml(
+        "pools: {p: {backends: ['http://127.0.0.1:1']}}\nroutes: [{prefix: '', pool: p}]\nstate: {enabled: false}",
+        &|_| None,
+    ) else {
+        return;
+    };
+    let keys = (0..10_000)
+        .map(|i| KeyRecord {
+            id: format!("key_{i:020}"),
+            tenant: format!("t{}", i % 100),
+            name: format!("k{i}"),
+            user: String::new(),
+            hint: "sk-…0000".into(),
+            spec: KeySpec {
+                models: Some(vec!["ollama/*".into()]),
+                pools: None,
+                limits: Some(serde_json::json!({"rpm": 60, "tpm": 100000})),
+                budget: Some(serde_json::json!({"usd_per_day": 5.0})),
+            },
+            expires_at: None,
+            created_at: 0,
+            updated_at: 0,
+            revoked_at: None,
+            secrets: vec![SecretRecord {
+                digest: hex::encode(digest(format!("sk-{i}").as_bytes())),
+                until: None,
+            }],
+        })
+        .collect();
+    let records = Arc::new(Records {
+        revision: 1,
+        keys,
+        tenants: vec![],
+    });
+    let mut g = c.benchmark_group("control");
+    g.sample_size(10);
+    g.bench_function("apply_revision/10k_store_keys", |b| {
+        b.iter(|| {
+            let live = llmedge::live::Live::new(config.clone());
+            live.set_records(records.clone());
+            black_box(live.load().keys.len())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, sse, request, auth_and_route, limits, control_merge);
 criterion_main!(benches);

@@ -259,11 +259,9 @@ impl Worker {
     fn write(&mut self, actor: &str, write: ops::Write) -> Result<ops::Applied, ops::OpError> {
         let conn = self.ensure().map_err(ops::OpError::Unavailable)?;
         let applied = ops::apply(&mut **conn, SystemClock.now_ms(), actor, write);
-        if let Ok(rows) = ops::audit(&mut **conn, None, 1) {
-            if applied.is_ok() {
-                for row in rows {
-                    tracing::info!(target: "llmedge::audit", "{row}");
-                }
+        if applied.is_ok() {
+            if let Ok(rows) = ops::audit(&mut **conn, None, 1) {
+                rows.into_iter().for_each(audit_line);
             }
         }
         match &applied {
@@ -277,4 +275,16 @@ impl Worker {
         }
         applied
     }
+}
+
+/// The change's audit row as one JSON line on stdout, beside the access lines (`"type":"audit"`
+/// tells them apart).
+fn audit_line(mut row: serde_json::Value) {
+    use std::io::Write;
+    if let Some(o) = row.as_object_mut() {
+        o.insert("type".into(), "audit".into());
+    }
+    let mut line = row.to_string().into_bytes();
+    line.push(b'\n');
+    let _ignored = std::io::stdout().lock().write_all(&line);
 }

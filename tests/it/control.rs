@@ -603,3 +603,54 @@ async fn a_postgres_outage_keeps_requests_served_and_a_start_during_it_uses_the_
     let (_, other) = create(&a, json!({"name": "after", "tenant": "acme"})).await;
     until_status(&b, &other, 200, Duration::from_secs(1)).await;
 }
+
+#[tokio::test]
+async fn a_revoked_key_lets_its_stream_finish_and_an_expired_key_stops() {
+    use futures::StreamExt;
+    let mock = MockOpenAi::start().await;
+    let gw = TestGateway::start_with(|p, a| yaml(&mock.url(), p, a, None)).await;
+    let (id, key) = create(&gw, json!({"name": "s", "tenant": "acme"})).await;
+    let body =
+        r#"{"model":"mock/gated","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let resp = post(&gw, "/v1/chat/completions", &key, body).await;
+    assert_eq!(resp.status(), 200);
+    let mut stream = resp.bytes_stream();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+    ok(&gw, "DELETE", &format!("/admin/v1/keys/{id}"), None).await;
+    assert_eq!(
+        chat(&gw, &key).await,
+        401,
+        "revoked for new requests at once"
+    );
+    mock.open_gate();
+    let mut rest = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        rest.extend_from_slice(&chunk.unwrap());
+    }
+    assert!(
+        String::from_utf8_lossy(&rest).contains("[DONE]"),
+        "the stream in flight finished"
+    );
+
+    let now = llmedge::clock::Clock::now_ms(&llmedge::clock::SystemClock);
+    let soon = llmedge::clock::rfc3339(now + 1_500);
+    let (_, short) = create(
+        &gw,
+        json!({"name": "e", "tenant": "acme", "expires_at": soon}),
+    )
+    .await;
+    assert_eq!(chat(&gw, &short).await, 200);
+    until_status(&gw, &short, 401, Duration::from_secs(5)).await;
+
+    let logs = gw.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains(r#""type":"audit""#) && l.contains("key.revoke"))
+        .unwrap_or_else(|| panic!("no audit line:\n{logs}"));
+    let v: Value = serde_json::from_str(line).expect("the audit line is one JSON object");
+    assert_eq!(
+        (v["target"].as_str(), v["after"]["status"].as_str()),
+        (Some(id.as_str()), Some("revoked"))
+    );
+}
