@@ -125,7 +125,7 @@ fn limits(c: &mut Criterion) {
             "  - {{key: sk-{i}, tenant: t, limits: {{rpm: 1000000, tpm: 1000000000, models: {{'m*': {{tpm: 1000000000}}}}}}, budget: {{usd_per_day: 1000}}}}\n"
         ));
     }
-    let Ok(config) = llmedge::config::Config::from_yaml(&yaml, &|_| None)
+    let config = llmedge::config::Config::from_yaml(&yaml, &|_| None)
         .unwrap_or_else(|_| std::process::abort());
     let g = Governor::new(
         &config,
