@@ -654,3 +654,55 @@ async fn a_revoked_key_lets_its_stream_finish_and_an_expired_key_stops() {
         (Some(id.as_str()), Some("revoked"))
     );
 }
+
+#[tokio::test]
+async fn a_store_tenant_limit_applies_to_its_keys_at_once_and_a_file_tenant_is_read_only() {
+    let mock = MockOpenAi::start().await;
+    let gw = TestGateway::start_with(|p, a| {
+        let y = yaml(&mock.url(), p, a, None);
+        format!("{y}tenants:\n  fixed: {{limits: {{rpm: 5}}}}\n")
+    })
+    .await;
+    let (_, key) = create(&gw, json!({"name": "a", "tenant": "squad"})).await;
+    assert_eq!(chat(&gw, &key).await, 200);
+    let t = ok(
+        &gw,
+        "PUT",
+        "/admin/v1/tenants/squad",
+        Some(json!({"limits": {"rpm": 2}})),
+    )
+    .await;
+    assert_eq!(
+        (t["source"].as_str(), t["limits"]["rpm"].as_u64()),
+        (Some("store"), Some(2))
+    );
+    assert_eq!(
+        chat(&gw, &key).await,
+        200,
+        "the tenant's count so far carries over"
+    );
+    assert_eq!(
+        chat(&gw, &key).await,
+        429,
+        "the tenant's rpm 2 applies to its key"
+    );
+    let (s, e) = refused(&gw, "DELETE", "/admin/v1/tenants/squad", None).await;
+    assert_eq!(
+        (s, e["code"].as_str()),
+        (409, Some("conflict")),
+        "it has a live key"
+    );
+    let (s, e) = refused(
+        &gw,
+        "PATCH",
+        "/admin/v1/tenants/fixed",
+        Some(json!({"limits": {"rpm": 9}})),
+    )
+    .await;
+    assert_eq!(s, 409, "{e}");
+    let fixed = ok(&gw, "GET", "/admin/v1/tenants/fixed", None).await;
+    assert_eq!(
+        (fixed["source"].as_str(), fixed["limits"]["rpm"].as_u64()),
+        (Some("config"), Some(5))
+    );
+}
