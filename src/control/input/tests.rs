@@ -145,3 +145,57 @@ fn rotation_grace_and_tenant_bodies() {
         "limits.tpm"
     );
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn field() -> impl Strategy<Value = (String, serde_json::Value)> {
+        let name = prop::sample::select(vec![
+            "name",
+            "tenant",
+            "user",
+            "models",
+            "pools",
+            "limits",
+            "budget",
+            "expires_at",
+            "key",
+            "extra",
+        ]);
+        let value = prop_oneof![
+            any::<i64>().prop_map(serde_json::Value::from),
+            "[a-z/*]{0,12}".prop_map(serde_json::Value::from),
+            Just(serde_json::json!({"rpm": 5})),
+            Just(serde_json::json!({"rpm": -5})),
+            Just(serde_json::json!(["ollama/*", ""])),
+            Just(serde_json::Value::Null),
+        ];
+        (name.prop_map(str::to_string), value)
+    }
+
+    proptest! {
+        /// Any body is either a key or a refusal that names a field; nothing panics.
+        #[test]
+        fn any_body_parses_or_names_a_field(fields in prop::collection::vec(field(), 0..8)) {
+            let body = serde_json::Value::Object(fields.into_iter().collect());
+            let bytes = body.to_string();
+            match new_key(bytes.as_bytes(), &cat()) {
+                Ok(k) => {
+                    prop_assert!(!k.name.trim().is_empty() && !k.tenant.trim().is_empty());
+                }
+                Err(e) => prop_assert!(!e.param.is_empty(), "{}", e.msg),
+            }
+            let _ = key_patch(bytes.as_bytes(), &cat());
+            let _ = tenant(bytes.as_bytes());
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            let _ = new_key(&bytes, &cat());
+            let _ = key_patch(&bytes, &cat());
+            let _ = rotate(&bytes);
+            let _ = tenant(&bytes);
+        }
+    }
+}
