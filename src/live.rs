@@ -371,6 +371,47 @@ mod tests {
     }
 
     #[test]
+    fn store_records_join_the_file_and_a_reload_with_a_store_secret_is_refused() {
+        use crate::control::{KeyRecord, SecretRecord};
+        let live = Live::new(config("keys: [{key: a, tenant: t}]"));
+        let rec = KeyRecord {
+            id: "key_1".into(),
+            tenant: "s".into(),
+            name: "n".into(),
+            user: String::new(),
+            hint: String::new(),
+            spec: Default::default(),
+            expires_at: None,
+            created_at: 0,
+            updated_at: 0,
+            revoked_at: None,
+            secrets: vec![SecretRecord {
+                digest: hex::encode(crate::config::secret::digest(b"b")),
+                until: None,
+            }],
+        };
+        let records = Arc::new(Records {
+            revision: 1,
+            keys: vec![rec],
+            tenants: vec![],
+        });
+        live.set_records(records.clone());
+        let snap = live.load();
+        assert_eq!(&*snap.keys.lookup(b"b").unwrap().principal.key_id, "key_1");
+        assert!(snap.keys.lookup(b"a").is_some(), "the file key still works");
+        let e = live
+            .swap(config("keys: [{key: a, tenant: t}, {key: b, tenant: t}]"))
+            .unwrap_err();
+        assert!(e.to_string().contains("key_1"), "{e}");
+        assert_eq!(live.load().keys.len(), 2, "the running config stays");
+        live.set_records(Arc::new(Records::default()));
+        assert!(
+            live.load().keys.lookup(b"b").is_none(),
+            "revoked by the store"
+        );
+    }
+
+    #[test]
     fn a_key_revoked_by_a_reload_is_refused_and_draining_is_unready() {
         let live = Live::new(config("keys: [{key: a, tenant: t}]"));
         let old = live.load();
