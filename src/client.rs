@@ -245,6 +245,46 @@ fn key_fields(body: &mut Value, a: KeyAccess) {
     );
 }
 
+/// Every page of `GET /admin/v1/keys?<query>`, as one list.
+fn list_all(c: &Client, query: &[String]) -> Result<Value, Failure> {
+    let mut data = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut q = query.to_vec();
+        q.push("limit=1000".into());
+        if let Some(cur) = &cursor {
+            q.push(format!("cursor={}", encode(cur)));
+        }
+        let page = c.call("GET", &format!("/admin/v1/keys?{}", q.join("&")), None)?;
+        data.extend(page["data"].as_array().cloned().unwrap_or_default());
+        cursor = page["next_cursor"].as_str().map(str::to_string);
+        if !page["has_more"].as_bool().unwrap_or(false) || cursor.is_none() {
+            return Ok(json!({"object": "list", "data": data}));
+        }
+    }
+}
+
+/// `{"limits": {...}, "budget": {...}}` of the flags given (each object only when set).
+fn rules_body(rules: &RuleFlags) -> Value {
+    let (mut limits, mut budget) = (Map::new(), Map::new());
+    merge_rules(rules, &mut limits, &mut budget);
+    let mut body = json!({});
+    set_fields(
+        &mut body,
+        [
+            (
+                "limits",
+                (!limits.is_empty()).then_some(Value::Object(limits)),
+            ),
+            (
+                "budget",
+                (!budget.is_empty()).then_some(Value::Object(budget)),
+            ),
+        ],
+    );
+    body
+}
+
 fn create(c: &Client, a: CreateKey) -> Result<Value, Failure> {
     let mut body = json!({"tenant": a.tenant, "name": a.name});
     set_fields(&mut body, [("user", a.user.map(Value::from))]);
@@ -267,13 +307,11 @@ fn create(c: &Client, a: CreateKey) -> Result<Value, Failure> {
     c.call("POST", "/admin/v1/keys", Some(&body))
 }
 
-/// The flags given change those fields; limits and budget merge into what the key has.
+/// The flags given change those fields; the server merges limits and budget into what the key
+/// has (one PATCH: no read-modify-write to race another change).
 fn update(c: &Client, a: UpdateKey) -> Result<Value, Failure> {
     let path = format!("/admin/v1/keys/{}", encode(&a.id));
-    let cur = c.call("GET", &path, None)?;
-    let (mut limits, mut budget) = (object(&cur["limits"]), object(&cur["budget"]));
-    merge_rules(&a.rules, &mut limits, &mut budget);
-    let mut body = json!({"limits": limits, "budget": budget});
+    let mut body = rules_body(&a.rules);
     set_fields(&mut body, [("name", a.name.map(Value::from))]);
     key_fields(&mut body, a.access);
     c.call("PATCH", &path, Some(&body))
@@ -294,9 +332,8 @@ fn run_keys(c: &Client, cmd: KeysCommand, json_out: bool) -> Result<(), Failure>
             let q: Vec<String> = [("tenant", tenant), ("user", user), ("status", status)]
                 .into_iter()
                 .filter_map(|(k, v)| v.map(|v| format!("{k}={}", encode(&v))))
-                .chain(std::iter::once("limit=1000".to_string()))
                 .collect();
-            c.call("GET", &format!("/admin/v1/keys?{}", q.join("&")), None)?
+            list_all(c, &q)?
         }
         KeysCommand::Show { id } => {
             c.call("GET", &format!("/admin/v1/keys/{}", encode(&id)), None)?

@@ -9,9 +9,9 @@ pub mod secret;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// What a store key may use: the admin API's fields, kept as given (validated).
+/// What a store key may use: the admin API's fields, kept as given (validated). Read leniently
+/// from the store: a field a newer llmedge added is ignored, not a reason to stop loading.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct KeySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub models: Option<Vec<String>>,
@@ -25,7 +25,6 @@ pub struct KeySpec {
 
 /// A tenant's limits and budget, as in the file's `tenants:` section.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TenantSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<Value>,

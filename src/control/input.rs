@@ -97,8 +97,53 @@ pub struct KeyPatch {
     pub expires_at: Option<Option<u64>>,
 }
 
+/// RFC 7386 merge patch: objects merge field by field, `null` removes a field, anything else
+/// replaces. An object left empty is no rule at all.
+pub fn merge_patch(target: Option<&Value>, patch: &Value) -> Option<Value> {
+    match patch {
+        Value::Null => None,
+        Value::Object(p) => {
+            let mut out = match target {
+                Some(Value::Object(t)) => t.clone(),
+                _ => serde_json::Map::new(),
+            };
+            for (k, v) in p {
+                match merge_patch(out.get(k), v) {
+                    Some(v) => {
+                        out.insert(k.clone(), v);
+                    }
+                    None => {
+                        out.remove(k);
+                    }
+                }
+            }
+            (!out.is_empty()).then_some(Value::Object(out))
+        }
+        other => Some(other.clone()),
+    }
+}
+
+/// `patch` (a limits or budget object, `None` = `null`) merged into `old`.
+fn merged(old: &Option<Value>, patch: &Option<Value>) -> Option<Value> {
+    merge_patch(old.as_ref(), patch.as_ref().unwrap_or(&Value::Null))
+}
+
+/// The patch without its `null`s: what it adds must be valid on its own (what it removes
+/// leaves a valid rule).
+fn without_nulls(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), without_nulls(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
 impl KeyPatch {
-    /// `rec` with the patch applied.
+    /// `rec` with the patch applied (limits and budget merged, RFC 7386).
     pub fn apply(&self, rec: &KeyRecord) -> KeyRecord {
         let mut r = rec.clone();
         if let Some(n) = &self.name {
@@ -111,10 +156,10 @@ impl KeyPatch {
             r.spec.pools = p.clone();
         }
         if let Some(l) = &self.limits {
-            r.spec.limits = l.clone();
+            r.spec.limits = merged(&r.spec.limits, l);
         }
         if let Some(b) = &self.budget {
-            r.spec.budget = b.clone();
+            r.spec.budget = merged(&r.spec.budget, b);
         }
         if let Some(e) = self.expires_at {
             r.expires_at = e;
@@ -147,17 +192,18 @@ pub struct TenantPatch {
 }
 
 impl TenantPatch {
-    /// The spec after this patch: `replace` (PUT) starts from nothing.
+    /// The spec after this patch: `replace` (PUT) starts from nothing, a PATCH merges
+    /// (RFC 7386).
     pub fn apply(&self, old: Option<&TenantSpec>, replace: bool) -> TenantSpec {
         let mut s = match (old, replace) {
             (Some(o), false) => o.clone(),
             _ => TenantSpec::default(),
         };
         if let Some(l) = &self.limits {
-            s.limits = l.clone();
+            s.limits = merged(&s.limits, l);
         }
         if let Some(b) = &self.budget {
-            s.budget = b.clone();
+            s.budget = merged(&s.budget, b);
         }
         s
     }
@@ -245,10 +291,10 @@ fn pools(param: &str, list: &[String], cat: &Catalog<'_>) -> Result<(), InputErr
 fn rules(limits: Option<&Value>, budget: Option<&Value>) -> Result<(), InputError> {
     let named = |e: crate::errors::ConfigError| InputError::new(e.path, e.msg);
     if let Some(v) = limits.filter(|v| !v.is_null()) {
-        limits_from_json("limits", v).map_err(named)?;
+        limits_from_json("limits", &without_nulls(v)).map_err(named)?;
     }
     if let Some(v) = budget.filter(|v| !v.is_null()) {
-        budget_from_json("budget", v).map_err(named)?;
+        budget_from_json("budget", &without_nulls(v)).map_err(named)?;
     }
     Ok(())
 }

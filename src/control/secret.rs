@@ -25,14 +25,18 @@ pub fn from_secret(secret: String) -> NewSecret {
     }
 }
 
-/// `sk-…a1b2`: enough to tell keys apart in a listing, nothing to guess the rest with.
+/// `sk-…a1b2`: enough to tell keys apart in a listing, nothing to guess the rest with. The
+/// `sk-` prefix is shown only as the common prefix it is; a chosen secret shorter than 32
+/// characters shows 2 characters, under 16 none.
 pub fn hint(secret: &str) -> String {
     let chars: Vec<char> = secret.chars().collect();
-    if chars.len() < 12 {
-        return "…".into();
-    }
-    let head: String = chars.iter().take(3).collect();
-    let tail: String = chars.iter().skip(chars.len() - 4).collect();
+    let head = if secret.starts_with("sk-") { "sk-" } else { "" };
+    let shown = match chars.len() {
+        n if n >= 32 => 4,
+        n if n >= 16 => 2,
+        _ => 0,
+    };
+    let tail: String = chars.iter().skip(chars.len() - shown).collect();
     format!("{head}…{tail}")
 }
 
@@ -58,6 +62,12 @@ mod tests {
         assert_eq!(a.hint.chars().count(), 8);
         assert!(a.hint.starts_with("sk-…") && a.secret.ends_with(&a.hint[6..]));
         assert_eq!(hint("short"), "…");
+        assert_eq!(
+            hint("sk-moved-into-store"),
+            "sk-…re",
+            "a short chosen secret shows less"
+        );
+        assert_eq!(hint("0123456789abcdef0123456789abcdef"), "…cdef");
     }
 
     #[test]

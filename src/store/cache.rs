@@ -11,8 +11,10 @@ use crate::control::Records;
 pub fn save(path: &Path, records: &Records) -> Result<(), String> {
     let text = serde_json::to_vec(records).map_err(|e| e.to_string())?;
     let tmp = path.with_extension("tmp");
+    // a leftover temporary file may have wider permissions: start from a new one
+    let _absent = std::fs::remove_file(&tmp);
     let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
+    opts.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;

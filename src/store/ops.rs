@@ -60,7 +60,7 @@ pub enum OpError {
 impl From<SqlError> for OpError {
     fn from(e: SqlError) -> Self {
         match e {
-            SqlError::Unavailable(m) => OpError::Unavailable(m),
+            SqlError::Unavailable(m) | SqlError::Refused(m) => OpError::Unavailable(m),
             SqlError::Conflict(m) => OpError::Conflict(m),
             SqlError::Other(m) => OpError::Other(m),
         }
@@ -81,7 +81,7 @@ fn ms(row: &[Val], i: usize) -> Option<u64> {
     row.get(i).and_then(Val::ms)
 }
 
-fn spec<T: serde::de::DeserializeOwned + Default>(raw: &str) -> Result<T, OpError> {
+fn spec<T: serde::de::DeserializeOwned>(raw: &str) -> Result<T, OpError> {
     serde_json::from_str(raw)
         .map_err(|e| OpError::Other(format!("a stored spec is not valid: {e}")))
 }
@@ -115,6 +115,18 @@ fn json_text<T: serde::Serialize>(v: &T) -> Val {
     Val::Text(serde_json::to_string(v).unwrap_or_default())
 }
 
+/// A row that cannot be read is left out (a key that cannot be read does not authenticate)
+/// and said so; the rest still loads, so changes keep reaching this gateway.
+fn readable<T>(r: Result<T, OpError>, row: &[Val]) -> Option<T> {
+    match r {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::error!(id = %text(row, 0), error = ?e, "store row not loaded");
+            None
+        }
+    }
+}
+
 /// Everything, at one revision.
 pub fn load(sql: &mut dyn Sql) -> Result<Records, OpError> {
     read_tx(sql, |sql| {
@@ -127,11 +139,11 @@ pub fn load(sql: &mut dyn Sql) -> Result<Records, OpError> {
             .and_then(|r| r.first())
             .and_then(Val::int)
             .unwrap_or(0);
-        let mut keys = sql
+        let mut keys: Vec<KeyRecord> = sql
             .query(&format!("SELECT {KEY_COLUMNS} FROM llmedge_keys"), &[])?
             .iter()
-            .map(|r| key_row(r))
-            .collect::<Result<Vec<_>, _>>()?;
+            .filter_map(|r| readable(key_row(r), r))
+            .collect();
         keys.sort_by(|a, b| a.id.cmp(&b.id));
         for r in sql.query("SELECT key_id, digest, until FROM llmedge_key_secrets", &[])? {
             let id = text(&r, 0);
@@ -144,14 +156,14 @@ pub fn load(sql: &mut dyn Sql) -> Result<Records, OpError> {
                 }
             }
         }
-        let mut tenants = sql
+        let mut tenants: Vec<TenantRecord> = sql
             .query(
                 "SELECT name, spec, created_at, updated_at FROM llmedge_tenants",
                 &[],
             )?
             .iter()
-            .map(|r| tenant_row(r))
-            .collect::<Result<Vec<_>, _>>()?;
+            .filter_map(|r| readable(tenant_row(r), r))
+            .collect();
         tenants.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Records {
             revision,
@@ -172,6 +184,18 @@ pub fn revision(sql: &mut dyn Sql) -> Result<i64, SqlError> {
         .and_then(|r| r.first())
         .and_then(Val::int)
         .unwrap_or(0))
+}
+
+/// The revision and the schema version, in one round trip (the poll).
+pub fn revision_and_schema(sql: &mut dyn Sql) -> Result<(i64, i64), SqlError> {
+    let rows = sql.query(
+        "SELECT (SELECT value FROM llmedge_meta WHERE name = 'revision'),
+                (SELECT COALESCE(MAX(version), 0) FROM llmedge_schema)",
+        &[],
+    )?;
+    let row = rows.first();
+    let at = |i: usize| row.and_then(|r| r.get(i)).and_then(Val::int).unwrap_or(0);
+    Ok((at(0), at(1)))
 }
 
 fn read_key(sql: &mut dyn Sql, id: &str) -> Result<Option<KeyRecord>, OpError> {
@@ -244,9 +268,21 @@ fn record(sql: &mut dyn Sql, a: &Audit<'_>) -> Result<i64, OpError> {
     Ok(revision)
 }
 
-/// Applies `w` at `now` on behalf of `actor`, in one transaction.
-pub fn apply(sql: &mut dyn Sql, now: u64, actor: &str, w: Write) -> Result<Applied, OpError> {
-    write_tx(sql, |sql| match w {
+/// Applies `w` at `now` on behalf of `actor`, in one transaction; with the revision it made.
+pub fn apply(
+    sql: &mut dyn Sql,
+    now: u64,
+    actor: &str,
+    w: Write,
+) -> Result<(Applied, i64), OpError> {
+    write_tx(sql, |sql| {
+        let applied = apply_in(sql, now, actor, w)?;
+        Ok((applied, revision(sql)?))
+    })
+}
+
+fn apply_in(sql: &mut dyn Sql, now: u64, actor: &str, w: Write) -> Result<Applied, OpError> {
+    match w {
         Write::CreateKey {
             key,
             id,
@@ -268,7 +304,7 @@ pub fn apply(sql: &mut dyn Sql, now: u64, actor: &str, w: Write) -> Result<Appli
             replace,
         } => put_tenant(sql, now, actor, &name, &patch, replace),
         Write::DeleteTenant { name } => delete_tenant(sql, now, actor, &name),
-    })
+    }
 }
 
 fn create_key(
@@ -345,7 +381,8 @@ fn patch_key(
     let mut after = patch.apply(&before);
     after.updated_at = now;
     let r = sql.exec(
-        "UPDATE llmedge_keys SET name = $2, spec = $3, expires_at = $4, updated_at = $5 WHERE id = $1",
+        "UPDATE llmedge_keys SET name = $2, spec = $3, expires_at = $4, updated_at = $5
+         WHERE id = $1 AND revoked_at IS NULL",
         &[
             id.into(),
             after.name.as_str().into(),
@@ -484,10 +521,10 @@ fn put_tenant(
 fn delete_tenant(sql: &mut dyn Sql, now: u64, actor: &str, name: &str) -> Result<Applied, OpError> {
     let before =
         read_tenant(sql, name)?.ok_or_else(|| OpError::NotFound(format!("no tenant {name}")))?;
+    // expired keys count too: a PATCH of expires_at would bring them back
     let live = sql.query(
-        "SELECT COUNT(*) FROM llmedge_keys WHERE tenant = $1 AND revoked_at IS NULL
-         AND (expires_at IS NULL OR expires_at > $2)",
-        &[name.into(), now.into()],
+        "SELECT COUNT(*) FROM llmedge_keys WHERE tenant = $1 AND revoked_at IS NULL",
+        &[name.into()],
     )?;
     let n = live
         .first()
@@ -496,7 +533,7 @@ fn delete_tenant(sql: &mut dyn Sql, now: u64, actor: &str, name: &str) -> Result
         .unwrap_or(0);
     if n > 0 {
         return Err(OpError::Conflict(format!(
-            "tenant {name} has {n} live key(s); revoke them first"
+            "tenant {name} has {n} key(s) not revoked; revoke them first"
         )));
     }
     sql.exec(
@@ -515,6 +552,13 @@ fn delete_tenant(sql: &mut dyn Sql, now: u64, actor: &str, name: &str) -> Result
         },
     )?;
     Ok(Applied::TenantDeleted(name.to_string()))
+}
+
+/// The audit row of one revision.
+pub fn audit_row(sql: &mut dyn Sql, rev: i64) -> Result<Option<Value>, OpError> {
+    Ok(audit(sql, Some(rev.saturating_add(1)), 1)?
+        .into_iter()
+        .find(|r| r["revision"].as_i64() == Some(rev)))
 }
 
 /// Audit rows, newest first, below revision `before` (all when `None`).

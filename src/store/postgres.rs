@@ -39,11 +39,13 @@ impl ToSql for Val {
         ty: &Type,
         out: &mut bytes::BytesMut,
     ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        let text = matches!(*ty, Type::TEXT | Type::VARCHAR | Type::NAME);
         match self {
             Val::Null => Ok(IsNull::Yes),
             Val::Int(i) if *ty == Type::INT4 => i32::try_from(*i)?.to_sql(ty, out),
-            Val::Int(i) => i.to_sql(ty, out),
-            Val::Text(s) => s.to_sql(ty, out),
+            Val::Int(i) if *ty == Type::INT8 => i.to_sql(ty, out),
+            Val::Text(s) if text => s.to_sql(ty, out),
+            other => Err(format!("{other:?} does not fit a {ty} parameter").into()),
         }
     }
 
@@ -57,15 +59,51 @@ impl ToSql for Val {
     postgres::types::to_sql_checked!();
 }
 
+/// What the server said (its SQLSTATE and message, never the DETAIL, which can quote a
+/// stored digest), or the chain of causes of a client-side failure.
+fn describe(e: &postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+    }
+    let mut msg = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        msg.push_str(": ");
+        msg.push_str(&c.to_string());
+        cause = c.source();
+    }
+    msg
+}
+
 fn sorted(e: postgres::Error) -> SqlError {
-    if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
-        return SqlError::Conflict(e.to_string());
+    let msg = describe(&e);
+    let refused = [
+        SqlState::INVALID_PASSWORD,
+        SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+        SqlState::INVALID_CATALOG_NAME,
+        SqlState::INSUFFICIENT_PRIVILEGE,
+    ];
+    match e.code() {
+        Some(c) if *c == SqlState::UNIQUE_VIOLATION => SqlError::Conflict(msg),
+        Some(c) if refused.contains(c) => SqlError::Refused(msg),
+        Some(_) => SqlError::Other(msg),
+        // no server answer: the connection is gone, never came up, or timed out
+        None if e.is_closed() || is_io(&e) || msg.starts_with("error connecting") => {
+            SqlError::Unavailable(msg)
+        }
+        None => SqlError::Other(msg),
     }
-    // no server answer at all: the connection is gone (or never came up)
-    if e.is_closed() || e.as_db_error().is_none() {
-        return SqlError::Unavailable(e.to_string());
+}
+
+fn is_io(e: &postgres::Error) -> bool {
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if c.is::<std::io::Error>() {
+            return true;
+        }
+        cause = c.source();
     }
-    SqlError::Other(e.to_string())
+    false
 }
 
 fn column(row: &postgres::Row, i: usize) -> Result<Val, SqlError> {

@@ -1,7 +1,7 @@
 //! The control plane's schema: migrations kept in the repo, applied in order at start under a
 //! lock, and a refusal to run against a schema newer than this binary knows.
 
-use super::sql::{write_tx, Dialect, Sql, SqlError, Val};
+use super::sql::{migration_tx, Sql, SqlError, Val};
 
 /// Every migration this binary knows, in order; a migration is never edited once released.
 pub const MIGRATIONS: &[(i64, &str, &str)] =
@@ -42,11 +42,7 @@ pub fn known_version() -> i64 {
 
 /// Applies the migrations the database lacks; returns the version it is at.
 pub fn migrate(sql: &mut dyn Sql) -> Result<i64, SchemaError> {
-    write_tx(sql, |sql| {
-        if sql.dialect() == Dialect::Postgres {
-            // gateways starting together migrate one at a time
-            sql.exec("SELECT pg_advisory_xact_lock(7150221)", &[])?;
-        }
+    migration_tx(sql, |sql| {
         sql.batch(
             "CREATE TABLE IF NOT EXISTS llmedge_schema (
                  version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",

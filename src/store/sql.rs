@@ -61,6 +61,8 @@ pub enum SqlError {
     Unavailable(String),
     /// A unique constraint refused the write.
     Conflict(String),
+    /// The server refused this gateway: a wrong password, no such database, no permission.
+    Refused(String),
     Other(String),
 }
 
@@ -69,6 +71,7 @@ impl std::fmt::Display for SqlError {
         match self {
             SqlError::Unavailable(m) => write!(f, "store unavailable: {m}"),
             SqlError::Conflict(m) => write!(f, "conflict: {m}"),
+            SqlError::Refused(m) => write!(f, "store refused the connection: {m}"),
             SqlError::Other(m) => f.write_str(m),
         }
     }
@@ -90,12 +93,14 @@ pub trait Sql: Send {
     fn exec(&mut self, sql: &str, params: &[Val]) -> Result<u64, SqlError>;
     fn query(&mut self, sql: &str, params: &[Val]) -> Result<Vec<Vec<Val>>, SqlError>;
 
-    /// A transaction that takes the write lock at once (so two writers never deadlock on an
-    /// upgrade from read to write).
+    /// A transaction that takes the write lock at once: writes from every gateway run one at
+    /// a time, so a read-modify-write never loses another's change and two writers never
+    /// deadlock. SQLite locks the file; Postgres locks the revision row every write bumps.
     fn begin_write(&mut self) -> Result<(), SqlError> {
         match self.dialect() {
             Dialect::Sqlite => self.batch("BEGIN IMMEDIATE"),
-            Dialect::Postgres => self.batch("BEGIN"),
+            Dialect::Postgres => self
+                .batch("BEGIN; SELECT value FROM llmedge_meta WHERE name = 'revision' FOR UPDATE"),
         }
     }
 
@@ -123,6 +128,19 @@ pub fn write_tx<T, E: From<SqlError>>(
     f: impl FnOnce(&mut dyn Sql) -> Result<T, E>,
 ) -> Result<T, E> {
     sql.begin_write()?;
+    tx_body(sql, f)
+}
+
+/// Runs `f` in the migration transaction: before the schema exists there is no revision row
+/// to lock, so Postgres gateways take turns on an advisory lock instead.
+pub fn migration_tx<T, E: From<SqlError>>(
+    sql: &mut dyn Sql,
+    f: impl FnOnce(&mut dyn Sql) -> Result<T, E>,
+) -> Result<T, E> {
+    match sql.dialect() {
+        Dialect::Sqlite => sql.batch("BEGIN IMMEDIATE")?,
+        Dialect::Postgres => sql.batch("BEGIN; SELECT pg_advisory_xact_lock(7150221)")?,
+    }
     tx_body(sql, f)
 }
 

@@ -13,11 +13,14 @@ pub struct Sqlite {
 }
 
 impl Sqlite {
-    /// Opens (creating) the file, or an in-memory database for `:memory:`.
+    /// Opens (creating) the file, or an in-memory database for `:memory:`. The file holds key
+    /// digests: it (and the journal files SQLite makes with its mode) is readable by this user
+    /// only.
     pub fn open(path: &str) -> Result<Self, SqlError> {
         let conn = if path == ":memory:" {
             Connection::open_in_memory()
         } else {
+            owner_only(path)?;
             Connection::open(path)
         }
         .map_err(|e| SqlError::Unavailable(format!("cannot open {path}: {e}")))?;
@@ -28,6 +31,34 @@ impl Sqlite {
             .map_err(sorted)?;
         Ok(Self { conn })
     }
+}
+
+/// Creates `path` with mode 0600, or narrows an existing file (and its journals) to it.
+fn owner_only(path: &str) -> Result<(), SqlError> {
+    let cannot = |e: std::io::Error| SqlError::Unavailable(format!("cannot open {path}: {e}"));
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        opts.mode(0o600);
+        opts.open(path).map_err(cannot)?;
+        for f in [
+            path.to_string(),
+            format!("{path}-wal"),
+            format!("{path}-shm"),
+        ] {
+            if let Ok(meta) = std::fs::metadata(&f) {
+                if meta.permissions().mode() & 0o077 != 0 {
+                    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600))
+                        .map_err(cannot)?;
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    opts.open(path).map_err(cannot)?;
+    Ok(())
 }
 
 impl rusqlite::ToSql for Val {

@@ -25,6 +25,8 @@ pub(super) struct Worker {
     retry_at: Instant,
     backoff: Duration,
     last_poll: Instant,
+    /// The store's schema version, when it is newer than this binary knows.
+    too_new: Option<i64>,
 }
 
 /// Why the store could not be used.
@@ -48,6 +50,7 @@ impl Worker {
             retry_at: now,
             backoff: Duration::from_millis(250),
             last_poll: now,
+            too_new: None,
         }
     }
 
@@ -115,14 +118,16 @@ impl Worker {
     }
 
     fn connect(&mut self) -> Result<(), Down> {
+        // a refusal (wrong password, no such database) is a configuration error, not an outage
+        let down = |e: SqlError| match e {
+            SqlError::Refused(_) => Down::Fatal(e.to_string()),
+            e => Down::Retry(e.to_string()),
+        };
         let mut conn: Box<dyn Sql> = match &self.cfg.url {
-            StoreUrl::Sqlite(path) => {
-                Box::new(super::sqlite::Sqlite::open(path).map_err(|e| Down::Retry(e.to_string()))?)
+            StoreUrl::Sqlite(path) => Box::new(super::sqlite::Sqlite::open(path).map_err(down)?),
+            StoreUrl::Postgres(url) => {
+                Box::new(super::postgres::Postgres::connect(url.expose()).map_err(down)?)
             }
-            StoreUrl::Postgres(url) => Box::new(
-                super::postgres::Postgres::connect(url.expose())
-                    .map_err(|e| Down::Retry(e.to_string()))?,
-            ),
         };
         match schema::migrate(&mut *conn) {
             Ok(_) => {}
@@ -144,13 +149,22 @@ impl Worker {
             if Instant::now() < self.retry_at {
                 return Err("store unreachable (retrying)".into());
             }
-            match self.connect() {
-                Ok(()) => self.backoff = Duration::from_millis(250),
-                Err(Down::Retry(e) | Down::Fatal(e)) => {
-                    self.retry_at = Instant::now() + self.backoff;
-                    self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
-                    return Err(e);
+            let failed = match self.connect() {
+                Ok(()) => {
+                    self.backoff = Duration::from_millis(250);
+                    None
                 }
+                Err(Down::Retry(e)) => Some(e),
+                Err(Down::Fatal(e)) => {
+                    // retried (someone may fix it), but never quietly
+                    tracing::error!(store = %self.cfg.endpoint, error = %e, "control-plane store unusable");
+                    Some(e)
+                }
+            };
+            if let Some(e) = failed {
+                self.retry_at = Instant::now() + self.backoff;
+                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                return Err(e);
             }
         }
         self.conn
@@ -210,10 +224,15 @@ impl Worker {
     fn poll(&mut self) {
         let was_down = self.conn.is_none();
         let rev = match self.ensure() {
-            Ok(conn) => ops::revision(&mut **conn).map_err(|e| e.to_string()),
+            Ok(conn) => ops::revision_and_schema(&mut **conn).map_err(|e| e.to_string()),
             Err(e) => Err(e),
         };
-        match rev {
+        if let Ok((_, version)) = rev {
+            if self.newer_schema(version) {
+                return;
+            }
+        }
+        match rev.map(|(r, _)| r) {
             Ok(r) if r != self.latest.revision || was_down => {
                 if let Err(Down::Retry(e) | Down::Fatal(e)) = self.reload() {
                     self.down(&e);
@@ -226,6 +245,23 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// A newer llmedge migrated the store while this one runs: keep serving the records loaded,
+    /// refuse writes, and say so once.
+    fn newer_schema(&mut self, version: i64) -> bool {
+        let known = schema::known_version();
+        let newer = version > known;
+        if newer && self.too_new.is_none() {
+            let e = schema::SchemaError::TooNew {
+                found: version,
+                known,
+            };
+            tracing::error!(store = %self.cfg.endpoint, error = %e, "serving the keys loaded; admin writes refused");
+            self.up(false);
+        }
+        self.too_new = newer.then_some(version);
+        newer
     }
 
     fn job(&mut self, job: Job) {
@@ -257,13 +293,20 @@ impl Worker {
     }
 
     fn write(&mut self, actor: &str, write: ops::Write) -> Result<ops::Applied, ops::OpError> {
+        if let Some(found) = self.too_new {
+            let known = schema::known_version();
+            let e = schema::SchemaError::TooNew { found, known };
+            return Err(ops::OpError::Unavailable(e.to_string()));
+        }
         let conn = self.ensure().map_err(ops::OpError::Unavailable)?;
         let applied = ops::apply(&mut **conn, SystemClock.now_ms(), actor, write);
-        if applied.is_ok() {
-            if let Ok(rows) = ops::audit(&mut **conn, None, 1) {
-                rows.into_iter().for_each(audit_line);
+        if let Ok((_, rev)) = &applied {
+            // this change's row, whatever other gateways committed since
+            if let Ok(Some(row)) = ops::audit_row(&mut **conn, *rev) {
+                audit_line(row);
             }
         }
+        let applied = applied.map(|(a, _)| a);
         match &applied {
             Err(ops::OpError::Unavailable(e)) => self.down(e),
             Ok(_) => {

@@ -112,6 +112,14 @@ fn a_patch_tells_absent_from_null() {
     assert_eq!(after.spec.models, None);
     assert_eq!(after.spec.pools, Some(vec!["ollama".to_string()]));
     assert_eq!(after.spec.limits.unwrap()["rpm"], 5);
+    let mut with_tpm = rec.clone();
+    with_tpm.spec.limits = Some(serde_json::json!({"tpm": 100, "rpm": 1}));
+    let p = key_patch(br#"{"limits":{"rpm":null,"concurrency":2}}"#, &cat()).unwrap();
+    assert_eq!(
+        p.apply(&with_tpm).spec.limits,
+        Some(serde_json::json!({"tpm": 100, "concurrency": 2})),
+        "PATCH merges limits (RFC 7386)"
+    );
     let e = key_patch(br#"{"tenant":"other"}"#, &cat()).unwrap_err();
     assert_eq!(e.param, "tenant", "a key cannot move to another tenant");
 }
@@ -138,8 +146,17 @@ fn rotation_grace_and_tenant_bodies() {
         merged.budget, old.budget,
         "PATCH keeps what it does not name"
     );
+    assert_eq!(merged.limits, Some(serde_json::json!({"rpm": 9})));
     let replaced = patch.apply(Some(&old), true);
     assert_eq!(replaced.budget, None, "PUT replaces the whole spec");
+    let add = tenant(br#"{"limits":{"tpm":7},"budget":{"usd_per_day":null}}"#).unwrap();
+    let both = add.apply(Some(&old), false);
+    assert_eq!(
+        both.limits,
+        Some(serde_json::json!({"rpm": 1, "tpm": 7})),
+        "limits merge"
+    );
+    assert_eq!(both.budget, None, "a null removes; an empty rule is none");
     assert_eq!(
         tenant(br#"{"limits":{"tpm":-1}}"#).unwrap_err().param,
         "limits.tpm"

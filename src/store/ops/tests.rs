@@ -27,7 +27,7 @@ fn create(sql: &mut Sqlite, id: &str, name: &str, secret: &str) -> Result<Applie
         hint: s.hint,
         make_tenant: true,
     };
-    apply(sql, 1_000, "admin:t", w)
+    apply(sql, 1_000, "admin:t", w).map(|(a, _)| a)
 }
 
 fn patch(sql: &mut Sqlite, at: u64, body: &str) {
@@ -49,7 +49,7 @@ fn rotate(sql: &mut Sqlite, at: u64, secret: &str, grace_ms: u64) -> String {
 }
 
 fn revoke(sql: &mut Sqlite, at: u64) -> Result<Applied, OpError> {
-    apply(sql, at, "admin:t", Write::RevokeKey { id: "key_a".into() })
+    apply(sql, at, "admin:t", Write::RevokeKey { id: "key_a".into() }).map(|(a, _)| a)
 }
 
 #[test]
@@ -139,7 +139,7 @@ fn tenants_put_patch_and_delete_only_without_live_keys() {
             patch: input::tenant(body.as_bytes()).unwrap(),
             replace,
         };
-        apply(sql, 1_000, "a", w)
+        apply(sql, 1_000, "a", w).map(|(a, _)| a)
     };
     assert!(matches!(
         put(&mut sql, r#"{"limits":{"rpm":1}}"#, false),
@@ -157,7 +157,7 @@ fn tenants_put_patch_and_delete_only_without_live_keys() {
     assert_eq!(t.spec.budget.unwrap()["usd_per_day"], 2);
     create(&mut sql, "key_a", "ci", "sk-aaaaaaaaaaaaaaaa").unwrap();
     let del = |sql: &mut Sqlite, name: &str| {
-        apply(sql, 2_000, "a", Write::DeleteTenant { name: name.into() })
+        apply(sql, 2_000, "a", Write::DeleteTenant { name: name.into() }).map(|(a, _)| a)
     };
     assert!(matches!(del(&mut sql, "acme"), Err(OpError::Conflict(_))));
     del(&mut sql, "beta").unwrap();
@@ -184,4 +184,48 @@ fn a_schema_newer_than_this_binary_is_refused() {
             known: 1
         }
     );
+}
+
+#[test]
+fn an_unreadable_row_is_left_out_and_the_rest_still_loads() {
+    let mut sql = db();
+    create(&mut sql, "key_a", "ci", "sk-aaaaaaaaaaaaaaaa").unwrap();
+    create(&mut sql, "key_b", "cd", "sk-bbbbbbbbbbbbbbbb").unwrap();
+    sql.exec(
+        "UPDATE llmedge_keys SET spec = $1 WHERE id = 'key_a'",
+        &[r#"{"models":["x"],"added_by_a_newer_llmedge":1}"#.into()],
+    )
+    .unwrap();
+    sql.exec(
+        "UPDATE llmedge_keys SET spec = 'not json' WHERE id = 'key_b'",
+        &[],
+    )
+    .unwrap();
+    let r = load(&mut sql).unwrap();
+    let ids: Vec<&str> = r.keys.iter().map(|k| k.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["key_a"],
+        "a newer field is ignored, a broken row skipped"
+    );
+    assert_eq!(r.keys[0].spec.models, Some(vec!["x".to_string()]));
+}
+
+#[test]
+fn a_patch_merges_limits_and_never_touches_a_revoked_key() {
+    let mut sql = db();
+    create(&mut sql, "key_a", "ci", "sk-aaaaaaaaaaaaaaaa").unwrap();
+    patch(&mut sql, 2_000, r#"{"limits":{"tpm":100}}"#);
+    let limits = load(&mut sql).unwrap().keys[0].spec.limits.clone();
+    assert_eq!(limits, Some(serde_json::json!({"rpm": 5, "tpm": 100})));
+    revoke(&mut sql, 3_000).unwrap();
+    let p = input::key_patch(br#"{"name":"again"}"#, &cat()).unwrap();
+    let w = Write::PatchKey {
+        id: "key_a".into(),
+        patch: p,
+    };
+    assert!(matches!(
+        apply(&mut sql, 4_000, "a", w),
+        Err(OpError::NotFound(_))
+    ));
 }
