@@ -188,7 +188,9 @@ impl RawState {
         }
         let ca_pem = match r.tls {
             None => None,
-            Some(t) if url.expose().starts_with("rediss://") => Some(read_ca(&t.ca_file)?),
+            Some(t) if url.expose().starts_with("rediss://") => {
+                Some(read_ca_at("state.redis.tls.ca_file", &t.ca_file)?)
+            }
             Some(_) => {
                 return Err(ConfigError::new(
                     "state.redis.tls",
@@ -213,9 +215,9 @@ impl RawState {
 }
 
 /// The PEM file of `state.redis.tls.ca_file`, checked to hold at least one certificate.
-fn read_ca(file: &str) -> Result<Vec<u8>, ConfigError> {
+/// The PEM certificates of `file` (at least one), for the field `path`.
+pub(super) fn read_ca_at(path: &str, file: &str) -> Result<Vec<u8>, ConfigError> {
     use rustls_pki_types::pem::PemObject;
-    let path = "state.redis.tls.ca_file";
     let pem = std::fs::read(file)
         .map_err(|e| ConfigError::new(path, format!("cannot read \"{file}\": {e}")))?;
     let certs = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)

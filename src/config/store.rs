@@ -32,6 +32,8 @@ pub struct StoreConfig {
     pub cache_file: std::path::PathBuf,
     /// How often the store is asked whether another gateway changed it.
     pub poll: Duration,
+    /// Postgres over TLS: PEM roots from `tls.ca_file` (the system's roots when absent).
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 impl StoreConfig {
@@ -58,6 +60,14 @@ pub(super) struct RawStore {
     cache_file: Option<String>,
     #[serde(default)]
     poll_ms: Option<u64>,
+    #[serde(default)]
+    tls: Option<RawStoreTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStoreTls {
+    ca_file: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -83,11 +93,24 @@ impl RawStore {
         if cache_file.is_empty() {
             return Err(ConfigError::new("store.cache_file", "must not be empty"));
         }
+        let ca_pem = match (self.tls, &url) {
+            (None, _) => None,
+            (Some(t), StoreUrl::Postgres(_)) => {
+                Some(super::state::read_ca_at("store.tls.ca_file", &t.ca_file)?)
+            }
+            (Some(_), StoreUrl::Sqlite(_)) => {
+                return Err(ConfigError::new(
+                    "store.tls",
+                    "only used with a postgres:// url",
+                ))
+            }
+        };
         Ok(StoreConfig {
             url,
             endpoint,
             cache_file: cache_file.into(),
             poll: Duration::from_millis(poll),
+            ca_pem,
         })
     }
 }
@@ -112,14 +135,14 @@ fn parse_url(url: Secret) -> Result<(StoreUrl, String), ConfigError> {
             "must start with sqlite://, postgres:// or be sqlite::memory:",
         ));
     };
-    if s.contains("sslmode=require") || s.contains("sslmode=verify") {
-        return Err(ConfigError::new(
-            "store.url",
-            "TLS to Postgres is not supported yet (sslmode=disable or prefer)",
-        ));
-    }
+    // every TLS connection verifies the server's certificate and name, so libpq's verify modes
+    // are what `require` already does here
+    let s = s
+        .replace("sslmode=verify-full", "sslmode=require")
+        .replace("sslmode=verify-ca", "sslmode=require");
     s.parse::<postgres::Config>()
         .map_err(|e| ConfigError::new("store.url", format!("not a Postgres URL: {e}")))?;
+    let url = Secret::new(s.clone());
     // host:port/db only: the user and password never reach a log
     let endpoint = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
     let endpoint = endpoint.split('?').next().unwrap_or_default().to_string();

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use postgres::error::SqlState;
 use postgres::types::{IsNull, ToSql, Type};
-use postgres::{Client, NoTls};
+use postgres::Client;
 
 use super::sql::{Dialect, Sql, SqlError, Val};
 
@@ -18,8 +18,37 @@ pub struct Postgres {
     client: Client,
 }
 
+/// TLS as the URL's `sslmode` asks (`prefer` by default), always verifying the server's
+/// certificate and name against `ca_pem` or the system's roots.
+fn tls(ca_pem: Option<&[u8]>) -> Result<tokio_postgres_rustls::MakeRustlsConnect, SqlError> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_pem {
+        Some(pem) => {
+            for cert in rustls_pki_types::CertificateDer::pem_slice_iter(pem) {
+                let cert = cert.map_err(|e| SqlError::Other(format!("store.tls.ca_file: {e}")))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| SqlError::Other(format!("store.tls.ca_file: {e}")))?;
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _unusable = roots.add(cert);
+            }
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| SqlError::Other(format!("TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
 impl Postgres {
-    pub fn connect(url: &str) -> Result<Self, SqlError> {
+    pub fn connect(url: &str, ca_pem: Option<&[u8]>) -> Result<Self, SqlError> {
         let mut config: postgres::Config = url
             .parse()
             .map_err(|e| SqlError::Other(format!("store.url: {e}")))?;
@@ -28,7 +57,7 @@ impl Postgres {
             .tcp_user_timeout(USER_TIMEOUT)
             .keepalives_idle(Duration::from_secs(10))
             .application_name("llmedge");
-        let client = config.connect(NoTls).map_err(sorted)?;
+        let client = config.connect(tls(ca_pem)?).map_err(sorted)?;
         Ok(Self { client })
     }
 }
@@ -87,6 +116,9 @@ fn sorted(e: postgres::Error) -> SqlError {
         Some(c) if *c == SqlState::UNIQUE_VIOLATION => SqlError::Conflict(msg),
         Some(c) if refused.contains(c) => SqlError::Refused(msg),
         Some(_) => SqlError::Other(msg),
+        // a certificate that does not verify is a configuration problem (or an attack), not an
+        // outage to wait out
+        None if msg.contains("certificate") => SqlError::Refused(msg),
         // no server answer: the connection is gone, never came up, or timed out
         None if e.is_closed() || is_io(&e) || msg.starts_with("error connecting") => {
             SqlError::Unavailable(msg)

@@ -126,7 +126,8 @@ impl Worker {
         let mut conn: Box<dyn Sql> = match &self.cfg.url {
             StoreUrl::Sqlite(path) => Box::new(super::sqlite::Sqlite::open(path).map_err(down)?),
             StoreUrl::Postgres(url) => {
-                Box::new(super::postgres::Postgres::connect(url.expose()).map_err(down)?)
+                let ca = self.cfg.ca_pem.as_deref();
+                Box::new(super::postgres::Postgres::connect(url.expose(), ca).map_err(down)?)
             }
         };
         match schema::migrate(&mut *conn) {

@@ -490,7 +490,9 @@ async fn a_store_key_with_a_file_key_secret_or_a_newer_schema_refuses_to_start()
     );
     std::fs::write(&cfg, with_clash).unwrap();
     let run = |dir: &std::path::Path| {
-        std::process::Command::new(bin())
+        std::process::Command::new("timeout")
+            .arg("20")
+            .arg(bin())
             .arg("--config")
             .arg(dir.join("llmedge.yaml"))
             .current_dir(dir)
@@ -768,4 +770,77 @@ async fn a_schema_migrated_past_a_running_gateway_keeps_keys_working_and_refuses
     .await;
     assert_eq!(s, 503, "{e}");
     assert!(e["message"].as_str().is_some(), "{e}");
+}
+
+#[tokio::test]
+async fn postgres_over_tls_verifies_the_server_and_a_plain_connection_is_refused() {
+    crate::support::install_crypto();
+    let pg = PostgresServer::start_tls().await;
+    let mock = MockOpenAi::start().await;
+    let ca = pg.ca().unwrap().to_str().unwrap().to_string();
+    let url = format!("{}?sslmode=verify-full", pg.url());
+    let gw = TestGateway::start_with(|p, a| {
+        let y = yaml(&mock.url(), p, a, Some(&url));
+        format!("{y}  tls: {{ca_file: \"{ca}\"}}\n")
+    })
+    .await;
+    let (_, key) = create(&gw, json!({"name": "tls", "tenant": "acme"})).await;
+    assert_eq!(chat(&gw, &key).await, 200);
+    let ssl = pg.query("SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) WHERE ssl AND application_name = 'llmedge'");
+    assert_ne!(
+        ssl[0][0].as_deref(),
+        Some("0"),
+        "the gateway's connection is TLS"
+    );
+    let (code, err) = start_alone(&format!("{}?sslmode=disable", pg.url()), "");
+    assert_eq!(
+        code,
+        Some(1),
+        "a server that wants TLS refuses a plain connection: {err}"
+    );
+    let (code, err) = start_alone(&format!("{}?sslmode=require", pg.url()), "");
+    assert_eq!(
+        code,
+        Some(1),
+        "the system roots do not know the test CA: {err}"
+    );
+    assert!(err.contains("certificate"), "{err}");
+    let wrong = pg
+        .url()
+        .replace(postgres_server::PASSWORD, "not-the-password");
+    let tls = format!(", tls: {{ca_file: '{ca}'}}");
+    let (code, err) = start_alone(&format!("{wrong}?sslmode=require"), &tls);
+    assert_eq!(
+        code,
+        Some(1),
+        "a wrong password is a config error, not an outage: {err}"
+    );
+    assert!(
+        err.contains("28P01") && err.contains("password authentication failed"),
+        "{err}"
+    );
+    assert!(!err.contains("not-the-password"), "{err}");
+}
+
+/// A gateway on `store: {url: <url><extra>}` alone, run to its exit (at most 20 s: one that
+/// wrongly starts is ended by `timeout` and fails the test); exit code and stderr.
+fn start_alone(url: &str, extra: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.yaml");
+    let yaml = format!(
+        "server: {{listen: '127.0.0.1:0', admin_listen: null}}\nstore: {{url: '{url}'{extra}}}\n"
+    );
+    std::fs::write(&cfg, yaml).unwrap();
+    let out = std::process::Command::new("timeout")
+        .arg("20")
+        .arg(bin())
+        .arg("--config")
+        .arg(&cfg)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

@@ -15,6 +15,8 @@ pub struct PostgresServer {
     dir: tempfile::TempDir,
     bin: PathBuf,
     running: bool,
+    /// TLS only (`hostssl` in pg_hba.conf), with certificates for 127.0.0.1 from this test CA.
+    tls: Option<super::tls::TestCerts>,
 }
 
 impl Drop for PostgresServer {
@@ -52,6 +54,32 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Test certificates for the server, and a pg_hba.conf that refuses connections without TLS.
+fn only_tls(dir: &Path, data: &Path) -> super::tls::TestCerts {
+    let certs = super::tls::TestCerts::write(dir);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&certs.key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let hba = data.join("pg_hba.conf");
+    std::fs::write(
+        &hba,
+        "local all all trust\nhostssl all all 127.0.0.1/32 scram-sha-256\n",
+    )
+    .unwrap();
+    if is_root() {
+        for f in [&certs.cert, &certs.key, &certs.ca, &hba] {
+            Command::new("chown")
+                .arg("postgres")
+                .arg(f)
+                .status()
+                .unwrap();
+        }
+    }
+    certs
+}
+
 /// Runs a PostgreSQL tool, as `postgres` when the tests run as root (initdb refuses root).
 fn run(tool: &Path, args: &[&str]) -> std::process::Output {
     let mut cmd = if is_root() {
@@ -69,6 +97,19 @@ fn run(tool: &Path, args: &[&str]) -> std::process::Output {
 
 impl PostgresServer {
     pub async fn start() -> Self {
+        Self::start_as(false).await
+    }
+
+    /// A server that takes TLS connections only; [`PostgresServer::ca`] signed its certificate.
+    pub async fn start_tls() -> Self {
+        Self::start_as(true).await
+    }
+
+    pub fn ca(&self) -> Option<&Path> {
+        self.tls.as_ref().map(|c| c.ca.as_path())
+    }
+
+    async fn start_as(tls: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         if is_root() {
             Command::new("chown")
@@ -106,11 +147,13 @@ impl PostgresServer {
             "initdb: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let tls = tls.then(|| only_tls(dir.path(), &data));
         let mut pg = Self {
             port: reserve_port(),
             dir,
             bin,
             running: false,
+            tls,
         };
         pg.restart().await;
         pg
@@ -128,11 +171,18 @@ impl PostgresServer {
     pub async fn restart(&mut self) {
         let data = self.dir.path().join("data");
         let log = self.dir.path().join("pg.log");
-        let opts = format!(
+        let mut opts = format!(
             "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
             self.port,
             self.dir.path().display()
         );
+        if let Some(c) = &self.tls {
+            opts.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                c.cert.display(),
+                c.key.display()
+            ));
+        }
         let out = run(
             &self.bin.join("pg_ctl"),
             &[
@@ -191,7 +241,13 @@ impl PostgresServer {
     /// Runs SQL as the superuser (over the tests' own client, on a thread of its own: the sync
     /// client brings its own runtime), returning each row's text.
     pub fn query(&self, sql: &str) -> Vec<Vec<Option<String>>> {
-        let (url, sql) = (self.url(), sql.to_string());
+        // over the Unix socket (trusted locally), so a TLS-only server answers too
+        let url = format!(
+            "host={} port={} user=llmedge password={PASSWORD} dbname=postgres",
+            self.dir.path().display(),
+            self.port
+        );
+        let sql = sql.to_string();
         std::thread::spawn(move || Self::query_now(&url, &sql))
             .join()
             .unwrap()
