@@ -200,11 +200,7 @@ mod tests {
 
     #[test]
     fn bad_urls_name_the_field() {
-        for bad in [
-            "mysql://x",
-            "sqlite://",
-            "postgres://u@h/db?sslmode=require",
-        ] {
+        for bad in ["mysql://x", "sqlite://", "postgres://u@h:port/db"] {
             let e = url(bad).unwrap_err();
             assert!(e.to_string().starts_with("store.url"), "{e}");
         }
@@ -212,6 +208,22 @@ mod tests {
             url("sqlite::memory:").unwrap().url,
             StoreUrl::Sqlite(":memory:".into())
         );
+        let verified = url("postgres://u:p@h/db?sslmode=verify-full").unwrap();
+        let StoreUrl::Postgres(s) = verified.url else {
+            panic!("postgres")
+        };
+        assert!(
+            s.expose().ends_with("sslmode=require"),
+            "verified either way"
+        );
+        let tls_on_sqlite = RawStore {
+            tls: Some(RawStoreTls {
+                ca_file: "x".into(),
+            }),
+            ..Default::default()
+        };
+        let e = tls_on_sqlite.validate(&no_env).unwrap_err();
+        assert_eq!(e.path, "store.tls");
     }
 
     #[test]
