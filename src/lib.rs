@@ -15,6 +15,7 @@ pub mod control;
 pub mod endpoint;
 pub mod errors;
 pub mod glob;
+pub mod ledger;
 pub mod lifecycle;
 pub mod limits;
 pub mod live;
@@ -117,6 +118,7 @@ fn add_gateway_with(
     }
     let srv = config.server.clone();
     let (control, records) = open_control(&config, &metrics)?;
+    let config_store = config.store.clone();
     let live = match config.shared.clone() {
         Some(r) => {
             let store = shared_store(&r, &metrics)?;
@@ -133,7 +135,7 @@ fn add_gateway_with(
             live::Live::new(config)
         }
     };
-    attach_control(&live, control, records);
+    attach_control(&live, control, records, &config_store, &metrics)?;
     let gateway = Gateway::new(live, metrics.clone());
     add_api_listener(server, &gateway, &srv)?;
     let flusher = add_flusher(server, &gateway)?;
@@ -190,12 +192,15 @@ fn open_control(
     Ok((std::sync::Arc::new(store), records))
 }
 
-/// Runs `live` on the store's records, and on every later revision.
+/// Runs `live` on the store's records, and on every later revision; starts the usage ledger
+/// (`store.ledger`).
 fn attach_control(
     live: &std::sync::Arc<live::Live>,
     control: std::sync::Arc<store::Store>,
     records: std::sync::Arc<control::Records>,
-) {
+    cfg: &config::StoreConfig,
+    metrics: &Metrics,
+) -> Result<(), StartupError> {
     live.set_records(records);
     let weak = std::sync::Arc::downgrade(live);
     control.attach(Box::new(move |r| {
@@ -204,6 +209,12 @@ fn attach_control(
         }
     }));
     live.attach_store(control);
+    if cfg.ledger {
+        let ledger = ledger::Ledger::start(cfg, cfg.retention_days, metrics.ledger.clone())
+            .map_err(StartupError::Other)?;
+        live.attach_ledger(ledger);
+    }
+    Ok(())
 }
 
 /// The shared counter store of `state.redis` (connected by its background service).

@@ -22,6 +22,8 @@ const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 /// After the grace period has ended the streams still open, how long their final events get.
 const FINAL_EVENTS_GRACE: Duration = Duration::from_secs(2);
 const DRAIN_POLL: Duration = Duration::from_millis(20);
+/// How long the drain waits for the ledger's last rows to be written.
+const LEDGER_FLUSH: Duration = Duration::from_secs(8);
 
 /// Re-reads the config file and swaps in a new snapshot, or keeps the running one.
 pub struct Reloader {
@@ -250,6 +252,15 @@ impl BackgroundService for Drain {
         }
         if let Some(f) = &self.flusher {
             f.save();
+        }
+        if let Some(l) = self.gateway.state.ledger().cloned() {
+            // the ledger's rows reach the store before the process exits
+            let flushed = tokio::task::spawn_blocking(move || l.flush(LEDGER_FLUSH))
+                .await
+                .unwrap_or(false);
+            if !flushed {
+                tracing::error!("ledger rows not written before exit (llmedge_ledger_queue_rows)");
+            }
         }
         if let Some(s) = self.gateway.state.shared() {
             s.quiesce(FINAL_EVENTS_GRACE).await;

@@ -324,14 +324,17 @@ impl Admitted {
     }
 }
 
-/// What `used` costs at `price` (cached prompt tokens at the cached price); 0 unpriced.
+/// What `used` costs at `price` (cached prompt tokens at the cached price), rounded to the
+/// micro-dollar: the budget counters and the usage ledger charge the same whole micro-USD;
+/// 0 unpriced.
 pub fn usage_cost(price: Option<Price>, used: &Usage) -> f64 {
     price.map_or(0.0, |p| {
         let cached = used
             .prompt_tokens_details
             .and_then(|d| d.cached_tokens)
             .unwrap_or(0);
-        cost_of(&p, used.prompt_tokens, used.completion_tokens, cached)
+        let usd = cost_of(&p, used.prompt_tokens, used.completion_tokens, cached);
+        (usd * 1e6).round() / 1e6
     })
 }
 

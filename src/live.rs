@@ -45,6 +45,8 @@ pub struct Live {
     sources: Mutex<Sources>,
     /// The control-plane store (keys and tenants managed at runtime), once attached.
     control: std::sync::OnceLock<Arc<Store>>,
+    /// The usage ledger, once attached (`store.ledger`).
+    ledger: std::sync::OnceLock<Arc<crate::ledger::Ledger>>,
     /// Set when a graceful shutdown starts: `/readyz` answers 503 from then on.
     draining: AtomicBool,
     /// `state.backend: redis`: the counters every gateway shares.
@@ -112,6 +114,7 @@ impl Live {
             generation: watch::channel(0).0,
             sources: Mutex::new(sources),
             control: std::sync::OnceLock::new(),
+            ledger: std::sync::OnceLock::new(),
             draining: AtomicBool::new(false),
             shared,
         })
@@ -173,6 +176,15 @@ impl Live {
 
     pub fn store(&self) -> Option<&Arc<Store>> {
         self.control.get()
+    }
+
+    /// Attaches the usage ledger (once): every authenticated request is recorded in it.
+    pub fn attach_ledger(&self, ledger: Arc<crate::ledger::Ledger>) {
+        let _already = self.ledger.set(ledger);
+    }
+
+    pub fn ledger(&self) -> Option<&Arc<crate::ledger::Ledger>> {
+        self.ledger.get()
     }
 
     fn install(&self, merged: Config) {

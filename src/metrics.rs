@@ -59,6 +59,7 @@ pub struct Metrics {
     /// `llmedge_state_backend_*`: the shared counter store (Redis).
     pub state: StateMetrics,
     pub store: StoreMetrics,
+    pub ledger: LedgerMetrics,
     /// Every registered metric family's name (dashboards are checked against it).
     names: Vec<String>,
     models: ModelLabels,
@@ -85,6 +86,17 @@ pub struct StoreMetrics {
     pub keys: prometheus::IntGauge,
     /// `llmedge_store_revision`: the store revision this gateway runs on.
     pub revision: prometheus::IntGauge,
+}
+
+/// The usage ledger's writer.
+#[derive(Clone)]
+pub struct LedgerMetrics {
+    /// `llmedge_ledger_queue_rows`: rows recorded and not yet written.
+    pub queued: prometheus::IntGauge,
+    /// `llmedge_ledger_rows_total`: rows written to the store.
+    pub written: prometheus::IntCounter,
+    /// `llmedge_ledger_dropped_total`: rows lost (a full queue, or a store away at exit).
+    pub dropped: prometheus::IntCounter,
 }
 
 /// Round trips on loopback take tens of microseconds; a timeout is tens of milliseconds.
@@ -215,6 +227,7 @@ impl Metrics {
             reloads: r.counter(RELOADS)?,
             state: r.state()?,
             store: r.store()?,
+            ledger: r.ledger()?,
             registry: r.registry,
             names: r.names.into_inner(),
             models: ModelLabels::new(model_label_cap),
@@ -352,6 +365,27 @@ impl Reg {
             revision: gauge(
                 "llmedge_store_revision",
                 "The control-plane store revision this gateway runs on",
+            )?,
+        })
+    }
+
+    fn ledger(&self) -> Result<LedgerMetrics, prometheus::Error> {
+        let counter = |name: &str, help: &str| {
+            prometheus::IntCounter::new(name, help).and_then(|c| register(self, c))
+        };
+        Ok(LedgerMetrics {
+            queued: prometheus::IntGauge::new(
+                "llmedge_ledger_queue_rows",
+                "Usage-ledger rows recorded and not yet written",
+            )
+            .and_then(|g| register(self, g))?,
+            written: counter(
+                "llmedge_ledger_rows_total",
+                "Usage-ledger rows written to the store",
+            )?,
+            dropped: counter(
+                "llmedge_ledger_dropped_total",
+                "Usage-ledger rows lost: the queue was full, or the store was away at exit",
             )?,
         })
     }

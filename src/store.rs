@@ -4,6 +4,7 @@
 //! request path never waits on it: it only publishes new [`Records`] to the live state.
 
 pub mod cache;
+pub mod ledger;
 pub mod ops;
 pub mod postgres;
 pub mod schema;

@@ -12,6 +12,7 @@ pub const DEFAULT_STORE_URL: &str = "sqlite://llmedge.db";
 /// Where a Postgres store's last-seen keys are kept, for a start while it is unreachable.
 pub const DEFAULT_CACHE_FILE: &str = "llmedge-store-cache.json";
 const DEFAULT_POLL_MS: u64 = 250;
+const DEFAULT_RETENTION_DAYS: u64 = 90;
 
 /// Which database holds the control plane.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +35,10 @@ pub struct StoreConfig {
     pub poll: Duration,
     /// Postgres over TLS: PEM roots from `tls.ca_file` (the system's roots when absent).
     pub ca_pem: Option<Vec<u8>>,
+    /// Whether requests are written to the usage ledger (`store.ledger`, default true).
+    pub ledger: bool,
+    /// `store.ledger_retention_days`: raw ledger rows older than this are pruned (rollups stay).
+    pub retention_days: u64,
 }
 
 impl StoreConfig {
@@ -62,6 +67,10 @@ pub(super) struct RawStore {
     poll_ms: Option<u64>,
     #[serde(default)]
     tls: Option<RawStoreTls>,
+    #[serde(default)]
+    ledger: Option<bool>,
+    #[serde(default)]
+    ledger_retention_days: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,12 +114,21 @@ impl RawStore {
                 ))
             }
         };
+        let retention_days = self.ledger_retention_days.unwrap_or(DEFAULT_RETENTION_DAYS);
+        if !(1..=36_500).contains(&retention_days) {
+            return Err(ConfigError::new(
+                "store.ledger_retention_days",
+                format!("{retention_days} must be between 1 and 36500"),
+            ));
+        }
         Ok(StoreConfig {
             url,
             endpoint,
             cache_file: cache_file.into(),
             poll: Duration::from_millis(poll),
             ca_pem,
+            ledger: self.ledger.unwrap_or(true),
+            retention_days,
         })
     }
 }

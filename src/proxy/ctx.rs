@@ -110,6 +110,9 @@ pub struct RequestCtx {
     pub active: Option<ActiveGuard>,
     /// The `Access-Control-Allow-Origin` value when `server.cors` allows the request's origin.
     pub cors_origin: Option<String>,
+    /// The model and endpoint asked for, known before admission (the ledger names them for a
+    /// request a limit refused, which never gets `routed`).
+    pub asked: Option<(String, Endpoint)>,
 }
 
 impl RequestCtx {
@@ -138,6 +141,7 @@ impl RequestCtx {
             rate_headers: None,
             active: None,
             cors_origin: None,
+            asked: None,
         }
     }
 

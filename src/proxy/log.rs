@@ -42,7 +42,7 @@ pub fn finish(gw: &Gateway, e: Option<&Error>, ctx: &mut RequestCtx) {
             .inc();
     }
     let model_label = ctx.client_model().map(|mdl| m.model_label(mdl));
-    settle(gw, ctx, model_label.as_deref());
+    let cost = settle(gw, ctx, model_label.as_deref());
     if let (Some(u), Some(p), Some(model)) = (ctx.usage, &ctx.principal, &model_label) {
         m.tokens
             .with_label_values(&[&*p.tenant, model.as_str(), "prompt"])
@@ -52,14 +52,74 @@ pub fn finish(gw: &Gateway, e: Option<&Error>, ctx: &mut RequestCtx) {
             .inc_by(u.completion_tokens);
     }
     drop(ctx.inflight.take());
+    if let Some(ledger) = gw.state.ledger() {
+        if let Some(e) = ledger_entry(ctx, status, elapsed, (route, pool), cost) {
+            ledger.record(e);
+        }
+    }
     access_line(ctx, status, elapsed, route, pool);
+}
+
+/// The ledger row of an authenticated request (`None` before authentication); `cost` is what
+/// settlement charged.
+fn ledger_entry(
+    ctx: &RequestCtx,
+    status: u16,
+    elapsed: std::time::Duration,
+    (route, pool): (&str, &str),
+    cost: f64,
+) -> Option<crate::ledger::Entry> {
+    let p = ctx.principal.as_ref()?;
+    let u = ctx.usage.unwrap_or_default();
+    Some(crate::ledger::Entry {
+        id: String::new(),
+        request_id: ctx.request_id.clone(),
+        ts_ms: crate::clock::Clock::now_ms(&crate::clock::SystemClock),
+        tenant: p.tenant.to_string(),
+        user: p.user.to_string(),
+        key_id: p.key_id.to_string(),
+        model: ctx
+            .client_model()
+            .or(ctx.asked.as_ref().map(|a| a.0.as_str()))
+            .unwrap_or_default()
+            .to_string(),
+        route: route.to_string(),
+        pool: pool.to_string(),
+        backend: backend_of(ctx).unwrap_or_default().to_string(),
+        endpoint: ctx
+            .routed
+            .as_ref()
+            .map(|r| r.endpoint)
+            .or(ctx.asked.as_ref().map(|a| a.1))
+            .map_or("", |e| e.name())
+            .to_string(),
+        stream: ctx.routed.as_ref().is_some_and(|r| r.stream),
+        status,
+        error: ctx.error.as_ref().map(|e| e.label().to_string()),
+        prompt_tokens: u.prompt_tokens,
+        completion_tokens: u.completion_tokens,
+        cached_tokens: u
+            .prompt_tokens_details
+            .and_then(|d| d.cached_tokens)
+            .unwrap_or(0),
+        cost_micros: crate::ledger::micros(cost),
+        ttft_ms: ctx.ttft.map(|t| t.as_millis() as u64),
+        duration_ms: elapsed.as_millis() as u64,
+    })
+}
+
+fn backend_of(ctx: &RequestCtx) -> Option<&str> {
+    ctx.pool
+        .zip(ctx.backend)
+        .and_then(|(p, b)| ctx.snap.pools.get(p)?.backend(b))
+        .map(|b| b.authority.as_str())
 }
 
 /// Replaces the admission reservation by what was used: the upstream's usage, or for a stream
 /// cut short, the prompt estimate and one token per streamed choice.
-fn settle(gw: &Gateway, ctx: &mut RequestCtx, model_label: Option<&str>) {
+fn settle(gw: &Gateway, ctx: &mut RequestCtx, model_label: Option<&str>) -> f64 {
     let Some(adm) = ctx.admitted.take() else {
-        return;
+        return 0.0;
     };
     let (prompt, reserve) = ctx
         .routed
@@ -91,6 +151,7 @@ fn settle(gw: &Gateway, ctx: &mut RequestCtx, model_label: Option<&str>) {
             .with_label_values(&[&*p.tenant, model])
             .inc_by(cost);
     }
+    cost
 }
 
 /// One access-log line; field order is the documented one.
@@ -136,11 +197,7 @@ fn access_line(
         model: ctx.client_model(),
         route,
         pool,
-        backend: ctx
-            .pool
-            .zip(ctx.backend)
-            .and_then(|(p, b)| ctx.snap.pools.get(p)?.backend(b))
-            .map(|b| b.authority.as_str()),
+        backend: backend_of(ctx),
         stream: ctx.routed.as_ref().is_some_and(|r| r.stream),
         status,
         error: ctx.error.as_ref().map(|e| e.label()),

@@ -102,6 +102,7 @@ async fn plan_request(
     let upstream_body = first_body(&incoming, obj, &sent_model);
     // characters/4 of the prompt's JSON text: cheap, and over- rather than under-estimates
     let prompt_estimate = (incoming.prompt.len() as u64).div_ceil(4);
+    ctx.asked = Some((model.clone(), endpoint));
     admit(
         gw,
         ctx,

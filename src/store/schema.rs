@@ -4,8 +4,10 @@
 use super::sql::{migration_tx, Sql, SqlError, Val};
 
 /// Every migration this binary knows, in order; a migration is never edited once released.
-pub const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "control", include_str!("migrations/0001_control.sql"))];
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "control", include_str!("migrations/0001_control.sql")),
+    (2, "ledger", include_str!("migrations/0002_ledger.sql")),
+];
 
 /// Why the schema cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq)]

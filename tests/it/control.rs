@@ -521,7 +521,7 @@ async fn a_store_key_with_a_file_key_secret_or_a_newer_schema_refuses_to_start()
         .find(|l| l.contains("schema"))
         .unwrap_or_default();
     assert!(
-        line.contains("version 42, newer than this llmedge knows (1)"),
+        line.contains("version 42, newer than this llmedge knows (2)"),
         "{err}"
     );
 }

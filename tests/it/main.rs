@@ -14,6 +14,7 @@ mod cli;
 mod control;
 mod errors;
 mod fleet;
+mod ledger;
 mod limits;
 mod live;
 mod ops;

@@ -1,0 +1,172 @@
+//! The usage ledger: one row for every request that passed authentication, written off the
+//! request path in batches through a bounded queue (`ledger/writer.rs`), with a daily rollup
+//! kept in the same transaction. Recording never blocks or fails a request: a row that finds
+//! the queue full is dropped, counted (`llmedge_ledger_dropped_total`) and logged.
+
+pub mod writer;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock::DAY_MS;
+use crate::config::StoreConfig;
+use crate::metrics::LedgerMetrics;
+
+/// Rows waiting for the writer, at most; more are dropped (and counted).
+pub const QUEUE_ROWS: usize = 100_000;
+
+/// One request on the books. `cost_micros` is what the budget counters were charged, in
+/// integer micro-USD.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Entry {
+    /// `<gateway instance>-<sequence>`: unique, so a batch written twice adds nothing twice.
+    pub id: String,
+    pub request_id: String,
+    pub ts_ms: u64,
+    pub tenant: String,
+    pub user: String,
+    pub key_id: String,
+    pub model: String,
+    pub route: String,
+    pub pool: String,
+    pub backend: String,
+    pub endpoint: String,
+    pub stream: bool,
+    pub status: u16,
+    pub error: Option<String>,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cached_tokens: u64,
+    pub cost_micros: i64,
+    pub ttft_ms: Option<u64>,
+    pub duration_ms: u64,
+}
+
+/// USD as the ledger's integer micro-USD (costs are already whole micro-dollars).
+pub fn micros(usd: f64) -> i64 {
+    (usd * 1e6).round() as i64
+}
+
+/// One rollup row's identity: a UTC day, a tenant, a key and a model.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DayKey {
+    pub day: u64,
+    pub tenant: String,
+    pub key_id: String,
+    pub model: String,
+}
+
+/// What a rollup row adds up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub requests: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cached_tokens: u64,
+    pub cost_micros: i64,
+}
+
+/// The daily rollup of `rows`.
+pub fn rollup<'a>(rows: impl Iterator<Item = &'a Entry>) -> BTreeMap<DayKey, Totals> {
+    let mut out: BTreeMap<DayKey, Totals> = BTreeMap::new();
+    for e in rows {
+        let t = out
+            .entry(DayKey {
+                day: e.ts_ms / DAY_MS,
+                tenant: e.tenant.clone(),
+                key_id: e.key_id.clone(),
+                model: e.model.clone(),
+            })
+            .or_default();
+        t.requests += 1;
+        t.prompt_tokens += e.prompt_tokens;
+        t.completion_tokens += e.completion_tokens;
+        t.cached_tokens += e.cached_tokens;
+        t.cost_micros += e.cost_micros;
+    }
+    out
+}
+
+pub(crate) enum Msg {
+    Row(Box<Entry>),
+    /// Write everything queued, then answer.
+    Flush(mpsc::Sender<bool>),
+}
+
+/// The handle the request path records through.
+pub struct Ledger {
+    tx: SyncSender<Msg>,
+    instance: String,
+    seq: AtomicU64,
+    metrics: LedgerMetrics,
+    /// When a drop was last logged (ms), so a full queue logs once per 10 s, not per row.
+    drop_logged: AtomicU64,
+}
+
+impl Ledger {
+    /// Starts the writer thread on its own connection to `cfg`'s store (already migrated).
+    pub fn start(
+        cfg: &StoreConfig,
+        retention_days: u64,
+        metrics: LedgerMetrics,
+    ) -> Result<Arc<Self>, String> {
+        let (tx, rx) = mpsc::sync_channel(QUEUE_ROWS);
+        let w = writer::Writer::new(cfg.clone(), retention_days, metrics.clone());
+        std::thread::Builder::new()
+            .name("llmedge-ledger".into())
+            .spawn(move || w.run(rx))
+            .map_err(|e| format!("ledger: cannot start its thread: {e}"))?;
+        let mut raw = [0u8; 4];
+        getrandom::fill(&mut raw).map_err(|e| format!("ledger: no randomness: {e}"))?;
+        Ok(Arc::new(Self {
+            tx,
+            instance: hex::encode(raw),
+            seq: AtomicU64::new(0),
+            metrics,
+            drop_logged: AtomicU64::new(0),
+        }))
+    }
+
+    /// Queues `e` for writing; never blocks.
+    pub fn record(&self, mut e: Entry) {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        e.id = format!("{}-{n}", self.instance);
+        match self.tx.try_send(Msg::Row(Box::new(e))) {
+            Ok(()) => self.metrics.queued.inc(),
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => self.dropped(1),
+        }
+    }
+
+    fn dropped(&self, n: u64) {
+        self.metrics.dropped.inc_by(n);
+        let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
+        let last = self.drop_logged.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= 10_000
+            && self
+                .drop_logged
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::error!(
+                total = self.metrics.dropped.get(),
+                "ledger queue full: rows dropped (llmedge_ledger_dropped_total)"
+            );
+        }
+    }
+
+    /// Writes every row queued so far; false if that did not finish within `within` (the
+    /// rows stay queued, and are counted as dropped only if the process then exits).
+    pub fn flush(&self, within: Duration) -> bool {
+        let (reply, done) = mpsc::channel();
+        if self.tx.send(Msg::Flush(reply)).is_err() {
+            return false;
+        }
+        done.recv_timeout(within).unwrap_or(false)
+    }
+}
+
+#[cfg(test)]
+mod tests;

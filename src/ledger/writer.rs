@@ -1,0 +1,224 @@
+//! The ledger's thread: pulls rows off the queue, writes them a few hundred at a time (or every
+//! 250 ms), keeps them while the store is away and writes them when it is back, prunes old rows.
+
+use std::collections::VecDeque;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use super::{Entry, Msg, QUEUE_ROWS};
+use crate::clock::{Clock, SystemClock, DAY_MS};
+use crate::config::{StoreConfig, StoreUrl};
+use crate::metrics::LedgerMetrics;
+use crate::store::sql::Sql;
+
+/// Rows per transaction.
+pub const BATCH_ROWS: usize = 500;
+/// The longest a row waits for its batch to fill.
+pub const BATCH_WAIT: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+const IDLE_TICK: Duration = Duration::from_secs(1);
+/// How long a flush (SIGTERM) keeps trying a store that is away.
+const FLUSH_TRIES: Duration = Duration::from_secs(5);
+
+pub struct Writer {
+    cfg: StoreConfig,
+    retention_days: u64,
+    metrics: LedgerMetrics,
+    conn: Option<Box<dyn Sql>>,
+    pending: VecDeque<Entry>,
+    /// When the oldest pending row arrived.
+    since: Option<Instant>,
+    retry_at: Instant,
+    backoff: Duration,
+    last_prune: Option<Instant>,
+    /// Logged once per outage.
+    down_logged: bool,
+}
+
+impl Writer {
+    pub fn new(cfg: StoreConfig, retention_days: u64, metrics: LedgerMetrics) -> Self {
+        Self {
+            cfg,
+            retention_days,
+            metrics,
+            conn: None,
+            pending: VecDeque::new(),
+            since: None,
+            retry_at: Instant::now(),
+            backoff: Duration::from_millis(250),
+            last_prune: None,
+            down_logged: false,
+        }
+    }
+
+    pub(super) fn run(mut self, rx: Receiver<Msg>) {
+        loop {
+            match rx.recv_timeout(self.wait()) {
+                Ok(Msg::Row(e)) => self.push(*e),
+                Ok(Msg::Flush(reply)) => {
+                    while let Ok(m) = rx.try_recv() {
+                        self.take(m);
+                    }
+                    let _gone = reply.send(self.flush());
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.flush();
+                    return;
+                }
+            }
+            // fill the batch with what is already queued before writing it
+            while self.pending.len() < BATCH_ROWS {
+                match rx.try_recv() {
+                    Ok(m) => self.take(m),
+                    Err(_) => break,
+                }
+            }
+            if self.due() {
+                self.write_pending();
+            }
+            self.prune_if_due();
+        }
+    }
+
+    fn take(&mut self, m: Msg) {
+        match m {
+            Msg::Row(e) => self.push(*e),
+            Msg::Flush(reply) => {
+                let _gone = reply.send(self.flush());
+            }
+        }
+    }
+
+    fn push(&mut self, e: Entry) {
+        if self.pending.len() >= QUEUE_ROWS {
+            // the store has been away long enough to fill the buffer: this row is lost
+            self.metrics.queued.dec();
+            self.metrics.dropped.inc();
+            return;
+        }
+        self.since.get_or_insert_with(Instant::now);
+        self.pending.push_back(e);
+    }
+
+    fn wait(&self) -> Duration {
+        let Some(since) = self.since else {
+            return IDLE_TICK;
+        };
+        let batch_at = since + BATCH_WAIT;
+        batch_at
+            .max(self.retry_at)
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1))
+    }
+
+    fn due(&self) -> bool {
+        let full = self.pending.len() >= BATCH_ROWS;
+        let old = self.since.is_some_and(|s| s.elapsed() >= BATCH_WAIT);
+        (full || old) && Instant::now() >= self.retry_at
+    }
+
+    fn connect(&mut self) -> Result<&mut Box<dyn Sql>, String> {
+        if self.conn.is_none() {
+            let conn: Box<dyn Sql> = match &self.cfg.url {
+                StoreUrl::Sqlite(p) => {
+                    Box::new(crate::store::sqlite::Sqlite::open(p).map_err(|e| e.to_string())?)
+                }
+                StoreUrl::Postgres(u) => Box::new(
+                    crate::store::postgres::Postgres::connect(
+                        u.expose(),
+                        self.cfg.ca_pem.as_deref(),
+                    )
+                    .map_err(|e| e.to_string())?,
+                ),
+            };
+            self.conn = Some(conn);
+        }
+        self.conn
+            .as_mut()
+            .ok_or_else(|| "not connected".to_string())
+    }
+
+    /// Writes pending rows, a batch per transaction, until none are left or the store fails.
+    fn write_pending(&mut self) -> bool {
+        while !self.pending.is_empty() {
+            let n = self.pending.len().min(BATCH_ROWS);
+            let batch: Vec<Entry> = self.pending.iter().take(n).cloned().collect();
+            let written = self.connect().and_then(|c| {
+                crate::store::ledger::write_rows(&mut **c, &batch).map_err(|e| e.to_string())
+            });
+            match written {
+                Ok(_) => {
+                    self.pending.drain(..n);
+                    self.metrics.queued.sub(n as i64);
+                    self.metrics.written.inc_by(n as u64);
+                    self.backoff = Duration::from_millis(250);
+                    if self.down_logged {
+                        self.down_logged = false;
+                        tracing::info!(store = %self.cfg.endpoint, "ledger writing again");
+                    }
+                }
+                Err(e) => {
+                    self.failed(&e);
+                    return false;
+                }
+            }
+        }
+        self.since = None;
+        true
+    }
+
+    fn failed(&mut self, e: &str) {
+        self.conn = None;
+        if !self.down_logged {
+            self.down_logged = true;
+            tracing::warn!(store = %self.cfg.endpoint, error = %e, pending = self.pending.len(),
+                "ledger cannot write: rows wait in memory until the store is back");
+        }
+        self.retry_at = Instant::now() + self.backoff;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+
+    /// Everything pending, now; tries a store that is away for a few seconds.
+    fn flush(&mut self) -> bool {
+        let until = Instant::now() + FLUSH_TRIES;
+        loop {
+            self.retry_at = Instant::now();
+            if self.write_pending() {
+                return true;
+            }
+            if Instant::now() >= until {
+                let lost = self.pending.len();
+                tracing::error!(
+                    rows = lost,
+                    "ledger flush gave up: the store is unreachable"
+                );
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn prune_if_due(&mut self) {
+        if self.last_prune.is_some_and(|t| t.elapsed() < PRUNE_EVERY) {
+            return;
+        }
+        self.last_prune = Some(Instant::now());
+        let before = SystemClock
+            .now_ms()
+            .saturating_sub(self.retention_days.saturating_mul(DAY_MS));
+        let pruned = self
+            .connect()
+            .and_then(|c| crate::store::ledger::prune(&mut **c, before).map_err(|e| e.to_string()));
+        match pruned {
+            Ok(n) if n > 0 => tracing::info!(
+                rows = n,
+                retention_days = self.retention_days,
+                "ledger pruned"
+            ),
+            Ok(_) => {}
+            Err(e) => self.failed(&e),
+        }
+    }
+}

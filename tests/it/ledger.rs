@@ -1,0 +1,160 @@
+//! The usage ledger: every authenticated request on the books, exactly what the budget counters
+//! charged, written in batches off the request path, kept through a store outage, flushed at
+//! SIGTERM.
+
+use std::time::Duration;
+
+use llmedge::store::sql::{Sql, Val};
+
+use crate::support::mock::MockOpenAi;
+use crate::support::postgres_server::PostgresServer;
+use crate::support::{config, post, TestGateway, CLIENT_KEY, LIMITED_KEY};
+
+const CHAT: &str = "/v1/chat/completions";
+const STREAM: &str =
+    r#"{"model":"mock/llama3","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+const PLAIN: &str = r#"{"model":"mock/llama3","messages":[{"role":"user","content":"hi"}]}"#;
+const BETA: &str = r#"{"model":"mock/echo","messages":[{"role":"user","content":"hi"}]}"#;
+
+/// The standard config with prices that do not come out in whole micro-dollars, a tenant budget
+/// to read the counters back from, and `store` (absent: the default SQLite file).
+fn yaml(upstream: &str, port: u16, admin: u16, store: Option<&str>) -> String {
+    let mut y = config(upstream, port, admin, "");
+    y.push_str(
+        "pricing:\n  \"mock/*\": {input: 0.7, output: 2.5}\ntenants:\n  acme: {budget: {usd_per_day: 100}}\n  beta: {limits: {rpm: 1}}\n",
+    );
+    if let Some(url) = store {
+        y.push_str(&format!("store:\n  url: \"{url}\"\n"));
+    }
+    y
+}
+
+/// One whole request (its body read to the end, so the client does not hang up early).
+async fn send(gw: &TestGateway, key: &str, body: &str) -> u16 {
+    let r = post(gw, CHAT, key, body).await;
+    let status = r.status().as_u16();
+    r.text().await.unwrap();
+    status
+}
+
+/// Sends `n` streams and `n` plain requests as acme, and two as beta (rpm 1: one refused).
+async fn traffic(gw: &TestGateway, n: usize) {
+    for _ in 0..n {
+        assert_eq!(send(gw, CLIENT_KEY, STREAM).await, 200);
+        assert_eq!(send(gw, CLIENT_KEY, PLAIN).await, 200);
+    }
+    assert_eq!(send(gw, LIMITED_KEY, BETA).await, 200);
+    assert_eq!(send(gw, LIMITED_KEY, BETA).await, 429);
+}
+
+/// `(rows, prompt, completion, cost_micros)` of `tenant` in the ledger, from a query's first row.
+fn totals(rows: &[Vec<Val>]) -> (i64, i64, i64, i64) {
+    let r = &rows[0];
+    let at = |i: usize| r[i].int().unwrap_or(0);
+    (at(0), at(1), at(2), at(3))
+}
+
+const SUMS: &str = "SELECT COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost_micros) FROM llmedge_usage WHERE tenant = $1";
+const DAILY: &str = "SELECT SUM(requests), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost_micros) FROM llmedge_usage_daily WHERE tenant = $1";
+
+/// The ledger's `(rows, prompt, completion, micro-USD)` of acme, as the gateway's own
+/// counters have them at the end: llmedge_tokens_total and what the budget was charged.
+async fn counters(gw: &TestGateway) -> (f64, f64, i64) {
+    let series = |kind: &str| {
+        format!("llmedge_tokens_total{{kind=\"{kind}\",model=\"mock/llama3\",tenant=\"acme\"}}")
+    };
+    let prompt = gw.metric_value(&series("prompt")).await;
+    let completion = gw.metric_value(&series("completion")).await;
+    let budget = "llmedge_budget_remaining_usd{tenant=\"acme\",window=\"day\"}";
+    let remaining = gw.metric_value(budget).await;
+    (
+        prompt,
+        completion,
+        ((100.0 - remaining) * 1e6).round() as i64,
+    )
+}
+
+#[tokio::test]
+async fn every_request_is_on_the_books_at_what_the_budget_charged_and_sigterm_flushes() {
+    let mock = MockOpenAi::start().await;
+    let mut gw = TestGateway::start_with(|p, a| yaml(&mock.url(), p, a, None)).await;
+    traffic(&gw, 5).await;
+    let (prompt, completion, charged) = counters(&gw).await;
+    // SIGTERM right away: the last rows are still queued (batches wait up to 250 ms)
+    gw.terminate();
+    assert!(gw.wait_exit(Duration::from_secs(20)).await.success());
+    let db = gw.dir().join("llmedge.db");
+    let mut sql = llmedge::store::sqlite::Sqlite::open(db.to_str().unwrap()).unwrap();
+    let acme = totals(&sql.query(SUMS, &["acme".into()]).unwrap());
+    assert_eq!(acme.0, 10, "one row per request");
+    assert_eq!(
+        (acme.1 as f64, acme.2 as f64),
+        (prompt, completion),
+        "tokens as llmedge_tokens_total"
+    );
+    assert_eq!(
+        acme.3, charged,
+        "cost as the budget counters charged, to the micro-dollar"
+    );
+    assert_eq!(
+        totals(&sql.query(DAILY, &["acme".into()]).unwrap()),
+        acme,
+        "the rollup agrees"
+    );
+    // a plain answer reports 11 + 1 tokens: 7.7 + 2.5 micro-USD at 0.7 and 2.5 USD per 1M
+    let plain = "SELECT prompt_tokens, completion_tokens, cost_micros FROM llmedge_usage WHERE tenant = 'acme' AND stream = 0";
+    let plain = sql.query(plain, &[]).unwrap();
+    assert_eq!(plain.len(), 5);
+    for r in &plain {
+        assert_eq!(
+            (r[0].int(), r[1].int(), r[2].int()),
+            (Some(11), Some(1), Some(10))
+        );
+    }
+    let beta =
+        "SELECT status, cost_micros, error, model, endpoint FROM llmedge_usage WHERE tenant = 'beta' ORDER BY ts";
+    let beta = sql.query(beta, &[]).unwrap();
+    assert_eq!(beta.len(), 2, "a refused request is on the books too");
+    assert_eq!((beta[1][0].int(), beta[1][1].int()), (Some(429), Some(0)));
+    assert!(beta[1][2].text().is_some(), "with its error code");
+    assert_eq!(
+        (beta[1][3].text(), beta[1][4].text()),
+        (Some("mock/echo"), Some("chat"))
+    );
+    let streams = "SELECT COUNT(*) FROM llmedge_usage WHERE stream = 1 AND endpoint = 'chat' AND ttft_ms IS NOT NULL AND backend <> ''";
+    assert_eq!(sql.query(streams, &[]).unwrap()[0][0].int(), Some(5));
+}
+
+#[tokio::test]
+async fn a_postgres_outage_under_traffic_loses_no_row() {
+    let mut pg = PostgresServer::start().await;
+    let mock = MockOpenAi::start().await;
+    let url = pg.url();
+    let gw = TestGateway::start_with(|p, a| yaml(&mock.url(), p, a, Some(&url))).await;
+    traffic(&gw, 3).await;
+    gw.wait_metric("llmedge_ledger_queue_rows 0").await;
+    pg.stop();
+    // served while the store is away; the rows wait in memory
+    for _ in 0..20 {
+        assert_eq!(send(&gw, CLIENT_KEY, PLAIN).await, 200);
+    }
+    gw.wait_metric("llmedge_ledger_queue_rows 20").await;
+    pg.restart().await;
+    gw.wait_metric("llmedge_ledger_queue_rows 0").await;
+    let (_, _, charged) = counters(&gw).await;
+    let rows =
+        pg.query("SELECT COUNT(*), SUM(cost_micros) FROM llmedge_usage WHERE tenant = 'acme'");
+    assert_eq!(
+        rows[0][0].as_deref(),
+        Some("26"),
+        "3 + 3 before, 20 during the outage"
+    );
+    assert_eq!(
+        rows[0][1].as_deref(),
+        Some(&*charged.to_string()),
+        "every micro-dollar charged"
+    );
+    let daily = pg.query("SELECT SUM(requests) FROM llmedge_usage_daily WHERE tenant = 'acme'");
+    assert_eq!(daily[0][0].as_deref(), Some("26"));
+    gw.wait_metric("llmedge_ledger_dropped_total 0").await;
+}
