@@ -5,6 +5,7 @@ pub mod api;
 mod keys;
 pub mod reply;
 mod tenants;
+mod usage;
 
 use std::sync::Arc;
 
@@ -148,6 +149,10 @@ impl AdminApp {
             authorization: req
                 .headers
                 .get(http::header::AUTHORIZATION)
+                .map(http::HeaderValue::as_bytes),
+            accept: req
+                .headers
+                .get(http::header::ACCEPT)
                 .map(http::HeaderValue::as_bytes),
             body: &body,
         };

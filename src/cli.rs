@@ -35,6 +35,37 @@ pub enum Command {
     Keys(KeysArgs),
     /// Manage tenants' limits and budgets through a running gateway's admin API
     Tenants(TenantsArgs),
+    /// Usage and cost from the ledger, per day, tenant, key or model
+    Usage(UsageArgs),
+}
+
+/// `llmedge usage`.
+#[derive(Debug, Args)]
+pub struct UsageArgs {
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// A key id (`key_…`)
+    #[arg(long)]
+    pub key: Option<String>,
+    #[arg(long)]
+    pub model: Option<String>,
+    /// How far back: `7d`, `12h`, `30m` (default: since the first of this UTC month)
+    #[arg(long)]
+    pub since: Option<String>,
+    /// RFC 3339 start (instead of --since)
+    #[arg(long, conflicts_with = "since")]
+    pub from: Option<String>,
+    /// RFC 3339 end (default: now)
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Group by: day, tenant, key, model (comma-separated)
+    #[arg(long, value_delimiter = ',')]
+    pub by: Vec<String>,
+    /// Print CSV (the server's)
+    #[arg(long)]
+    pub csv: bool,
+    #[command(flatten)]
+    pub conn: AdminConn,
 }
 
 /// How the CLI reaches the admin API; the admin key comes from `LLMEDGE_ADMIN_KEY`.

@@ -9,7 +9,7 @@ use serde_json::{json, Map, Value};
 
 use crate::cli::{
     AdminConn, CreateKey, KeyAccess, KeysArgs, KeysCommand, RuleFlags, TenantsArgs, TenantsCommand,
-    UpdateKey,
+    UpdateKey, UsageArgs,
 };
 
 /// The environment variable the admin key is read from (never a flag: flags end up in shell
@@ -51,6 +51,29 @@ impl Client {
             .build()
             .into();
         Ok(Self { base, token, agent })
+    }
+
+    /// A GET answered in `accept` (CSV), as text.
+    fn call_text(&self, path: &str, accept: &str) -> Result<String, Failure> {
+        let url = format!("{}{path}", self.base);
+        let mut resp = self
+            .agent
+            .get(&url)
+            .header("authorization", &format!("Bearer {}", self.token))
+            .header("accept", accept)
+            .call()
+            .map_err(|e| Failure::Refused(format!("{url}: {e}")))?;
+        let status = resp.status().as_u16();
+        let text = resp
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| Failure::Refused(format!("{url}: {e}")))?;
+        if (200..300).contains(&status) {
+            return Ok(text);
+        }
+        let v: Value = serde_json::from_str(&text).unwrap_or_default();
+        let msg = v["error"]["message"].as_str().unwrap_or(&text).to_string();
+        Err(Failure::Refused(format!("{status}: {msg}")))
     }
 
     fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, Failure> {
@@ -402,6 +425,94 @@ fn run_tenants(c: &Client, cmd: TenantsCommand, json_out: bool) -> Result<(), Fa
         None => vec![tenant_row(&v)],
     };
     out(&table(&["NAME", "SOURCE", "LIMITS", "BUDGET"], &rows));
+    Ok(())
+}
+
+/// `7d`, `12h`, `30m` as milliseconds.
+fn span_ms(s: &str) -> Option<u64> {
+    let (n, unit) = s.split_at(s.len().checked_sub(1)?);
+    let n: u64 = n.parse().ok()?;
+    let unit_ms = match unit {
+        "d" => 86_400_000,
+        "h" => 3_600_000,
+        "m" => 60_000,
+        _ => return None,
+    };
+    n.checked_mul(unit_ms)
+}
+
+/// The query string of `llmedge usage`.
+fn usage_query(a: &UsageArgs) -> Result<String, Failure> {
+    let mut q: Vec<String> = Vec::new();
+    if let Some(s) = &a.since {
+        let back =
+            span_ms(s).ok_or_else(|| Failure::Usage(format!("--since {s}: use 7d, 12h or 30m")))?;
+        let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
+        q.push(format!(
+            "from={}",
+            encode(&crate::clock::rfc3339(now.saturating_sub(back)))
+        ));
+    }
+    for (k, v) in [
+        ("from", &a.from),
+        ("to", &a.to),
+        ("tenant", &a.tenant),
+        ("key", &a.key),
+        ("model", &a.model),
+    ] {
+        if let Some(v) = v {
+            q.push(format!("{k}={}", encode(v)));
+        }
+    }
+    if !a.by.is_empty() {
+        q.push(format!("group_by={}", encode(&a.by.join(","))));
+    }
+    Ok(q.join("&"))
+}
+
+pub fn usage(args: UsageArgs, config: Option<&str>) -> i32 {
+    finish(Client::new(&args.conn, config).and_then(|c| run_usage(&c, &args)))
+}
+
+fn run_usage(c: &Client, a: &UsageArgs) -> Result<(), Failure> {
+    let path = format!("/admin/v1/usage?{}", usage_query(a)?);
+    if a.csv {
+        out(c.call_text(&path, "text/csv")?.trim_end());
+        return Ok(());
+    }
+    let v = c.call("GET", &path, None)?;
+    if a.conn.json {
+        out(&serde_json::to_string_pretty(&v).unwrap_or_default());
+        return Ok(());
+    }
+    let groups: Vec<String> = v["group_by"]
+        .as_array()
+        .map(|g| {
+            g.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let fields: Vec<&str> = groups
+        .iter()
+        .map(String::as_str)
+        .chain([
+            "requests",
+            "prompt_tokens",
+            "completion_tokens",
+            "cached_tokens",
+            "cost_usd",
+        ])
+        .collect();
+    let header: Vec<String> = fields.iter().map(|f| f.to_uppercase()).collect();
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    let rows: Vec<Vec<String>> = v["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| fields.iter().map(|f| compact(&r[*f])).collect())
+        .collect();
+    out(&table(&header, &rows));
     Ok(())
 }
 

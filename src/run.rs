@@ -32,6 +32,7 @@ pub fn main(cli: Cli, on_drained: fn()) -> i32 {
         (Some(Command::Demo(args)), _) => demo(args, on_drained),
         (Some(Command::Keys(args)), config) => crate::client::keys(args, config.as_deref()),
         (Some(Command::Tenants(args)), config) => crate::client::tenants(args, config.as_deref()),
+        (Some(Command::Usage(args)), config) => crate::client::usage(args, config.as_deref()),
         (None, Some(path)) => gateway(&path, test, watch, upgrade, on_drained),
         (None, None) => {
             say_err("error: --config PATH is required (or use `llmedge demo` / `llmedge mock`)");

@@ -7,6 +7,7 @@ pub mod cache;
 pub mod ledger;
 pub mod ops;
 pub mod postgres;
+pub mod reports;
 pub mod schema;
 pub mod sql;
 pub mod sqlite;
@@ -28,6 +29,9 @@ pub use ops::{Applied, OpError, Write};
 /// Where new records go: the live state rebuilds its snapshot from them.
 pub type Sink = Box<dyn Fn(Arc<Records>) + Send>;
 
+/// A read run on the store thread's connection.
+pub type Reader = dyn FnOnce(&mut dyn sql::Sql) -> Result<Value, OpError> + Send;
+
 /// How long a start waits for the store thread's first answer (connect, migrate, load).
 const OPEN_WAIT: Duration = Duration::from_secs(30);
 
@@ -37,10 +41,10 @@ enum Job {
         write: Box<Write>,
         reply: oneshot::Sender<Result<Applied, OpError>>,
     },
-    Audit {
-        before: Option<i64>,
-        limit: u32,
-        reply: oneshot::Sender<Result<Vec<Value>, OpError>>,
+    /// A read on the store's connection (audit pages, usage reports).
+    Read {
+        read: Box<Reader>,
+        reply: oneshot::Sender<Result<Value, OpError>>,
     },
     Attach(Sink),
 }
@@ -115,11 +119,24 @@ impl Store {
 
     /// Audit rows, newest first, below revision `before`.
     pub async fn audit(&self, before: Option<i64>, limit: u32) -> Result<Vec<Value>, OpError> {
+        let v = self
+            .read(move |sql| ops::audit(sql, before, limit).map(Value::Array))
+            .await?;
+        Ok(match v {
+            Value::Array(rows) => rows,
+            _ => Vec::new(),
+        })
+    }
+
+    /// Runs `read` on the store's connection (one at a time with its writes).
+    pub async fn read(
+        &self,
+        read: impl FnOnce(&mut dyn sql::Sql) -> Result<Value, OpError> + Send + 'static,
+    ) -> Result<Value, OpError> {
         let (reply, rx) = oneshot::channel();
         self.jobs
-            .send(Job::Audit {
-                before,
-                limit,
+            .send(Job::Read {
+                read: Box::new(read),
                 reply,
             })
             .map_err(|_| OpError::Unavailable("the store thread has stopped".into()))?;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
 use super::reply::{ApiError, Reply};
-use super::{keys, tenants};
+use super::{keys, tenants, usage};
 use crate::live::Live;
 
 /// Every route the admin listener answers, as `(method, template)`; `{x}` is one path segment.
@@ -27,6 +27,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PATCH", "/admin/v1/tenants/{name}"),
     ("DELETE", "/admin/v1/tenants/{name}"),
     ("GET", "/admin/v1/audit"),
+    ("GET", "/admin/v1/usage"),
+    ("GET", "/admin/v1/usage/requests"),
 ];
 
 /// The OpenAPI 3 document of this API (kept in the repo, served as is).
@@ -41,6 +43,8 @@ pub struct ApiRequest<'a> {
     pub path: &'a str,
     pub query: &'a str,
     pub authorization: Option<&'a [u8]>,
+    /// `Accept`: the usage reports answer CSV for `text/csv`.
+    pub accept: Option<&'a [u8]>,
     pub body: &'a [u8],
 }
 
@@ -51,6 +55,7 @@ pub struct Call<'a> {
     pub actor: String,
     pub params: Vec<String>,
     pub query: &'a str,
+    pub accept: Option<&'a [u8]>,
     pub body: &'a [u8],
 }
 
@@ -173,8 +178,14 @@ async fn dispatch(live: &Arc<Live>, req: ApiRequest<'_>) -> Result<Reply, ApiErr
         actor,
         params,
         query: req.query,
+        accept: req.accept,
         body: req.body,
     };
+    answer(call, method, template).await
+}
+
+/// The handler of a matched, authenticated route.
+async fn answer(call: Call<'_>, method: &str, template: &str) -> Result<Reply, ApiError> {
     match (method, template) {
         ("POST", "/admin/v1/keys") => keys::create(call).await,
         ("GET", "/admin/v1/keys") => keys::list(&call),
@@ -188,10 +199,12 @@ async fn dispatch(live: &Arc<Live>, req: ApiRequest<'_>) -> Result<Reply, ApiErr
         ("PATCH", "/admin/v1/tenants/{name}") => tenants::put(call, false).await,
         ("DELETE", "/admin/v1/tenants/{name}") => tenants::delete(call).await,
         ("GET", "/admin/v1/audit") => tenants::audit(&call).await,
+        ("GET", "/admin/v1/usage") => usage::usage(&call).await,
+        ("GET", "/admin/v1/usage/requests") => usage::requests(&call).await,
         _ => Err(ApiError::new(
             404,
             "unknown_path",
-            format!("unknown request URL: {} {}", req.method, req.path),
+            format!("unknown request URL: {method} {template}"),
         )),
     }
 }

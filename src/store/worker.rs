@@ -279,15 +279,14 @@ impl Worker {
                 let r = self.write(&actor, *write);
                 let _gone = reply.send(r);
             }
-            Job::Audit {
-                before,
-                limit,
-                reply,
-            } => {
+            Job::Read { read, reply } => {
                 let r = match self.ensure() {
-                    Ok(conn) => ops::audit(&mut **conn, before, limit),
+                    Ok(conn) => read(&mut **conn),
                     Err(e) => Err(ops::OpError::Unavailable(e)),
                 };
+                if let Err(ops::OpError::Unavailable(e)) = &r {
+                    self.down(e);
+                }
                 let _gone = reply.send(r);
             }
         }

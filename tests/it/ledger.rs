@@ -158,3 +158,126 @@ async fn a_postgres_outage_under_traffic_loses_no_row() {
     assert_eq!(daily[0][0].as_deref(), Some("26"));
     gw.wait_metric("llmedge_ledger_dropped_total 0").await;
 }
+
+/// The ledger config with the control tests' admin key.
+fn with_admin(upstream: &str, port: u16, admin: u16) -> String {
+    use sha2::Digest;
+    let digest = hex::encode(sha2::Sha256::digest(crate::control::ADMIN_KEY.as_bytes()));
+    format!(
+        "{}admin:\n  keys: [\"sha256:{digest}\"]\n",
+        yaml(upstream, port, admin, None)
+    )
+}
+
+async fn report(gw: &TestGateway, path: &str, accept: &str) -> String {
+    let r = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{}{path}", gw.admin))
+        .bearer_auth(crate::control::ADMIN_KEY)
+        .header("accept", accept)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{path}");
+    r.text().await.unwrap()
+}
+
+#[tokio::test]
+async fn reports_total_per_group_csv_matches_json_and_the_cli_prints_them() {
+    let mock = MockOpenAi::start().await;
+    let gw = TestGateway::start_with(|p, a| with_admin(&mock.url(), p, a)).await;
+    traffic(&gw, 5).await;
+    gw.wait_metric("llmedge_ledger_rows_total 12").await;
+    let (_, _, charged) = counters(&gw).await;
+    let path = "/admin/v1/usage?group_by=tenant,model,day";
+    let v: serde_json::Value =
+        serde_json::from_str(&report(&gw, path, "application/json").await).unwrap();
+    let rows = v["data"].as_array().unwrap();
+    let acme = rows.iter().find(|r| r["tenant"] == "acme").unwrap();
+    assert_eq!(
+        (acme["model"].as_str(), acme["requests"].as_u64()),
+        (Some("mock/llama3"), Some(10))
+    );
+    assert_eq!(
+        acme["cost_micro_usd"].as_i64(),
+        Some(charged),
+        "the report is what the budget charged"
+    );
+    assert_eq!(
+        acme["cost_usd"].as_str().unwrap(),
+        format!("{}.{:06}", charged / 1_000_000, charged % 1_000_000)
+    );
+    let csv = report(&gw, path, "text/csv").await;
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "tenant,model,day,requests,prompt_tokens,completion_tokens,cached_tokens,cost_usd,cost_micro_usd");
+    assert_eq!(lines.len(), rows.len() + 1);
+    for (line, r) in lines[1..].iter().zip(rows) {
+        let want: Vec<String> = [
+            "tenant",
+            "model",
+            "day",
+            "requests",
+            "prompt_tokens",
+            "completion_tokens",
+            "cached_tokens",
+            "cost_usd",
+            "cost_micro_usd",
+        ]
+        .iter()
+        .map(|f| {
+            r[*f]
+                .as_str()
+                .map_or_else(|| r[*f].to_string(), str::to_string)
+        })
+        .collect();
+        assert_eq!(*line, want.join(","), "CSV matches JSON");
+    }
+    let refused = report(
+        &gw,
+        "/admin/v1/usage/requests?tenant=beta&status=429",
+        "application/json",
+    )
+    .await;
+    let refused: serde_json::Value = serde_json::from_str(&refused).unwrap();
+    assert_eq!(refused["data"].as_array().unwrap().len(), 1);
+    assert_eq!(refused["data"][0]["cost_micro_usd"], 0);
+    cli_usage(&gw, charged);
+}
+
+/// `llmedge usage` as a table, JSON and CSV.
+fn cli_usage(gw: &TestGateway, charged: i64) {
+    let run = |extra: &[&str]| {
+        let cfg = gw.config_path();
+        let mut args = vec![
+            "usage",
+            "--tenant",
+            "acme",
+            "--since",
+            "7d",
+            "--by",
+            "day,model",
+            "--config",
+        ];
+        args.push(cfg.to_str().unwrap());
+        args.extend_from_slice(extra);
+        let out = std::process::Command::new(crate::support::bin())
+            .args(&args)
+            .env("LLMEDGE_ADMIN_KEY", crate::control::ADMIN_KEY)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let table = run(&[]);
+    assert!(
+        table.starts_with("DAY") && table.contains("mock/llama3") && table.contains(" 10 "),
+        "{table}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&run(&["--json"])).unwrap();
+    assert_eq!(json["data"][0]["cost_micro_usd"].as_i64(), Some(charged));
+    let csv = run(&["--csv"]);
+    assert!(csv.starts_with("day,model,requests"), "{csv}");
+}
