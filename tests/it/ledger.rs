@@ -57,21 +57,37 @@ fn totals(rows: &[Vec<Val>]) -> (i64, i64, i64, i64) {
 const SUMS: &str = "SELECT COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost_micros) FROM llmedge_usage WHERE tenant = $1";
 const DAILY: &str = "SELECT SUM(requests), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost_micros) FROM llmedge_usage_daily WHERE tenant = $1";
 
-/// The ledger's `(rows, prompt, completion, micro-USD)` of acme, as the gateway's own
-/// counters have them at the end: llmedge_tokens_total and what the budget was charged.
+/// acme's `(prompt, completion, micro-USD)` as the gateway's own counters have them:
+/// llmedge_tokens_total over every model, and what the day budget was charged.
 async fn counters(gw: &TestGateway) -> (f64, f64, i64) {
-    let series = |kind: &str| {
-        format!("llmedge_tokens_total{{kind=\"{kind}\",model=\"mock/llama3\",tenant=\"acme\"}}")
+    let m = gw.metrics().await;
+    let sum = |kind: &str| -> f64 {
+        m.lines()
+            .filter(|l| l.starts_with(&format!("llmedge_tokens_total{{kind=\"{kind}\"")))
+            .filter(|l| l.contains("tenant=\"acme\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     };
-    let prompt = gw.metric_value(&series("prompt")).await;
-    let completion = gw.metric_value(&series("completion")).await;
     let budget = "llmedge_budget_remaining_usd{tenant=\"acme\",window=\"day\"}";
     let remaining = gw.metric_value(budget).await;
     (
-        prompt,
-        completion,
+        sum("prompt"),
+        sum("completion"),
         ((100.0 - remaining) * 1e6).round() as i64,
     )
+}
+
+/// A stream the upstream cuts after two events, and one the client abandons after its first.
+async fn broken_streams(gw: &TestGateway) {
+    use futures::StreamExt;
+    let cut = r#"{"model":"mock/cut","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    assert_eq!(send(gw, CLIENT_KEY, cut).await, 200);
+    let endless =
+        r#"{"model":"mock/endless","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let r = post(gw, CHAT, CLIENT_KEY, endless).await;
+    let mut body = r.bytes_stream();
+    assert!(body.next().await.is_some());
+    drop(body);
 }
 
 #[tokio::test]
@@ -79,6 +95,9 @@ async fn every_request_is_on_the_books_at_what_the_budget_charged_and_sigterm_fl
     let mock = MockOpenAi::start().await;
     let mut gw = TestGateway::start_with(|p, a| yaml(&mock.url(), p, a, None)).await;
     traffic(&gw, 5).await;
+    broken_streams(&gw).await;
+    gw.wait_metric("llmedge_requests_total{pool=\"mock\",route=\"mock/\",status=\"499\"} 1")
+        .await;
     let (prompt, completion, charged) = counters(&gw).await;
     // SIGTERM right away: the last rows are still queued (batches wait up to 250 ms)
     gw.terminate();
@@ -86,7 +105,10 @@ async fn every_request_is_on_the_books_at_what_the_budget_charged_and_sigterm_fl
     let db = gw.dir().join("llmedge.db");
     let mut sql = llmedge::store::sqlite::Sqlite::open(db.to_str().unwrap()).unwrap();
     let acme = totals(&sql.query(SUMS, &["acme".into()]).unwrap());
-    assert_eq!(acme.0, 10, "one row per request");
+    assert_eq!(
+        acme.0, 12,
+        "one row per request, cut and abandoned streams too"
+    );
     assert_eq!(
         (acme.1 as f64, acme.2 as f64),
         (prompt, completion),
@@ -122,7 +144,13 @@ async fn every_request_is_on_the_books_at_what_the_budget_charged_and_sigterm_fl
         (Some("mock/echo"), Some("chat"))
     );
     let streams = "SELECT COUNT(*) FROM llmedge_usage WHERE stream = 1 AND endpoint = 'chat' AND ttft_ms IS NOT NULL AND backend <> ''";
-    assert_eq!(sql.query(streams, &[]).unwrap()[0][0].int(), Some(5));
+    assert_eq!(sql.query(streams, &[]).unwrap()[0][0].int(), Some(7));
+    let gone = "SELECT completion_tokens, cost_micros FROM llmedge_usage WHERE status = 499";
+    let gone = sql.query(gone, &[]).unwrap();
+    assert!(
+        gone[0][0].int().unwrap() > 0 && gone[0][1].int().unwrap() > 0,
+        "an abandoned stream is charged: {gone:?}"
+    );
 }
 
 #[tokio::test]
@@ -130,7 +158,7 @@ async fn a_postgres_outage_under_traffic_loses_no_row() {
     let mut pg = PostgresServer::start().await;
     let mock = MockOpenAi::start().await;
     let url = pg.url();
-    let gw = TestGateway::start_with(|p, a| yaml(&mock.url(), p, a, Some(&url))).await;
+    let gw = TestGateway::start_with(|p, a| with_admin(&mock.url(), p, a, Some(&url))).await;
     traffic(&gw, 3).await;
     gw.wait_metric("llmedge_ledger_queue_rows 0").await;
     pg.stop();
@@ -157,15 +185,33 @@ async fn a_postgres_outage_under_traffic_loses_no_row() {
     let daily = pg.query("SELECT SUM(requests) FROM llmedge_usage_daily WHERE tenant = 'acme'");
     assert_eq!(daily[0][0].as_deref(), Some("26"));
     gw.wait_metric("llmedge_ledger_dropped_total 0").await;
+    // the report on Postgres: every group adds up to what was charged
+    let path = "/admin/v1/usage?group_by=day,tenant,key,model&tenant=acme";
+    let v: serde_json::Value =
+        serde_json::from_str(&report(&gw, path, "application/json").await).unwrap();
+    let total: i64 = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["cost_micro_usd"].as_i64().unwrap())
+        .sum();
+    assert_eq!(total, charged);
+    let page = report(
+        &gw,
+        "/admin/v1/usage/requests?tenant=acme&limit=10",
+        "text/csv",
+    )
+    .await;
+    assert_eq!(page.lines().count(), 11, "a header and ten rows");
 }
 
 /// The ledger config with the control tests' admin key.
-fn with_admin(upstream: &str, port: u16, admin: u16) -> String {
+fn with_admin(upstream: &str, port: u16, admin: u16, store: Option<&str>) -> String {
     use sha2::Digest;
     let digest = hex::encode(sha2::Sha256::digest(crate::control::ADMIN_KEY.as_bytes()));
     format!(
         "{}admin:\n  keys: [\"sha256:{digest}\"]\n",
-        yaml(upstream, port, admin, None)
+        yaml(upstream, port, admin, store)
     )
 }
 
@@ -184,7 +230,7 @@ async fn report(gw: &TestGateway, path: &str, accept: &str) -> String {
 #[tokio::test]
 async fn reports_total_per_group_csv_matches_json_and_the_cli_prints_them() {
     let mock = MockOpenAi::start().await;
-    let gw = TestGateway::start_with(|p, a| with_admin(&mock.url(), p, a)).await;
+    let gw = TestGateway::start_with(|p, a| with_admin(&mock.url(), p, a, None)).await;
     traffic(&gw, 5).await;
     gw.wait_metric("llmedge_ledger_rows_total 12").await;
     let (_, _, charged) = counters(&gw).await;

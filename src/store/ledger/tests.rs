@@ -71,3 +71,36 @@ fn pruning_drops_raw_rows_and_keeps_the_rollup() {
         "the rollup keeps the pruned row's cost"
     );
 }
+
+#[test]
+fn a_batch_over_many_keys_rolls_up_each_one() {
+    let mut sql = db();
+    let rows: Vec<Entry> = (0..500u64)
+        .map(|i| {
+            let mut e = row(
+                &format!("k-{i}"),
+                (i % 2) * crate::clock::DAY_MS,
+                1 + (i as i64 % 7),
+            );
+            e.key_id = format!("key_{}", i % 150);
+            e
+        })
+        .collect();
+    write_rows(&mut sql, &rows).unwrap();
+    let groups = sql
+        .query(
+            "SELECT key_id, day, requests, cost_micros FROM llmedge_usage_daily",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(groups.len(), 150, "150 keys, each on one day");
+    for g in groups {
+        let (key, day) = (g[0].text().unwrap(), g[1].int().unwrap() as u64);
+        let mine: Vec<&Entry> = rows
+            .iter()
+            .filter(|e| e.key_id == key && e.ts_ms / crate::clock::DAY_MS == day)
+            .collect();
+        assert_eq!(g[2].int(), Some(mine.len() as i64));
+        assert_eq!(g[3].int(), Some(mine.iter().map(|e| e.cost_micros).sum()));
+    }
+}
