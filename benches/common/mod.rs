@@ -61,8 +61,14 @@ pub fn port() -> u16 {
 }
 
 pub fn spawn(cmd: &str, args: &[&str]) -> Proc {
+    spawn_in(&std::env::current_dir().unwrap_or_default(), cmd, args)
+}
+
+/// [`spawn`] with `dir` as the working directory (where a gateway keeps its store).
+pub fn spawn_in(dir: &std::path::Path, cmd: &str, args: &[&str]) -> Proc {
     Command::new(cmd)
         .args(args)
+        .current_dir(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
