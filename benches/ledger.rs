@@ -25,7 +25,7 @@ const RUNS: usize = 21;
 const KEY: &str = "sk-bench";
 const RATE: u64 = 2_000;
 const SECS: u64 = 8;
-const ROUNDS: usize = 2;
+const ROUNDS: usize = 4;
 const BODY: &str =
     r#"{"model":"m/llama3","messages":[{"role":"user","content":"hi"}],"max_tokens":4}"#;
 /// 2026-11-01T00:00:00Z: the month the rows fall in.
@@ -39,7 +39,7 @@ fn entry(i: u64) -> Entry {
         ts_ms: MONTH_START + (i * 7_919) % (DAYS * 86_400_000),
         tenant: format!("t{}", key % TENANTS),
         key_id: format!("key_{key}"),
-        model: format!("m{}", i % MODELS),
+        model: format!("m{}", (i / KEYS) % MODELS),
         endpoint: "chat".into(),
         status: 200,
         prompt_tokens: 100 + i % 50,
