@@ -108,13 +108,18 @@ pub struct Ledger {
 
 impl Ledger {
     /// Starts the writer thread on its own connection to `cfg`'s store (already migrated).
+    /// `store` is the control plane's: an in-memory SQLite store is one database per
+    /// connection, so its rows go through the store's own.
     pub fn start(
         cfg: &StoreConfig,
         retention_days: u64,
         metrics: LedgerMetrics,
+        store: &Arc<crate::store::Store>,
     ) -> Result<Arc<Self>, String> {
         let (tx, rx) = mpsc::sync_channel(QUEUE_ROWS);
-        let w = writer::Writer::new(cfg.clone(), retention_days, metrics.clone());
+        let memory = matches!(&cfg.url, crate::config::StoreUrl::Sqlite(p) if p == ":memory:");
+        let via = memory.then(|| store.clone());
+        let w = writer::Writer::new(cfg.clone(), retention_days, metrics.clone(), via);
         std::thread::Builder::new()
             .name("llmedge-ledger".into())
             .spawn(move || w.run(rx))

@@ -208,12 +208,13 @@ fn attach_control(
             live.set_records(r);
         }
     }));
-    live.attach_store(control);
     if cfg.ledger {
-        let ledger = ledger::Ledger::start(cfg, cfg.retention_days, metrics.ledger.clone())
-            .map_err(StartupError::Other)?;
+        let ledger =
+            ledger::Ledger::start(cfg, cfg.retention_days, metrics.ledger.clone(), &control)
+                .map_err(StartupError::Other)?;
         live.attach_ledger(ledger);
     }
+    live.attach_store(control);
     Ok(())
 }
 
