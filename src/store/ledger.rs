@@ -48,6 +48,35 @@ fn placeholders(rows: usize, width: usize) -> String {
         .join(", ")
 }
 
+/// Inserts `rows`, skipping ids already there; the ids that were new. SQLite runs one cached
+/// single-row statement per row (in-process: no round trips, no re-parsing a statement the
+/// size of the batch); Postgres one multi-row statement (one round trip).
+fn insert_new(sql: &mut dyn Sql, rows: &[Entry]) -> Result<HashSet<String>, SqlError> {
+    if sql.dialect() == super::sql::Dialect::Sqlite {
+        let one = format!(
+            "INSERT INTO llmedge_usage ({COLUMNS}) VALUES {} ON CONFLICT (id) DO NOTHING",
+            placeholders(1, WIDTH)
+        );
+        let mut new = HashSet::with_capacity(rows.len());
+        for e in rows {
+            if sql.exec(&one, &row_values(e))? == 1 {
+                new.insert(e.id.clone());
+            }
+        }
+        return Ok(new);
+    }
+    let params: Vec<Val> = rows.iter().flat_map(row_values).collect();
+    let insert = format!(
+        "INSERT INTO llmedge_usage ({COLUMNS}) VALUES {} ON CONFLICT (id) DO NOTHING RETURNING id",
+        placeholders(rows.len(), WIDTH)
+    );
+    Ok(sql
+        .query(&insert, &params)?
+        .into_iter()
+        .filter_map(|r| r.first().and_then(Val::text).map(str::to_string))
+        .collect())
+}
+
 /// Writes `rows` (a few hundred at most) and adds the ones that were new to the rollup, in one
 /// transaction; returns how many were new.
 pub fn write_rows(sql: &mut dyn Sql, rows: &[Entry]) -> Result<usize, SqlError> {
@@ -55,16 +84,7 @@ pub fn write_rows(sql: &mut dyn Sql, rows: &[Entry]) -> Result<usize, SqlError> 
         return Ok(0);
     }
     write_tx(sql, |sql| {
-        let params: Vec<Val> = rows.iter().flat_map(row_values).collect();
-        let insert = format!(
-            "INSERT INTO llmedge_usage ({COLUMNS}) VALUES {} ON CONFLICT (id) DO NOTHING RETURNING id",
-            placeholders(rows.len(), WIDTH)
-        );
-        let new: HashSet<String> = sql
-            .query(&insert, &params)?
-            .into_iter()
-            .filter_map(|r| r.first().and_then(Val::text).map(str::to_string))
-            .collect();
+        let new = insert_new(sql, rows)?;
         let days = rollup(rows.iter().filter(|e| new.contains(&e.id)));
         if days.is_empty() {
             return Ok(0);
