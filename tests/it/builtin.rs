@@ -128,6 +128,26 @@ fn demo_key_is_listed_with_the_printed_admin_key(banner: &str, admin_listen: &st
         !table.contains("sk-llmedge-demo "),
         "the secret is not listed"
     );
+    // the demo's chat requests reach the books of its in-memory store (batches: poll a while)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let out = std::process::Command::new(crate::support::bin())
+            .args(["usage", "--by", "tenant", "--json", "--admin-url"])
+            .arg(format!("http://{admin_listen}"))
+            .env("LLMEDGE_ADMIN_KEY", "sk-llmedge-demo-admin")
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if v["data"][0]["tenant"] == "demo" {
+            break;
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no demo usage: {v} {err}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 #[tokio::test]
