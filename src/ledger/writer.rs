@@ -2,7 +2,7 @@
 //! 250 ms), keeps them while the store is away and writes them when it is back, prunes old rows.
 
 use std::collections::VecDeque;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
 use super::{Entry, Msg, QUEUE_ROWS};
@@ -18,7 +18,6 @@ pub const BATCH_ROWS: usize = 200;
 pub const BATCH_WAIT: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
-const IDLE_TICK: Duration = Duration::from_secs(1);
 /// How long a flush (SIGTERM) keeps trying a store that is away.
 const FLUSH_TRIES: Duration = Duration::from_secs(5);
 
@@ -61,27 +60,20 @@ impl Writer {
         }
     }
 
+    /// Wakes on a timer, never per row: a receiver blocked on the queue would be woken by
+    /// every request's send (a futex wake and a context switch on the request path). Each
+    /// tick takes everything queued, then writes what is due.
     pub(super) fn run(mut self, rx: Receiver<Msg>) {
         loop {
-            match rx.recv_timeout(self.wait()) {
-                Ok(Msg::Row(e)) => self.push(*e),
-                Ok(Msg::Flush(reply)) => {
-                    while let Ok(m) = rx.try_recv() {
-                        self.take(m);
-                    }
-                    let _gone = reply.send(self.flush());
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    self.flush();
-                    return;
-                }
-            }
-            // fill the batch with what is already queued before writing it
-            while self.pending.len() < BATCH_ROWS {
+            std::thread::sleep(self.wait());
+            loop {
                 match rx.try_recv() {
                     Ok(m) => self.take(m),
-                    Err(_) => break,
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        self.flush();
+                        return;
+                    }
                 }
             }
             if self.due() {
@@ -113,7 +105,7 @@ impl Writer {
 
     fn wait(&self) -> Duration {
         let Some(since) = self.since else {
-            return IDLE_TICK;
+            return BATCH_WAIT;
         };
         let batch_at = since + BATCH_WAIT;
         batch_at
