@@ -309,24 +309,16 @@ fn rules_body(rules: &RuleFlags) -> Value {
 }
 
 fn create(c: &Client, a: CreateKey) -> Result<Value, Failure> {
-    let mut body = json!({"tenant": a.tenant, "name": a.name});
-    set_fields(&mut body, [("user", a.user.map(Value::from))]);
-    key_fields(&mut body, a.access);
-    let (mut limits, mut budget) = (Map::new(), Map::new());
-    merge_rules(&a.rules, &mut limits, &mut budget);
+    let mut body = rules_body(&a.rules);
     set_fields(
         &mut body,
         [
-            (
-                "limits",
-                (!limits.is_empty()).then_some(Value::Object(limits)),
-            ),
-            (
-                "budget",
-                (!budget.is_empty()).then_some(Value::Object(budget)),
-            ),
+            ("tenant", Some(Value::from(a.tenant))),
+            ("name", Some(Value::from(a.name))),
+            ("user", a.user.map(Value::from)),
         ],
     );
+    key_fields(&mut body, a.access);
     c.call("POST", "/admin/v1/keys", Some(&body))
 }
 

@@ -75,15 +75,7 @@ pub fn list(call: &Call<'_>) -> Result<Reply, ApiError> {
             "user" => user = Some(v),
             "status" => status = Some(v),
             "cursor" | "after" => cursor = Some(v),
-            "limit" => {
-                limit = v
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=MAX_PAGE).contains(n))
-                    .ok_or_else(|| {
-                        ApiError::bad("limit", format!("limit must be 1 to {MAX_PAGE}"))
-                    })?
-            }
+            "limit" => limit = super::reply::page_limit(&v, MAX_PAGE)?,
             other => {
                 return Err(ApiError::bad(
                     other,

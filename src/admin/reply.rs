@@ -124,6 +124,14 @@ impl From<OpError> for ApiError {
     }
 }
 
+/// A `limit` query value: 1 to `max`.
+pub fn page_limit(v: &str, max: usize) -> Result<usize, ApiError> {
+    v.parse()
+        .ok()
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| ApiError::bad("limit", format!("limit must be 1 to {max}")))
+}
+
 /// `a=1&b=x%20y` as pairs, percent-decoded.
 pub fn query_pairs(q: &str) -> Vec<(String, String)> {
     q.split('&')

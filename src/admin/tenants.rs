@@ -137,13 +137,7 @@ pub async fn audit(call: &Call<'_>) -> Result<Reply, ApiError> {
     let (mut limit, mut before) = (100u32, None);
     for (k, v) in query_pairs(call.query) {
         match k.as_str() {
-            "limit" => {
-                limit = v
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=1000).contains(n))
-                    .ok_or_else(|| ApiError::bad("limit", "limit must be 1 to 1000"))?
-            }
+            "limit" => limit = super::reply::page_limit(&v, 1000)? as u32,
             "cursor" => {
                 before = Some(
                     v.parse::<i64>()

@@ -87,15 +87,7 @@ fn parse(q: &str, report: bool) -> Result<Query, ApiError> {
                         .map_err(|_| ApiError::bad("status", "status is an HTTP status"))?,
                 )
             }
-            ("limit", false) => {
-                page.limit = v
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=MAX_PAGE).contains(n))
-                    .ok_or_else(|| {
-                        ApiError::bad("limit", format!("limit must be 1 to {MAX_PAGE}"))
-                    })?
-            }
+            ("limit", false) => page.limit = super::reply::page_limit(&v, MAX_PAGE)?,
             ("cursor", false) => page.cursor = Some(cursor(&v)?),
             (other, _) => {
                 return Err(ApiError::bad(
