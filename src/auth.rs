@@ -80,11 +80,6 @@ impl KeyStore {
         let entry = self.entries.get(*i)?;
         (bool::from(stored.ct_eq(&d)) && now_ms < *until).then_some(entry)
     }
-
-    /// The key holding the secret whose digest is `d`, if any (expired or not).
-    pub fn by_digest(&self, d: &[u8; 32]) -> Option<&KeyEntry> {
-        self.entries.get(self.by_digest.get(d)?.0)
-    }
 }
 
 fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
@@ -216,6 +211,5 @@ mod tests {
         assert_eq!(&*old.principal.key_id, "kb");
         assert!(s.lookup_at(b"sk-b-old", 2_000).is_none());
         assert!(s.lookup_at(b"sk-b", u64::MAX - 1).is_some());
-        assert!(s.by_digest(&secret::digest(b"sk-b-old")).is_some());
     }
 }

@@ -136,16 +136,4 @@ impl Records {
             .ok()
             .and_then(|i| self.keys.get(i))
     }
-
-    pub fn tenant(&self, name: &str) -> Option<&TenantRecord> {
-        self.tenants.iter().find(|t| t.name == name)
-    }
-
-    /// Keys of `tenant` that are neither revoked nor expired at `now`.
-    pub fn live_keys_of(&self, tenant: &str, now: u64) -> usize {
-        self.keys
-            .iter()
-            .filter(|k| k.tenant == tenant && k.status(now) == "active")
-            .count()
-    }
 }

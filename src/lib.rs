@@ -182,13 +182,7 @@ fn open_control(
 > {
     let (store, records) =
         store::Store::open(&config.store, metrics.store.clone()).map_err(StartupError::Other)?;
-    let (_, skipped) = control::merge::effective(config, &records);
-    if let Some(clash) = skipped.iter().find(|s| s.clash) {
-        return Err(StartupError::Config(errors::ConfigError::new(
-            "keys",
-            clash.reason.clone(),
-        )));
-    }
+    control::merge::checked(config, &records)?;
     Ok((std::sync::Arc::new(store), records))
 }
 

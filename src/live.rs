@@ -130,10 +130,7 @@ impl Live {
     /// Refused, and the running config kept, when a file key has a store key's secret.
     pub fn swap(&self, config: Config) -> Result<(), ConfigError> {
         let mut src = self.sources.lock();
-        let (merged, skipped) = merge::effective(&config, &src.records);
-        if let Some(clash) = skipped.iter().find(|s| s.clash) {
-            return Err(ConfigError::new("keys", clash.reason.clone()));
-        }
+        let (merged, skipped) = merge::checked(&config, &src.records)?;
         log_skipped(&skipped);
         src.file = config;
         self.install(merged);

@@ -37,7 +37,7 @@ pub fn effective(base: &Config, records: &Records) -> (Config, Vec<Skipped>) {
             });
             continue;
         }
-        match tenant_rules(&t.spec) {
+        match rules(t.spec.limits.as_ref(), t.spec.budget.as_ref()) {
             Ok((limits, budget)) => config.tenants.push(TenantConfig {
                 name: t.name.clone(),
                 limits,
@@ -55,22 +55,35 @@ pub fn effective(base: &Config, records: &Records) -> (Config, Vec<Skipped>) {
         let index = config.keys.len();
         match entry(k, index, &pool_names, &file_digests) {
             Ok(e) => config.keys.push(e),
-            Err(reason) => skipped.push(Skipped {
-                id: k.id.clone(),
-                clash: reason.contains("same secret"),
-                reason,
-            }),
+            Err(s) => skipped.push(s),
         }
     }
     (config, skipped)
 }
 
-fn tenant_rules(spec: &super::TenantSpec) -> Result<(Limits, Budget), String> {
-    let limits = match &spec.limits {
+/// The file's config joined with `records`, refused when a store key has a file key's secret
+/// (at start and at reload); what else was left out is logged by the caller.
+pub fn checked(
+    base: &Config,
+    records: &Records,
+) -> Result<(Config, Vec<Skipped>), crate::errors::ConfigError> {
+    let (config, skipped) = effective(base, records);
+    match skipped.iter().find(|s| s.clash) {
+        Some(c) => Err(crate::errors::ConfigError::new("keys", c.reason.clone())),
+        None => Ok((config, skipped)),
+    }
+}
+
+/// Limits and budget given as JSON (a store key's or tenant's), validated as in the file.
+fn rules(
+    limits: Option<&serde_json::Value>,
+    budget: Option<&serde_json::Value>,
+) -> Result<(Limits, Budget), String> {
+    let limits = match limits {
         Some(v) => limits_from_json("limits", v).map_err(|e| e.to_string())?,
         None => Limits::default(),
     };
-    let budget = match &spec.budget {
+    let budget = match budget {
         Some(v) => budget_from_json("budget", v).map_err(|e| e.to_string())?,
         None => Budget::default(),
     };
@@ -84,41 +97,57 @@ fn digest_of(hex_digest: &str) -> Result<[u8; 32], String> {
     Ok(d)
 }
 
-/// The runtime entry of a store key at position `index`.
-fn entry(
+/// Retiring secrets' digests, each with the time it stops (ms).
+type Retiring = Vec<([u8; 32], u64)>;
+
+/// A store key's current secret and its retiring ones; a secret the file also has is a clash.
+fn secrets(
     k: &KeyRecord,
-    index: usize,
-    pool_names: &[&str],
     file_digests: &HashSet<[u8; 32]>,
-) -> Result<KeyEntry, String> {
+) -> Result<([u8; 32], Retiring), Skipped> {
+    let skip = |reason: String, clash: bool| Skipped {
+        id: k.id.clone(),
+        reason,
+        clash,
+    };
     let mut current = None;
     let mut retiring = Vec::new();
     for s in &k.secrets {
-        let d = digest_of(&s.digest)?;
+        let d = digest_of(&s.digest).map_err(|e| skip(e, false))?;
         if file_digests.contains(&d) {
-            return Err(format!(
+            let msg = format!(
                 "store key {} has the same secret as a key in the config file; remove one",
                 k.id
-            ));
+            );
+            return Err(skip(msg, true));
         }
         match s.until {
             None => current = Some(d),
             Some(t) => retiring.push((d, t)),
         }
     }
-    let digest = match current {
-        Some(d) => d,
-        // only retiring secrets left (a rotation in progress, seen mid-way): the newest serves
-        None => retiring
-            .iter()
-            .max_by_key(|r| r.1)
-            .map(|r| r.0)
-            .ok_or("no secret")?,
-    };
-    let (limits, budget) = tenant_rules(&super::TenantSpec {
-        limits: k.spec.limits.clone(),
-        budget: k.spec.budget.clone(),
-    })?;
+    // only retiring secrets left (a rotation in progress, seen mid-way): the newest serves
+    let newest = retiring.iter().max_by_key(|r| r.1).map(|r| r.0);
+    let digest = current
+        .or(newest)
+        .ok_or_else(|| skip("no secret".into(), false))?;
+    Ok((digest, retiring))
+}
+
+/// The runtime entry of a store key at position `index`.
+fn entry(
+    k: &KeyRecord,
+    index: usize,
+    pool_names: &[&str],
+    file_digests: &HashSet<[u8; 32]>,
+) -> Result<KeyEntry, Skipped> {
+    let (digest, retiring) = secrets(k, file_digests)?;
+    let (limits, budget) =
+        rules(k.spec.limits.as_ref(), k.spec.budget.as_ref()).map_err(|reason| Skipped {
+            id: k.id.clone(),
+            reason,
+            clash: false,
+        })?;
     // a pool the file no longer has is dropped from the allow-list: the key can pin less,
     // never more
     let pools = k.spec.pools.as_ref().map(|names| {
