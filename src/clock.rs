@@ -36,6 +36,12 @@ pub fn until_next_day(ms: u64) -> u64 {
     DAY_MS - ms % DAY_MS
 }
 
+/// The first instant (ms) of the UTC month `ms` falls in.
+pub fn month_start(ms: u64) -> u64 {
+    let (y, m, _) = civil_from_days((ms / DAY_MS) as i64);
+    days_from_civil(y, m, 1).max(0) as u64 * DAY_MS
+}
+
 pub fn until_next_month(ms: u64) -> u64 {
     let (y, m, _) = civil_from_days((ms / DAY_MS) as i64);
     let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };

@@ -69,6 +69,16 @@ pub struct Totals {
     pub cost_micros: i64,
 }
 
+impl Totals {
+    pub fn add(&mut self, o: &Totals) {
+        self.requests += o.requests;
+        self.prompt_tokens += o.prompt_tokens;
+        self.completion_tokens += o.completion_tokens;
+        self.cached_tokens += o.cached_tokens;
+        self.cost_micros += o.cost_micros;
+    }
+}
+
 /// The daily rollup of `rows`.
 pub fn rollup<'a>(rows: impl Iterator<Item = &'a Entry>) -> BTreeMap<DayKey, Totals> {
     let mut out: BTreeMap<DayKey, Totals> = BTreeMap::new();
@@ -81,13 +91,33 @@ pub fn rollup<'a>(rows: impl Iterator<Item = &'a Entry>) -> BTreeMap<DayKey, Tot
                 model: e.model.clone(),
             })
             .or_default();
-        t.requests += 1;
-        t.prompt_tokens += e.prompt_tokens;
-        t.completion_tokens += e.completion_tokens;
-        t.cached_tokens += e.cached_tokens;
-        t.cost_micros += e.cost_micros;
+        t.add(&Totals {
+            requests: 1,
+            prompt_tokens: e.prompt_tokens,
+            completion_tokens: e.completion_tokens,
+            cached_tokens: e.cached_tokens,
+            cost_micros: e.cost_micros,
+        });
     }
     out
+}
+
+/// Counts `n` lost rows and logs it, at most once per 10 s per `last_log` (ms of the last).
+pub(crate) fn count_dropped(metrics: &LedgerMetrics, last_log: &AtomicU64, n: u64, why: &str) {
+    metrics.dropped.inc_by(n);
+    let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
+    let last = last_log.load(Ordering::Relaxed);
+    if now.saturating_sub(last) >= 10_000
+        && last_log
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::error!(
+            total = metrics.dropped.get(),
+            reason = why,
+            "ledger rows dropped (llmedge_ledger_dropped_total)"
+        );
+    }
 }
 
 pub(crate) enum Msg {
@@ -146,20 +176,12 @@ impl Ledger {
     }
 
     fn dropped(&self, n: u64) {
-        self.metrics.dropped.inc_by(n);
-        let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
-        let last = self.drop_logged.load(Ordering::Relaxed);
-        if now.saturating_sub(last) >= 10_000
-            && self
-                .drop_logged
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            tracing::error!(
-                total = self.metrics.dropped.get(),
-                "ledger queue full: rows dropped (llmedge_ledger_dropped_total)"
-            );
-        }
+        count_dropped(
+            &self.metrics,
+            &self.drop_logged,
+            n,
+            "the ledger queue is full",
+        );
     }
 
     /// Writes every row queued so far; false if that did not finish within `within` (the

@@ -29,6 +29,17 @@ pub use ops::{Applied, OpError, Write};
 /// Where new records go: the live state rebuilds its snapshot from them.
 pub type Sink = Box<dyn Fn(Arc<Records>) + Send>;
 
+/// A new connection to `cfg`'s database (not yet migrated).
+pub fn open(cfg: &StoreConfig) -> Result<Box<dyn sql::Sql>, sql::SqlError> {
+    Ok(match &cfg.url {
+        crate::config::StoreUrl::Sqlite(path) => Box::new(sqlite::Sqlite::open(path)?),
+        crate::config::StoreUrl::Postgres(url) => Box::new(postgres::Postgres::connect(
+            url.expose(),
+            cfg.ca_pem.as_deref(),
+        )?),
+    })
+}
+
 /// A read run on the store thread's connection.
 pub type Reader = dyn FnOnce(&mut dyn sql::Sql) -> Result<Value, OpError> + Send;
 

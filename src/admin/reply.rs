@@ -105,7 +105,7 @@ impl From<OpError> for ApiError {
             OpError::NotFound(m) => ApiError::not_found(m),
             OpError::Conflict(m) => ApiError::conflict(m),
             OpError::Unavailable(m) => {
-                tracing::warn!(error = %m, "admin write refused: the store is unreachable");
+                tracing::warn!(error = %m, "admin call refused: the store is unreachable");
                 ApiError::new(
                     503,
                     "store_unavailable",
@@ -113,7 +113,7 @@ impl From<OpError> for ApiError {
                 )
             }
             OpError::Other(m) => {
-                tracing::error!(error = %m, "admin write failed");
+                tracing::error!(error = %m, "admin call failed in the store");
                 ApiError::new(
                     500,
                     "store_error",

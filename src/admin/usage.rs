@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 
 use super::api::Call;
 use super::reply::{query_pairs, ApiError, Reply};
-use crate::clock::{parse_rfc3339, rfc3339, Clock, SystemClock, DAY_MS};
+use crate::clock::{parse_rfc3339, rfc3339, Clock, SystemClock};
 use crate::store::reports::{self, Filter, Group, Page};
 
 const MAX_PAGE: usize = 1_000;
@@ -55,16 +55,10 @@ fn time(param: &str, v: &str) -> Result<u64, ApiError> {
         .ok_or_else(|| ApiError::bad(param, format!("{param}: \"{v}\" is not an RFC 3339 time")))
 }
 
-/// The first of the current UTC month.
-fn month_start(now: u64) -> u64 {
-    let (y, m, _) = crate::clock::civil_from_days((now / DAY_MS) as i64);
-    crate::clock::days_from_civil(y, m, 1).max(0) as u64 * DAY_MS
-}
-
 fn parse(q: &str, report: bool) -> Result<Query, ApiError> {
     let now = SystemClock.now_ms();
     let mut filter = Filter {
-        from_ms: month_start(now),
+        from_ms: crate::clock::month_start(now),
         to_ms: now + 1,
         ..Default::default()
     };
@@ -134,17 +128,14 @@ fn wants_csv(call: &Call<'_>) -> bool {
         .is_some_and(|a| a.windows(8).any(|w| w.eq_ignore_ascii_case(b"text/csv")))
 }
 
-fn store_err(e: crate::store::sql::SqlError) -> crate::store::OpError {
-    e.into()
-}
-
 pub async fn usage(call: &Call<'_>) -> Result<Reply, ApiError> {
     let q = parse(call.query, true)?;
     let (filter, group_by) = (q.filter.clone(), q.group_by.clone());
     let v = call
         .store()?
         .read(move |sql| {
-            let rows = reports::usage(sql, &filter, &group_by).map_err(store_err)?;
+            let rows =
+                reports::usage(sql, &filter, &group_by).map_err(crate::store::OpError::from)?;
             Ok(Value::Array(
                 rows.iter()
                     .map(|r| reports::usage_json(r, &group_by))
@@ -179,7 +170,8 @@ pub async fn requests(call: &Call<'_>) -> Result<Reply, ApiError> {
     let v = call
         .store()?
         .read(move |sql| {
-            let (rows, next) = reports::requests(sql, &filter, &page).map_err(store_err)?;
+            let (rows, next) =
+                reports::requests(sql, &filter, &page).map_err(crate::store::OpError::from)?;
             Ok(json!({"data": rows, "next_cursor": next}))
         })
         .await?;
@@ -216,6 +208,12 @@ fn cell(v: &Value) -> String {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     };
+    // a cell a spreadsheet would run as a formula (a client's model name can be anything)
+    let s = if s.starts_with(['=', '+', '-', '@']) {
+        format!("'{s}")
+    } else {
+        s
+    };
     if s.contains([',', '"', '\r', '\n']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
@@ -234,7 +232,7 @@ mod tests {
             true,
         )
         .unwrap();
-        assert_eq!(q.filter.to_ms - q.filter.from_ms, DAY_MS);
+        assert_eq!(q.filter.to_ms - q.filter.from_ms, crate::clock::DAY_MS);
         assert_eq!(q.group_by, vec![Group::Day, Group::Model]);
         for (bad, param) in [
             ("from=yesterday", "from"),
@@ -259,7 +257,7 @@ mod tests {
             (Some((17, "g-3".into())), Some(429), 2)
         );
         assert_eq!(
-            month_start(crate::clock::parse_rfc3339("2026-12-17T05:00:00Z").unwrap()),
+            crate::clock::month_start(crate::clock::parse_rfc3339("2026-12-17T05:00:00Z").unwrap()),
             crate::clock::parse_rfc3339("2026-12-01T00:00:00Z").unwrap()
         );
     }
@@ -273,6 +271,12 @@ mod tests {
         assert_eq!(
             String::from_utf8(r.body).unwrap(),
             "a,b\r\n\"x,y\",3\r\n\"say \"\"hi\"\"\",\r\n"
+        );
+        let f = csv(&["m"], &json!([{"m": "=HYPERLINK(1)"}, {"m": "@x"}]));
+        assert_eq!(
+            String::from_utf8(f.body).unwrap(),
+            "m\r\n'=HYPERLINK(1)\r\n'@x\r\n",
+            "a formula is text, not run"
         );
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::{Entry, Msg, QUEUE_ROWS};
 use crate::clock::{Clock, SystemClock, DAY_MS};
-use crate::config::{StoreConfig, StoreUrl};
+use crate::config::StoreConfig;
 use crate::metrics::LedgerMetrics;
 use crate::store::sql::Sql;
 
@@ -34,6 +34,8 @@ pub struct Writer {
     last_prune: Option<Instant>,
     /// Logged once per outage.
     down_logged: bool,
+    /// When a drop was last logged (ms).
+    drop_logged: std::sync::atomic::AtomicU64,
     /// An in-memory store: written through the store thread's connection.
     via: Option<std::sync::Arc<crate::store::Store>>,
 }
@@ -56,6 +58,7 @@ impl Writer {
             backoff: Duration::from_millis(250),
             last_prune: None,
             down_logged: false,
+            drop_logged: std::sync::atomic::AtomicU64::new(0),
             via,
         }
     }
@@ -96,22 +99,28 @@ impl Writer {
         if self.pending.len() >= QUEUE_ROWS {
             // the store has been away long enough to fill the buffer: this row is lost
             self.metrics.queued.dec();
-            self.metrics.dropped.inc();
+            super::count_dropped(
+                &self.metrics,
+                &self.drop_logged,
+                1,
+                "the store is away and the buffer is full",
+            );
             return;
         }
         self.since.get_or_insert_with(Instant::now);
         self.pending.push_back(e);
     }
 
+    /// Until the pending batch is due, but never past one batch wait: a flush (SIGTERM) is
+    /// seen within 100 ms even while a retry backs off for seconds (`due` honours the backoff).
     fn wait(&self) -> Duration {
         let Some(since) = self.since else {
             return BATCH_WAIT;
         };
-        let batch_at = since + BATCH_WAIT;
-        batch_at
+        (since + BATCH_WAIT)
             .max(self.retry_at)
             .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(1))
+            .clamp(Duration::from_millis(1), BATCH_WAIT)
     }
 
     fn due(&self) -> bool {
@@ -122,19 +131,7 @@ impl Writer {
 
     fn connect(&mut self) -> Result<&mut Box<dyn Sql>, String> {
         if self.conn.is_none() {
-            let conn: Box<dyn Sql> = match &self.cfg.url {
-                StoreUrl::Sqlite(p) => {
-                    Box::new(crate::store::sqlite::Sqlite::open(p).map_err(|e| e.to_string())?)
-                }
-                StoreUrl::Postgres(u) => Box::new(
-                    crate::store::postgres::Postgres::connect(
-                        u.expose(),
-                        self.cfg.ca_pem.as_deref(),
-                    )
-                    .map_err(|e| e.to_string())?,
-                ),
-            };
-            self.conn = Some(conn);
+            self.conn = Some(crate::store::open(&self.cfg).map_err(|e| e.to_string())?);
         }
         self.conn
             .as_mut()
@@ -210,11 +207,17 @@ impl Writer {
                 return true;
             }
             if Instant::now() >= until {
+                // the process is about to exit: what is still pending is lost, and counted
                 let lost = self.pending.len();
                 tracing::error!(
                     rows = lost,
                     "ledger flush gave up: the store is unreachable"
                 );
+                self.metrics.queued.sub(lost as i64);
+                let why = "the store was away at exit";
+                super::count_dropped(&self.metrics, &self.drop_logged, lost as u64, why);
+                self.pending.clear();
+                self.since = None;
                 return false;
             }
             std::thread::sleep(Duration::from_millis(100));

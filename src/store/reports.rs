@@ -115,18 +115,10 @@ pub fn usage(sql: &mut dyn Sql, f: &Filter, group_by: &[Group]) -> Result<Vec<Us
                 group: row.group.clone(),
                 totals: Totals::default(),
             });
-            add(&mut e.totals, &row.totals);
+            e.totals.add(&row.totals);
         }
     }
     Ok(merged.into_values().collect())
-}
-
-fn add(t: &mut Totals, o: &Totals) {
-    t.requests += o.requests;
-    t.prompt_tokens += o.prompt_tokens;
-    t.completion_tokens += o.completion_tokens;
-    t.cached_tokens += o.cached_tokens;
-    t.cost_micros += o.cost_micros;
 }
 
 enum Part {

@@ -123,13 +123,7 @@ impl Worker {
             SqlError::Refused(_) => Down::Fatal(e.to_string()),
             e => Down::Retry(e.to_string()),
         };
-        let mut conn: Box<dyn Sql> = match &self.cfg.url {
-            StoreUrl::Sqlite(path) => Box::new(super::sqlite::Sqlite::open(path).map_err(down)?),
-            StoreUrl::Postgres(url) => {
-                let ca = self.cfg.ca_pem.as_deref();
-                Box::new(super::postgres::Postgres::connect(url.expose(), ca).map_err(down)?)
-            }
-        };
+        let mut conn = super::open(&self.cfg).map_err(down)?;
         match schema::migrate(&mut *conn) {
             Ok(_) => {}
             Err(schema::SchemaError::TooNew { found, known }) => {
