@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use llmedge::ledger::Entry;
 use llmedge::store::sql::{Sql, Val};
 
 use crate::support::mock::MockOpenAi;
@@ -287,6 +288,35 @@ async fn reports_total_per_group_csv_matches_json_and_the_cli_prints_them() {
     assert_eq!(refused["data"].as_array().unwrap().len(), 1);
     assert_eq!(refused["data"][0]["cost_micro_usd"], 0);
     cli_usage(&gw, charged);
+    usage_errors_have_the_openai_shape(&gw).await;
+}
+
+/// Bad report queries: 400 with OpenAI's error object naming the parameter; no admin key: 401.
+async fn usage_errors_have_the_openai_shape(gw: &TestGateway) {
+    let base = format!("http://127.0.0.1:{}", gw.admin);
+    for (q, param) in [
+        ("/admin/v1/usage?from=yesterday", "from"),
+        ("/admin/v1/usage?group_by=week", "group_by"),
+        ("/admin/v1/usage/requests?limit=0", "limit"),
+        ("/admin/v1/usage/requests?colour=red", "colour"),
+    ] {
+        let r = reqwest::Client::new()
+            .get(format!("{base}{q}"))
+            .bearer_auth(crate::control::ADMIN_KEY)
+            .send()
+            .await
+            .unwrap();
+        let (s, v) = crate::support::error_json(r).await;
+        assert_eq!(
+            (s, v["error"]["param"].as_str()),
+            (400, Some(param)),
+            "{q}: {v}"
+        );
+    }
+    let r = reqwest::get(format!("{base}/admin/v1/usage"))
+        .await
+        .unwrap();
+    assert_eq!(crate::support::error_json(r).await.0, 401);
 }
 
 /// `llmedge usage` as a table, JSON and CSV.
@@ -326,4 +356,113 @@ fn cli_usage(gw: &TestGateway, charged: i64) {
     assert_eq!(json["data"][0]["cost_micro_usd"].as_i64(), Some(charged));
     let csv = run(&["--csv"]);
     assert!(csv.starts_with("day,model,requests"), "{csv}");
+}
+
+#[tokio::test]
+async fn retention_prunes_old_rows_and_keeps_their_rollup() {
+    let mock = MockOpenAi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("llmedge.db");
+    let now = llmedge::clock::Clock::now_ms(&llmedge::clock::SystemClock);
+    let old = |id: &str, days: u64| Entry {
+        id: id.into(),
+        ts_ms: now - days * llmedge::clock::DAY_MS,
+        tenant: "acme".into(),
+        cost_micros: 7,
+        ..Default::default()
+    };
+    {
+        let mut sql = llmedge::store::sqlite::Sqlite::open(db.to_str().unwrap()).unwrap();
+        llmedge::store::schema::migrate(&mut sql).unwrap();
+        llmedge::store::ledger::write_rows(&mut sql, &[old("old", 40), old("recent", 2)]).unwrap();
+    }
+    let gw = TestGateway::start_in(
+        dir,
+        |p, a| {
+            format!(
+                "{}  ledger_retention_days: 30\n",
+                yaml(
+                    &mock.url(),
+                    p,
+                    a,
+                    Some(&format!("sqlite://{}", db.display()))
+                )
+            )
+        },
+        &[],
+    )
+    .await;
+    // the writer prunes when it starts, then hourly
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut sql = llmedge::store::sqlite::Sqlite::open(db.to_str().unwrap()).unwrap();
+    loop {
+        let ids = sql
+            .query("SELECT id FROM llmedge_usage ORDER BY id", &[])
+            .unwrap();
+        if ids == vec![vec![Val::Text("recent".into())]] {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not pruned: {ids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let kept = sql
+        .query(
+            "SELECT CAST(SUM(cost_micros) AS BIGINT) FROM llmedge_usage_daily",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(
+        kept[0][0].int(),
+        Some(14),
+        "the rollup keeps the pruned row"
+    );
+    drop(gw);
+}
+
+#[tokio::test]
+async fn a_ledger_turned_off_records_nothing() {
+    let mock = MockOpenAi::start().await;
+    let mut off = TestGateway::start_with(|p, a| {
+        format!("{}store:\n  ledger: false\n", yaml(&mock.url(), p, a, None))
+    })
+    .await;
+    assert_eq!(send(&off, CLIENT_KEY, PLAIN).await, 200);
+    off.terminate();
+    assert!(off.wait_exit(Duration::from_secs(20)).await.success());
+    let mut sql =
+        llmedge::store::sqlite::Sqlite::open(off.dir().join("llmedge.db").to_str().unwrap())
+            .unwrap();
+    let rows = sql
+        .query("SELECT COUNT(*) FROM llmedge_usage", &[])
+        .unwrap();
+    assert_eq!(
+        rows[0][0].int(),
+        Some(0),
+        "store.ledger: false records nothing"
+    );
+}
+
+#[tokio::test]
+async fn a_sigterm_with_the_store_away_counts_and_logs_the_rows_it_loses() {
+    let mut pg = PostgresServer::start().await;
+    let mock = MockOpenAi::start().await;
+    let url = pg.url();
+    let mut gw = TestGateway::start_with(|p, a| yaml(&mock.url(), p, a, Some(&url))).await;
+    pg.stop();
+    for _ in 0..3 {
+        assert_eq!(send(&gw, CLIENT_KEY, PLAIN).await, 200);
+    }
+    gw.wait_metric("llmedge_ledger_queue_rows 3").await;
+    gw.terminate();
+    assert!(gw.wait_exit(Duration::from_secs(30)).await.success());
+    let logs = gw.logs();
+    assert!(logs.contains("ledger flush gave up"), "{logs}");
+    assert!(
+        logs.contains("the store was away at exit")
+            && logs.contains("llmedge_ledger_dropped_total"),
+        "{logs}"
+    );
 }
