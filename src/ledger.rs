@@ -22,21 +22,22 @@ pub const QUEUE_ROWS: usize = 100_000;
 /// integer micro-USD.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Entry {
-    /// `<gateway instance>-<sequence>`: unique, so a batch written twice adds nothing twice.
+    /// `<gateway instance>-<sequence>`, given by the writer: unique, so a batch written twice
+    /// adds nothing twice.
     pub id: String,
     pub request_id: String,
     pub ts_ms: u64,
-    pub tenant: String,
-    pub user: String,
-    pub key_id: String,
+    pub tenant: Arc<str>,
+    pub user: Arc<str>,
+    pub key_id: Arc<str>,
     pub model: String,
     pub route: String,
     pub pool: String,
     pub backend: String,
-    pub endpoint: String,
+    pub endpoint: &'static str,
     pub stream: bool,
     pub status: u16,
-    pub error: Option<String>,
+    pub error: Option<&'static str>,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub cached_tokens: u64,
@@ -86,8 +87,8 @@ pub fn rollup<'a>(rows: impl Iterator<Item = &'a Entry>) -> BTreeMap<DayKey, Tot
         let t = out
             .entry(DayKey {
                 day: e.ts_ms / DAY_MS,
-                tenant: e.tenant.clone(),
-                key_id: e.key_id.clone(),
+                tenant: e.tenant.to_string(),
+                key_id: e.key_id.to_string(),
                 model: e.model.clone(),
             })
             .or_default();
@@ -129,8 +130,6 @@ pub(crate) enum Msg {
 /// The handle the request path records through.
 pub struct Ledger {
     tx: SyncSender<Msg>,
-    instance: String,
-    seq: AtomicU64,
     metrics: LedgerMetrics,
     /// When a drop was last logged (ms), so a full queue logs once per 10 s, not per row.
     drop_logged: AtomicU64,
@@ -149,26 +148,23 @@ impl Ledger {
         let (tx, rx) = mpsc::sync_channel(QUEUE_ROWS);
         let memory = matches!(&cfg.url, crate::config::StoreUrl::Sqlite(p) if p == ":memory:");
         let via = memory.then(|| store.clone());
-        let w = writer::Writer::new(cfg.clone(), retention_days, metrics.clone(), via);
+        let mut raw = [0u8; 4];
+        getrandom::fill(&mut raw).map_err(|e| format!("ledger: no randomness: {e}"))?;
+        let mut w = writer::Writer::new(cfg.clone(), retention_days, metrics.clone(), via);
+        w.instance = hex::encode(raw);
         std::thread::Builder::new()
             .name("llmedge-ledger".into())
             .spawn(move || w.run(rx))
             .map_err(|e| format!("ledger: cannot start its thread: {e}"))?;
-        let mut raw = [0u8; 4];
-        getrandom::fill(&mut raw).map_err(|e| format!("ledger: no randomness: {e}"))?;
         Ok(Arc::new(Self {
             tx,
-            instance: hex::encode(raw),
-            seq: AtomicU64::new(0),
             metrics,
             drop_logged: AtomicU64::new(0),
         }))
     }
 
     /// Queues `e` for writing; never blocks.
-    pub fn record(&self, mut e: Entry) {
-        let n = self.seq.fetch_add(1, Ordering::Relaxed);
-        e.id = format!("{}-{n}", self.instance);
+    pub fn record(&self, e: Entry) {
         match self.tx.try_send(Msg::Row(Box::new(e))) {
             Ok(()) => self.metrics.queued.inc(),
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => self.dropped(1),

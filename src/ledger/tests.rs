@@ -4,7 +4,7 @@ fn entry(ts_ms: u64, tenant: &str, model: &str, cost: i64) -> Entry {
     Entry {
         ts_ms,
         tenant: tenant.into(),
-        key_id: format!("key_{tenant}"),
+        key_id: format!("key_{tenant}").into(),
         model: model.into(),
         prompt_tokens: 10,
         completion_tokens: 5,

@@ -34,6 +34,9 @@ pub struct Writer {
     last_prune: Option<Instant>,
     /// Logged once per outage.
     down_logged: bool,
+    /// This gateway's part of every row id (random), and the rows numbered so far.
+    pub(super) instance: String,
+    seq: u64,
     /// When a drop was last logged (ms).
     drop_logged: std::sync::atomic::AtomicU64,
     /// An in-memory store: written through the store thread's connection.
@@ -58,6 +61,8 @@ impl Writer {
             backoff: Duration::from_millis(250),
             last_prune: None,
             down_logged: false,
+            instance: String::new(),
+            seq: 0,
             drop_logged: std::sync::atomic::AtomicU64::new(0),
             via,
         }
@@ -95,7 +100,7 @@ impl Writer {
         }
     }
 
-    fn push(&mut self, e: Entry) {
+    fn push(&mut self, mut e: Entry) {
         if self.pending.len() >= QUEUE_ROWS {
             // the store has been away long enough to fill the buffer: this row is lost
             self.metrics.queued.dec();
@@ -106,6 +111,10 @@ impl Writer {
                 "the store is away and the buffer is full",
             );
             return;
+        }
+        if e.id.is_empty() {
+            e.id = format!("{}-{}", self.instance, self.seq);
+            self.seq += 1;
         }
         self.since.get_or_insert_with(Instant::now);
         self.pending.push_back(e);

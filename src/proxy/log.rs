@@ -75,9 +75,9 @@ fn ledger_entry(
         id: String::new(),
         request_id: ctx.request_id.clone(),
         ts_ms: crate::clock::Clock::now_ms(&crate::clock::SystemClock),
-        tenant: p.tenant.to_string(),
-        user: p.user.to_string(),
-        key_id: p.key_id.to_string(),
+        tenant: p.tenant.clone(),
+        user: p.user.clone(),
+        key_id: p.key_id.clone(),
         model: ctx
             .client_model()
             .or(ctx.asked.as_ref().map(|a| a.0.as_str()))
@@ -91,11 +91,10 @@ fn ledger_entry(
             .as_ref()
             .map(|r| r.endpoint)
             .or(ctx.asked.as_ref().map(|a| a.1))
-            .map_or("", |e| e.name())
-            .to_string(),
+            .map_or("", |e| e.name()),
         stream: ctx.routed.as_ref().is_some_and(|r| r.stream),
         status,
-        error: ctx.error.as_ref().map(|e| e.label().to_string()),
+        error: ctx.error.as_ref().map(|e| e.label()),
         prompt_tokens: u.prompt_tokens,
         completion_tokens: u.completion_tokens,
         cached_tokens: u

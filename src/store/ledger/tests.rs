@@ -16,7 +16,7 @@ fn row(id: &str, ts_ms: u64, cost: i64) -> Entry {
         tenant: "acme".into(),
         key_id: "key_1".into(),
         model: "m".into(),
-        endpoint: "chat".into(),
+        endpoint: "chat",
         status: 200,
         prompt_tokens: 3,
         completion_tokens: 4,
@@ -82,7 +82,7 @@ fn a_batch_over_many_keys_rolls_up_each_one() {
                 (i % 2) * crate::clock::DAY_MS,
                 1 + (i as i64 % 7),
             );
-            e.key_id = format!("key_{}", i % 150);
+            e.key_id = format!("key_{}", i % 150).into();
             e
         })
         .collect();
@@ -98,7 +98,7 @@ fn a_batch_over_many_keys_rolls_up_each_one() {
         let (key, day) = (g[0].text().unwrap(), g[1].int().unwrap() as u64);
         let mine: Vec<&Entry> = rows
             .iter()
-            .filter(|e| e.key_id == key && e.ts_ms / crate::clock::DAY_MS == day)
+            .filter(|e| &*e.key_id == key && e.ts_ms / crate::clock::DAY_MS == day)
             .collect();
         assert_eq!(g[2].int(), Some(mine.len() as i64));
         assert_eq!(g[3].int(), Some(mine.iter().map(|e| e.cost_micros).sum()));

@@ -12,7 +12,7 @@ fn row(id: u32, ts_ms: u64, tenant: &str, model: &str, cost: i64) -> Entry {
         request_id: format!("req_{id}"),
         ts_ms,
         tenant: tenant.into(),
-        key_id: format!("key_{tenant}"),
+        key_id: format!("key_{tenant}").into(),
         model: model.into(),
         status: if id.is_multiple_of(5) { 429 } else { 200 },
         prompt_tokens: 10,
@@ -42,7 +42,7 @@ fn expected(rows: &[Entry], f: &Filter) -> (u64, i64) {
     let keep: Vec<&Entry> = rows
         .iter()
         .filter(|e| e.ts_ms >= f.from_ms && e.ts_ms < f.to_ms)
-        .filter(|e| f.tenant.as_ref().is_none_or(|t| &e.tenant == t))
+        .filter(|e| f.tenant.as_ref().is_none_or(|t| *e.tenant == **t))
         .filter(|e| f.model.as_ref().is_none_or(|m| &e.model == m))
         .collect();
     (keep.len() as u64, keep.iter().map(|e| e.cost_micros).sum())
