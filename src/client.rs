@@ -56,24 +56,13 @@ impl Client {
     /// A GET answered in `accept` (CSV), as text.
     fn call_text(&self, path: &str, accept: &str) -> Result<String, Failure> {
         let url = format!("{}{path}", self.base);
-        let mut resp = self
+        let sent = self
             .agent
             .get(&url)
             .header("authorization", &format!("Bearer {}", self.token))
             .header("accept", accept)
-            .call()
-            .map_err(|e| Failure::Refused(format!("{url}: {e}")))?;
-        let status = resp.status().as_u16();
-        let text = resp
-            .body_mut()
-            .read_to_string()
-            .map_err(|e| Failure::Refused(format!("{url}: {e}")))?;
-        if (200..300).contains(&status) {
-            return Ok(text);
-        }
-        let v: Value = serde_json::from_str(&text).unwrap_or_default();
-        let msg = v["error"]["message"].as_str().unwrap_or(&text).to_string();
-        Err(Failure::Refused(format!("{status}: {msg}")))
+            .call();
+        answer(&url, sent)
     }
 
     fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, Failure> {
@@ -98,21 +87,29 @@ impl Client {
                     .send(text)
             }
         };
-        let mut resp = sent.map_err(|e| Failure::Refused(format!("{url}: {e}")))?;
-        let status = resp.status().as_u16();
-        let text = resp
-            .body_mut()
-            .read_to_string()
-            .map_err(|e| Failure::Refused(format!("{url}: {e}")))?;
-        let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        if (200..300).contains(&status) {
-            return Ok(v);
-        }
-        let msg = v["error"]["message"]
-            .as_str()
-            .map_or_else(|| v.to_string(), str::to_string);
-        Err(Failure::Refused(format!("{status}: {msg}")))
+        let text = answer(&url, sent)?;
+        Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
+}
+
+/// The body of a 2xx answer; otherwise the server's message (its OpenAI-shaped error's, or the
+/// body) with the status.
+fn answer(
+    url: &str,
+    sent: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+) -> Result<String, Failure> {
+    let mut resp = sent.map_err(|e| Failure::Refused(format!("{url}: {e}")))?;
+    let status = resp.status().as_u16();
+    let text = resp
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| Failure::Refused(format!("{url}: {e}")))?;
+    if (200..300).contains(&status) {
+        return Ok(text);
+    }
+    let v: Value = serde_json::from_str(&text).unwrap_or_default();
+    let msg = v["error"]["message"].as_str().unwrap_or(&text).to_string();
+    Err(Failure::Refused(format!("{status}: {msg}")))
 }
 
 /// `server.admin_listen` of the config file, read without resolving its secrets.
