@@ -1,6 +1,16 @@
-//! The OpenAI-style endpoints llmedge routes by model, and what each needs: how its body names
-//! the model, whether its stream carries chat chunks or Responses events, how usage is reported.
-//! Pure: one table instead of a handler per endpoint.
+//! The endpoints llmedge routes by model, and what each needs: which API's conventions it
+//! follows (OpenAI's, or Anthropic's for Messages), whether its stream carries chat chunks,
+//! Responses events or Messages events, how usage is reported. Pure: one table instead of a
+//! handler per endpoint.
+
+/// The API a client or an upstream speaks: its paths, error shape and stream events.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Api {
+    #[default]
+    OpenAi,
+    /// Anthropic's Messages API.
+    Anthropic,
+}
 
 /// An endpoint routed by the request's `model`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,6 +27,10 @@ pub enum Endpoint {
     AudioSpeech,
     AudioTranscriptions,
     AudioTranslations,
+    /// Anthropic's `POST /v1/messages`.
+    Messages,
+    /// Anthropic's `POST /v1/messages/count_tokens`.
+    CountTokens,
 }
 
 /// How a successful `text/event-stream` answer of an endpoint is rewritten.
@@ -27,9 +41,12 @@ pub enum StreamKind {
     /// Responses API events (`response.created` … `response.completed`), `model` and `usage`
     /// inside their `response` object.
     ResponsesEvents,
+    /// Anthropic Messages events (`message_start` … `message_stop`), `model` inside the
+    /// `message_start` message, usage in `message_start` and `message_delta`.
+    MessagesEvents,
 }
 
-const ALL: [Endpoint; 12] = [
+const ALL: [Endpoint; 14] = [
     Endpoint::ChatCompletions,
     Endpoint::Completions,
     Endpoint::Embeddings,
@@ -42,6 +59,8 @@ const ALL: [Endpoint; 12] = [
     Endpoint::AudioSpeech,
     Endpoint::AudioTranscriptions,
     Endpoint::AudioTranslations,
+    Endpoint::Messages,
+    Endpoint::CountTokens,
 ];
 
 impl Endpoint {
@@ -60,6 +79,8 @@ impl Endpoint {
             "/v1/audio/speech" => Self::AudioSpeech,
             "/v1/audio/transcriptions" => Self::AudioTranscriptions,
             "/v1/audio/translations" => Self::AudioTranslations,
+            "/v1/messages" => Self::Messages,
+            "/v1/messages/count_tokens" => Self::CountTokens,
             _ => return None,
         })
     }
@@ -79,6 +100,8 @@ impl Endpoint {
             Self::AudioSpeech => "/v1/audio/speech",
             Self::AudioTranscriptions => "/v1/audio/transcriptions",
             Self::AudioTranslations => "/v1/audio/translations",
+            Self::Messages => "/v1/messages",
+            Self::CountTokens => "/v1/messages/count_tokens",
         }
     }
 
@@ -97,6 +120,8 @@ impl Endpoint {
             Self::AudioSpeech => "audio_speech",
             Self::AudioTranscriptions => "audio_transcriptions",
             Self::AudioTranslations => "audio_translations",
+            Self::Messages => "messages",
+            Self::CountTokens => "messages_count_tokens",
         }
     }
 
@@ -112,7 +137,9 @@ impl Endpoint {
             | Self::Rerank
             | Self::Score
             | Self::ImageGenerations
-            | Self::AudioSpeech => false,
+            | Self::AudioSpeech
+            | Self::Messages
+            | Self::CountTokens => false,
         }
     }
 
@@ -121,7 +148,9 @@ impl Endpoint {
         match self {
             Self::ChatCompletions | Self::Completions => Some(StreamKind::Chunks),
             Self::Responses => Some(StreamKind::ResponsesEvents),
-            Self::Embeddings
+            Self::Messages => Some(StreamKind::MessagesEvents),
+            Self::CountTokens
+            | Self::Embeddings
             | Self::Moderations
             | Self::Rerank
             | Self::Score
@@ -139,6 +168,7 @@ impl Endpoint {
         match self.stream_kind() {
             Some(StreamKind::Chunks) => &["max_completion_tokens", "max_tokens"],
             Some(StreamKind::ResponsesEvents) => &["max_output_tokens"],
+            Some(StreamKind::MessagesEvents) => &["max_tokens"],
             None => &[],
         }
     }
@@ -146,6 +176,14 @@ impl Endpoint {
     /// Whether the endpoint generates tokens (a request without a cap reserves the default).
     pub fn generates_tokens(self) -> bool {
         !self.completion_cap_fields().is_empty()
+    }
+
+    /// The API whose conventions (errors, events) the endpoint's clients expect.
+    pub fn api(self) -> Api {
+        match self {
+            Self::Messages | Self::CountTokens => Api::Anthropic,
+            _ => Api::OpenAi,
+        }
     }
 
     fn bit(self) -> u16 {
@@ -166,13 +204,15 @@ impl EndpointSet {
         self.0 & e.bit() != 0
     }
 
-    /// Parses config names; `images` and `audio` stand for their whole families. The error is
+    /// Parses config names; `images`, `audio` and `messages` (with its `count_tokens`) stand for
+    /// their whole families. The error is
     /// the list of valid names.
     pub fn parse<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Self, (String, String)> {
         let mut set = 0;
         for n in names {
             let add = match n {
                 "images" => Endpoint::ImageGenerations.bit() | Endpoint::ImageEdits.bit(),
+                "messages" => Endpoint::Messages.bit() | Endpoint::CountTokens.bit(),
                 "audio" => {
                     Endpoint::AudioSpeech.bit()
                         | Endpoint::AudioTranscriptions.bit()
@@ -202,11 +242,12 @@ mod tests {
     #[test]
     fn every_endpoint_has_a_path_and_a_config_name_that_round_trip() {
         for e in ALL {
-            assert_eq!(
-                EndpointSet::parse([e.name()]).unwrap(),
-                EndpointSet(e.bit())
-            );
+            assert!(EndpointSet::parse([e.name()]).unwrap().contains(e));
         }
+        let m = EndpointSet::parse(["messages"]).unwrap();
+        assert!(m.contains(Endpoint::CountTokens), "count_tokens goes with messages");
+        assert!(!m.contains(Endpoint::ChatCompletions));
+        assert_eq!(Endpoint::CountTokens.api(), Api::Anthropic);
         assert_eq!(
             Endpoint::from_path("/v1/audio/transcriptions"),
             Some(Endpoint::AudioTranscriptions)

@@ -1,6 +1,8 @@
 //! Every failure a client, an operator or the process can see, with its status, OpenAI body and label.
 
 use http::StatusCode;
+
+use crate::endpoint::Api;
 use serde_json::json;
 
 /// A request-path failure. Each variant decides, by exhaustive match, the HTTP status, the OpenAI
@@ -317,6 +319,56 @@ impl GatewayError {
     pub fn sse_event(&self) -> bytes::Bytes {
         bytes::Bytes::from(format!("data: {}\n\n", self.to_json()))
     }
+
+    /// Anthropic's shape, `{"type":"error","error":{"type","message"}}`, the type following
+    /// the status as Anthropic's SDKs expect.
+    pub fn to_anthropic_json(&self) -> serde_json::Value {
+        let message = match self {
+            Self::MissingApiKey => {
+                "x-api-key header is required (or `Authorization: Bearer <key>`)".to_string()
+            }
+            other => other.to_string(),
+        };
+        anthropic_error_json(self.status().as_u16(), &message)
+    }
+
+    /// The error body in the shape of the client's API.
+    pub fn body_for(&self, api: Api) -> bytes::Bytes {
+        match api {
+            Api::OpenAi => self.body(),
+            Api::Anthropic => bytes::Bytes::from(self.to_anthropic_json().to_string()),
+        }
+    }
+
+    /// The final SSE event for the client's API (Anthropic's needs its `event:` line).
+    pub fn sse_event_for(&self, api: Api) -> bytes::Bytes {
+        match api {
+            Api::OpenAi => self.sse_event(),
+            Api::Anthropic => bytes::Bytes::from(format!(
+                "event: error\ndata: {}\n\n",
+                self.to_anthropic_json()
+            )),
+        }
+    }
+}
+
+/// Anthropic's error `type` for an HTTP status, which its SDKs map to exception classes.
+pub fn anthropic_error_type(status: u16) -> &'static str {
+    match status {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        529 => "overloaded_error",
+        500..=599 => "api_error",
+        _ => "invalid_request_error",
+    }
+}
+
+/// `{"type":"error","error":{"type":…,"message":…}}`.
+pub fn anthropic_error_json(status: u16, message: &str) -> serde_json::Value {
+    json!({"type": "error", "error": {"type": anthropic_error_type(status), "message": message}})
 }
 
 /// A configuration problem. The message names the field path; `main` prints it and exits 64.

@@ -5,6 +5,7 @@
 //! [`add_gateway`] adds them to a server you already have.
 
 pub mod admin;
+pub mod anthropic;
 pub mod auth;
 pub mod balance;
 pub mod cli;
@@ -32,6 +33,7 @@ pub mod sse;
 pub mod state;
 pub mod store;
 pub mod upstream;
+pub mod wire;
 
 use std::net::{SocketAddr, TcpListener};
 

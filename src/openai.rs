@@ -15,16 +15,65 @@ use crate::errors::GatewayError;
 
 /// Token usage as reported by the upstream. The Responses API and image endpoints call the
 /// same counts `input_tokens` / `output_tokens`; both spellings feed the same counters.
+/// Anthropic's usage counts cache reads and cache writes apart from `input_tokens`: they are
+/// added to the prompt, and cache reads are its cached part.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(from = "WireUsage")]
 pub struct Usage {
-    #[serde(default, alias = "input_tokens")]
     pub prompt_tokens: u64,
-    #[serde(default, alias = "output_tokens")]
     pub completion_tokens: u64,
-    #[serde(default)]
     pub total_tokens: u64,
-    #[serde(default, alias = "input_tokens_details")]
     pub prompt_tokens_details: Option<PromptDetails>,
+}
+
+/// Every spelling of usage the upstreams send.
+#[derive(Deserialize)]
+struct WireUsage {
+    #[serde(default, alias = "input_tokens")]
+    prompt_tokens: Option<u64>,
+    #[serde(default, alias = "output_tokens")]
+    completion_tokens: Option<u64>,
+    #[serde(default)]
+    total_tokens: Option<u64>,
+    #[serde(default, alias = "input_tokens_details")]
+    prompt_tokens_details: Option<PromptDetails>,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+}
+
+impl From<WireUsage> for Usage {
+    fn from(w: WireUsage) -> Self {
+        let (read, write) = (
+            w.cache_read_input_tokens.unwrap_or(0),
+            w.cache_creation_input_tokens.unwrap_or(0),
+        );
+        let prompt = w.prompt_tokens.unwrap_or(0) + read + write;
+        let completion = w.completion_tokens.unwrap_or(0);
+        let details = match (w.prompt_tokens_details, w.cache_read_input_tokens) {
+            (Some(d), _) => Some(d),
+            (None, Some(r)) => Some(PromptDetails {
+                cached_tokens: Some(r),
+            }),
+            (None, None) => None,
+        };
+        Self {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: w.total_tokens.unwrap_or(prompt + completion),
+            prompt_tokens_details: details,
+        }
+    }
+}
+
+impl Usage {
+    /// Prompt tokens served from the upstream's prompt cache.
+    pub fn cached(&self) -> u64 {
+        self.prompt_tokens_details
+            .and_then(|d| d.cached_tokens)
+            .unwrap_or(0)
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

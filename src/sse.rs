@@ -5,6 +5,7 @@
 //! line endings (`\n`, `\r\n`, `\r`) are preserved, so the same upstream bytes give the same
 //! client bytes however the network splits them.
 
+use crate::anthropic::{native, MessagesUsage, StreamTranslator};
 use crate::endpoint::StreamKind;
 use crate::openai::{json_string, rewrite_response_object_json, rewrite_responses_event, Usage};
 
@@ -36,6 +37,10 @@ pub struct StreamRewriter {
     done: bool,
     events: u64,
     oversize_flushes: u64,
+    /// Messages usage so far (its events report fields apart, each cumulative).
+    messages_usage: MessagesUsage,
+    /// Set when the stream is translated from another API rather than rewritten.
+    translator: Option<Box<dyn StreamTranslator>>,
 }
 
 impl StreamRewriter {
@@ -59,7 +64,17 @@ impl StreamRewriter {
             done: false,
             events: 0,
             oversize_flushes: 0,
+            messages_usage: MessagesUsage::default(),
+            translator: None,
         }
+    }
+
+    /// A stream translated into the client's API event by event by `t`: every upstream event
+    /// goes to the translator, and only what it makes reaches the client.
+    pub fn translating(t: Box<dyn StreamTranslator>) -> Self {
+        let mut rw = Self::for_kind(StreamKind::Chunks, "", false);
+        rw.translator = Some(t);
+        rw
     }
 
     /// The last usage the upstream reported.
@@ -140,6 +155,10 @@ impl StreamRewriter {
 
     fn emit(&mut self, event: &[u8], out: &mut Vec<u8>) {
         self.events += 1;
+        if self.translator.is_some() {
+            self.translate(event, out);
+            return;
+        }
         let mut data_lines = lines(event).filter(|l| l.field == b"data");
         let Some(first) = data_lines.next() else {
             out.extend_from_slice(event); // comment-only or blank: keep as is
@@ -162,6 +181,36 @@ impl StreamRewriter {
                 out.extend_from_slice(&event[first.value_start + value.len()..]);
             }
         }
+    }
+
+    /// Hands the event's data (several `data:` lines joined) to the translator; comments and
+    /// data-less events make nothing.
+    fn translate(&mut self, event: &[u8], out: &mut Vec<u8>) {
+        let mut data: Vec<&[u8]> = lines(event)
+            .filter(|l| l.field == b"data")
+            .map(|l| l.value)
+            .collect();
+        let joined;
+        let payload = match data.len() {
+            0 => return,
+            1 => data.remove(0),
+            _ => {
+                joined = data.join(&b'\n');
+                &joined[..]
+            }
+        };
+        let Some(t) = self.translator.as_mut() else {
+            return;
+        };
+        let step = t.data(payload, out);
+        if step.usage.is_some() {
+            self.usage = step.usage;
+        }
+        if step.output {
+            self.seen_choice = true;
+            self.choice_events += 1;
+        }
+        self.done |= step.done;
     }
 
     /// Rare: one JSON payload spread over several `data:` lines, joined with `\n` per the spec.
@@ -200,6 +249,19 @@ impl StreamRewriter {
             StreamKind::ResponsesEvents => {
                 let ev = rewrite_responses_event(payload, &self.client_model_json);
                 self.observe_event(&ev);
+                (ev.bytes, false)
+            }
+            StreamKind::MessagesEvents => {
+                let ev = native::rewrite_event(payload, &self.client_model_json);
+                if let Some(u) = &ev.usage {
+                    self.messages_usage.merge(u);
+                    self.usage = Some(self.messages_usage.usage());
+                }
+                if ev.output {
+                    self.seen_choice = true;
+                    self.choice_events += 1;
+                }
+                self.done |= ev.terminal;
                 (ev.bytes, false)
             }
             StreamKind::Chunks => {

@@ -77,6 +77,26 @@ impl Backends {
 }
 
 /// Stable identity of a backend within its pool (and for consistent hashing): a hash of its URL.
+/// The headers that authenticate the gateway to a pool's backends: its key as
+/// `Authorization: Bearer` (OpenAI) or `x-api-key` with `anthropic-version` (Anthropic).
+pub fn auth_headers(config: &PoolConfig) -> Vec<(&'static str, String)> {
+    let mut h = Vec::with_capacity(2);
+    match config.protocol {
+        crate::config::Protocol::Openai => {
+            if let Some(k) = &config.api_key {
+                h.push(("authorization", format!("Bearer {}", k.expose())));
+            }
+        }
+        crate::config::Protocol::Anthropic => {
+            if let Some(k) = &config.api_key {
+                h.push(("x-api-key", k.expose().to_string()));
+            }
+            h.push(("anthropic-version", config.anthropic_version.clone()));
+        }
+    }
+    h
+}
+
 pub fn backend_id(b: &BackendUrl) -> u64 {
     balance::hash_bytes(format!("{}{}", b.authority, b.base_path).as_bytes())
 }

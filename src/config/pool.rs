@@ -17,6 +17,8 @@ const DEFAULT_RETRIES: u32 = 2;
 const MAX_RETRIES: u32 = 10;
 const MAX_WEIGHT: u32 = 1_000;
 const DEFAULT_PROMPT_PREFIX_BYTES: usize = 256;
+/// The `anthropic-version` sent to an Anthropic upstream unless its pool says otherwise.
+pub const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -41,6 +43,35 @@ pub(super) struct RawPool {
     model_map: BTreeMap<String, String>,
     #[serde(default)]
     tls: RawUpstreamTls,
+    /// The API the backends speak: `openai` (default) or `anthropic` (the hosted Messages API).
+    #[serde(default)]
+    protocol: Protocol,
+    /// How `/v1/messages` reaches the backends: `native` or `translate` (default).
+    #[serde(default)]
+    messages: Option<MessagesMode>,
+    /// The `anthropic-version` header sent to a `protocol: anthropic` pool.
+    #[serde(default)]
+    anthropic_version: Option<String>,
+}
+
+/// The API a pool's backends speak.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    #[default]
+    Openai,
+    Anthropic,
+}
+
+/// How a pool of OpenAI-speaking backends takes Anthropic Messages requests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessagesMode {
+    /// The backends serve `/v1/messages` themselves (vLLM, llama-server, Ollama).
+    Native,
+    /// The gateway translates to `/v1/chat/completions` and back.
+    #[default]
+    Translate,
 }
 
 #[derive(Debug, Deserialize)]
@@ -198,6 +229,11 @@ pub struct PoolConfig {
     pub timeouts: Timeouts,
     pub model_map: BTreeMap<String, String>,
     pub tls: UpstreamTls,
+    pub protocol: Protocol,
+    /// For `protocol: openai`; an Anthropic pool takes Messages natively.
+    pub messages: MessagesMode,
+    /// Sent as `anthropic-version` to a `protocol: anthropic` pool.
+    pub anthropic_version: String,
 }
 
 /// How `https://` backends of a pool are verified.
@@ -288,6 +324,27 @@ impl RawPool {
                 format!("{retries} must be between 0 and {MAX_RETRIES}"),
             ));
         }
+        let messages = match (self.protocol, self.messages) {
+            (Protocol::Anthropic, Some(MessagesMode::Translate)) => {
+                return Err(ConfigError::new(
+                    format!("{base}.messages"),
+                    "an anthropic pool takes Messages natively; remove `messages: translate`",
+                ))
+            }
+            (Protocol::Anthropic, _) => MessagesMode::Native,
+            (Protocol::Openai, m) => m.unwrap_or_default(),
+        };
+        let anthropic_version = self
+            .anthropic_version
+            .unwrap_or_else(|| DEFAULT_ANTHROPIC_VERSION.to_string());
+        if anthropic_version.is_empty()
+            || http::HeaderValue::from_str(&anthropic_version).is_err()
+        {
+            return Err(ConfigError::new(
+                format!("{base}.anthropic_version"),
+                "must be a header value such as 2023-06-01",
+            ));
+        }
         Ok(PoolConfig {
             name: name.to_string(),
             backends,
@@ -300,6 +357,9 @@ impl RawPool {
             timeouts: self.timeouts.validate(&base)?,
             model_map: self.model_map,
             tls: self.tls.validate(&base)?,
+            protocol: self.protocol,
+            messages,
+            anthropic_version,
         })
     }
 }

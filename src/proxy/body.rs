@@ -21,6 +21,9 @@ pub struct Incoming {
     pub max_completion: u64,
     /// The prompt's raw text (for token estimates and `hash_key: prompt_prefix`).
     pub prompt: Bytes,
+    /// Bytes of request text the prompt-token estimate counts: the prompt, and for Messages
+    /// its `system` and `tools` too.
+    pub prompt_bytes: usize,
     /// JSON request fields, for the rewrite (`None` for multipart).
     pub json: Option<crate::openai::RequestHead>,
     pub multipart: Option<MultipartHead>,
@@ -49,6 +52,14 @@ pub fn json_incoming(
         .iter()
         .find_map(|f| obj.get(f))
         .map_or_else(|| body.clone(), |v| body.slice_ref(v.get().as_bytes()));
+    let mut prompt_bytes = prompt.len();
+    if endpoint.api() == crate::endpoint::Api::Anthropic {
+        prompt_bytes += ["system", "tools"]
+            .iter()
+            .filter_map(|f| obj.get(f))
+            .map(|v| v.get().len())
+            .sum::<usize>();
+    }
     let max_completion = if endpoint.generates_tokens() {
         endpoint
             .completion_cap_fields()
@@ -64,6 +75,7 @@ pub fn json_incoming(
         stream: head.stream,
         max_completion,
         prompt,
+        prompt_bytes,
         json: Some(head),
         multipart: None,
         body: body.clone(),
@@ -117,6 +129,7 @@ pub async fn read_multipart(
         stream: false,
         max_completion: 0,
         prompt: Bytes::new(),
+        prompt_bytes: 0,
         json: None,
         multipart: Some(MultipartHead {
             model_at,

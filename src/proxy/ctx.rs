@@ -46,6 +46,12 @@ pub struct Plan {
     pub body_model: String,
     /// Where a multipart head carries `model`, for the same reason.
     pub multipart_model: Option<std::ops::Range<usize>>,
+    /// The client's body as sent, kept when a pool of the chain takes it translated.
+    pub original: Option<Bytes>,
+    /// How the body being sent now reaches its pool.
+    pub wire: crate::wire::Wire,
+    /// What a translated answer needs from the request (its stop sequences).
+    pub asked: crate::anthropic::to_chat::Asked,
 }
 
 /// How the response body is treated.
@@ -54,8 +60,10 @@ pub enum ResponseMode {
     Passthrough,
     /// A JSON completion or embedding, buffered to restore `model` and read `usage`.
     Json(Vec<u8>),
-    /// An event stream, rewritten event by event.
+    /// An event stream, rewritten (or translated) event by event.
     Sse(Box<StreamRewriter>),
+    /// An upstream error answer, buffered to give it the client API's error shape.
+    Error(Vec<u8>),
 }
 
 pub use crate::endpoint::Endpoint;
@@ -70,6 +78,8 @@ pub struct Routed {
     pub stream: bool,
     /// The gateway injected `include_usage`, so the usage chunk must not reach the client.
     pub strip_usage: bool,
+    /// The client asked for the usage chunk itself.
+    pub client_usage: bool,
     /// Prompt tokens estimated, and completion tokens reserved, at admission.
     pub prompt_estimate: u64,
     pub completion_reserve: u64,
@@ -113,6 +123,8 @@ pub struct RequestCtx {
     /// The model and endpoint asked for, known before admission (the ledger names them for a
     /// request a limit refused, which never gets `routed`).
     pub asked: Option<(String, Endpoint)>,
+    /// The API the client speaks (by path): it decides the shape of every error it gets.
+    pub api: crate::endpoint::Api,
 }
 
 impl RequestCtx {
@@ -142,6 +154,7 @@ impl RequestCtx {
             active: None,
             cors_origin: None,
             asked: None,
+            api: crate::endpoint::Api::OpenAi,
         }
     }
 

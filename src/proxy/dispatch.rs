@@ -14,6 +14,9 @@ pub async fn execute(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) 
     ctx.request_id = request_id(req.headers.get("x-request-id").map(|v| v.as_bytes()));
     let method = req.method.clone();
     let path = req.uri.path().to_string();
+    if path == "/v1/messages" || path.starts_with("/v1/messages/") {
+        ctx.api = crate::endpoint::Api::Anthropic; // its errors take Anthropic's shape
+    }
     if let Some(cors) = &ctx.snap.config.server.cors {
         if let Some(origin) = req.headers.get(http::header::ORIGIN) {
             ctx.cors_origin = cors
@@ -63,7 +66,8 @@ pub async fn execute(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) 
         return method_not_allowed(session, ctx, method, path).await;
     }
     match prepare::prepare(gw, session, ctx, endpoint).await {
-        Ok(()) => Ok(false),
+        Ok(prepare::Prepared::Proxy) => Ok(false),
+        Ok(prepare::Prepared::Answered(body)) => respond::json(session, ctx, 200, &body).await,
         Err(e) => respond::error(session, ctx, e).await,
     }
 }

@@ -52,7 +52,7 @@ pub async fn respond(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> 
         return no_reuse(0);
     }
     let status = gerr.status().as_u16();
-    let body = gerr.body();
+    let body = gerr.body_for(ctx.api);
     let written = respond::write(session, ctx, status, &body).await;
     ctx.error = Some(gerr);
     match written {

@@ -15,7 +15,9 @@ use crate::config::{HashKey, Route};
 use crate::errors::GatewayError;
 use crate::openai::{inspect_request, rewrite_request};
 use crate::state::Snapshot;
+use crate::anthropic::to_chat::Asked;
 use crate::upstream::Pool;
+use crate::wire::Wire;
 
 /// A client may pin a pool its key allows with this header.
 pub const PIN_HEADER: &str = "x-llmedge-pool";
@@ -141,12 +143,53 @@ fn hash_key(pool: &Pool, session: &Session, ctx: &RequestCtx) -> Option<u64> {
     }
 }
 
-/// Rewrites the body when this pool renames the model differently from the last attempt's.
+/// The client's JSON body translated for a pool that speaks the other API.
+pub fn translated(
+    wire: Wire,
+    original: &[u8],
+    model: &str,
+    default_max_tokens: u64,
+) -> Result<(Bytes, Asked), GatewayError> {
+    let req: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(original)
+        .map_err(|e| GatewayError::InvalidJson(e.to_string()))?;
+    let (v, asked) = match wire {
+        Wire::MessagesToChat => crate::anthropic::to_chat::to_chat(&req, model)?,
+        Wire::ChatToMessages => (
+            crate::anthropic::to_messages::to_messages(&req, model, default_max_tokens)?,
+            Asked::default(),
+        ),
+        Wire::Same | Wire::LocalCount => return Err(GatewayError::Internal),
+    };
+    Ok((Bytes::from(v.to_string()), asked))
+}
+
+/// Rewrites the body when this pool renames the model differently from the last attempt's,
+/// or takes it in another API. A translation this pool refuses ends the request with it.
 pub fn set_body_for(pool: &Pool, ctx: &mut RequestCtx) -> Result<()> {
     let model = pool_model(pool, &ctx.plan.route_model).to_string();
-    if model == ctx.plan.sent_model {
+    let endpoint = ctx.routed.as_ref().map(|r| r.endpoint);
+    let wire = endpoint
+        .and_then(|e| Wire::of(&pool.config, e))
+        .unwrap_or_default();
+    if model == ctx.plan.sent_model && wire == ctx.plan.wire {
         return Ok(());
     }
+    if wire != Wire::Same {
+        let original = ctx.plan.original.clone().unwrap_or_default();
+        let max = ctx.snap.config.server.default_max_tokens;
+        let (body, asked) = translated(wire, &original, &model, max).map_err(|e| {
+            ctx.error = Some(e);
+            Error::explain(InternalError, "translation refused")
+        })?;
+        if let Some(shared) = &ctx.shared {
+            shared.set_body(body);
+        }
+        ctx.plan.asked = asked;
+        ctx.plan.wire = wire;
+        ctx.plan.sent_model = model;
+        return Ok(());
+    }
+    ctx.plan.wire = wire;
     let plan = &ctx.plan;
     let new = match &plan.multipart_model {
         Some(r) => multipart_for_model(&plan.client_body, Some(r.clone()), &model),

@@ -15,7 +15,17 @@ use crate::errors::GatewayError;
 use crate::live::Admission;
 use crate::openai::{inspect_request, rewrite_request, RawObject};
 use crate::router::{self, Resolved};
+use crate::anthropic::to_chat::Asked;
 use crate::state::Snapshot;
+use crate::wire::Wire;
+
+/// What preparing a request came to.
+pub enum Prepared {
+    /// The session is wrapped and the plan made: Pingora proxies it.
+    Proxy,
+    /// The gateway answers itself with this JSON (`count_tokens` for a pool that cannot).
+    Answered(Vec<u8>),
+}
 
 /// Authenticates, reads and rewrites the body, and plans where the attempts go.
 pub async fn prepare(
@@ -23,7 +33,7 @@ pub async fn prepare(
     session: &mut Session,
     ctx: &mut RequestCtx,
     endpoint: Endpoint,
-) -> Result<(), GatewayError> {
+) -> Result<Prepared, GatewayError> {
     let snap = ctx.snap.clone();
     let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
     let key = snap.keys.authenticate(&session.req_header().headers, now)?;
@@ -37,9 +47,33 @@ pub async fn prepare(
     // admission and the rewrite
     let json_body = body::read_body(session, max, &ctx.request_id).await?;
     let (obj, head) = inspect_request(&json_body)?;
+    if endpoint == Endpoint::Messages {
+        check_messages(&obj)?;
+    }
     let max_tokens = snap.config.server.default_max_tokens;
     let incoming = body::json_incoming(&json_body, &obj, head, endpoint, max_tokens);
     plan_request(gw, session, ctx, key, endpoint, incoming, Some(&obj)).await
+}
+
+/// What Anthropic's API itself refuses: a Messages request without `messages` or
+/// `max_tokens`.
+fn check_messages(obj: &RawObject<'_>) -> Result<(), GatewayError> {
+    let is_array = obj
+        .get("messages")
+        .is_some_and(|v| v.get().trim_start().starts_with('['));
+    if !is_array {
+        return Err(GatewayError::InvalidParam {
+            param: "messages",
+            msg: "expected an array of messages".into(),
+        });
+    }
+    if obj.get("max_tokens").and_then(|v| v.get().parse::<u64>().ok()).is_none() {
+        return Err(GatewayError::InvalidParam {
+            param: "max_tokens",
+            msg: "a positive integer is required".into(),
+        });
+    }
+    Ok(())
 }
 
 /// The route for `model`, once the key may use it on this endpoint.
@@ -66,16 +100,52 @@ fn route_for<'m>(
     Ok(resolved)
 }
 
-/// The body the first pool receives: the client's, with that pool's model name.
-fn first_body(incoming: &Incoming, obj: Option<&RawObject<'_>>, model: &str) -> Bytes {
+/// The body the first pool receives: the client's with that pool's model name, or its
+/// translation for that pool's API.
+fn first_body(
+    snap: &Snapshot,
+    incoming: &Incoming,
+    obj: Option<&RawObject<'_>>,
+    model: &str,
+    wire: Wire,
+) -> Result<(Bytes, Asked), GatewayError> {
     let body = &incoming.body;
-    match (&incoming.multipart, obj, &incoming.json) {
+    if wire != Wire::Same {
+        let max_tokens = snap.config.server.default_max_tokens;
+        return plan::translated(wire, body, model, max_tokens);
+    }
+    let same = match (&incoming.multipart, obj, &incoming.json) {
         (Some(m), _, _) => plan::multipart_for_model(body, m.model_at.clone(), model),
         (None, Some(obj), Some(head)) => {
             rewrite_request(obj, head, model).map_or_else(|| body.clone(), Bytes::from)
         }
         _ => body.clone(),
+    };
+    Ok((same, Asked::default()))
+}
+
+/// The chain without the pools that cannot take `endpoint` (a fallback that could only
+/// estimate `count_tokens` included); refused when none is left.
+fn servable(
+    snap: &Snapshot,
+    mut chain: Vec<usize>,
+    endpoint: Endpoint,
+    model: &str,
+) -> Result<Vec<usize>, GatewayError> {
+    let mut first = true;
+    chain.retain(|&p| {
+        let wire = snap.pools.get(p).and_then(|pool| Wire::of(&pool.config, endpoint));
+        let keep = matches!(wire, Some(w) if first || w != Wire::LocalCount);
+        first &= !keep;
+        keep
+    });
+    if chain.is_empty() {
+        return Err(GatewayError::EndpointNotServed {
+            model: model.to_string(),
+            path: endpoint.path(),
+        });
     }
+    Ok(chain)
 }
 
 /// Routes, admits and plans a request whose body (or multipart head) has been read.
@@ -87,7 +157,7 @@ async fn plan_request(
     endpoint: Endpoint,
     incoming: Incoming,
     obj: Option<&RawObject<'_>>,
-) -> Result<(), GatewayError> {
+) -> Result<Prepared, GatewayError> {
     let snap = ctx.snap.clone();
     let model = match (&incoming.model, &snap.config.default_model) {
         (Some(m), _) => m.clone(),
@@ -97,12 +167,20 @@ async fn plan_request(
     let resolved = route_for(&snap, key, &model, endpoint)?;
     let pin = session.req_header().headers.get(plan::PIN_HEADER);
     let chain = plan::chain(&snap, &snap.config.routes[resolved.route], key, pin)?;
+    let chain = servable(&snap, chain, endpoint, &model)?;
     let first = snap.pools.get(chain[0]).ok_or(GatewayError::Internal)?;
-    let sent_model = plan::pool_model(first, resolved.upstream_model).to_string();
-    let upstream_body = first_body(&incoming, obj, &sent_model);
+    let wire = Wire::of(&first.config, endpoint).unwrap_or_default();
     // characters/4 of the prompt's JSON text: cheap, and over- rather than under-estimates
-    let prompt_estimate = (incoming.prompt.len() as u64).div_ceil(4);
+    let estimate = (incoming.prompt_bytes as u64).div_ceil(4);
     ctx.asked = Some((model.clone(), endpoint));
+    if wire == Wire::LocalCount {
+        let body = serde_json::json!({ "input_tokens": estimate });
+        return Ok(Prepared::Answered(body.to_string().into_bytes()));
+    }
+    let sent_model = plan::pool_model(first, resolved.upstream_model).to_string();
+    let (upstream_body, asked) = first_body(&snap, &incoming, obj, &sent_model, wire)?;
+    // counting tokens generates none: only request limits apply to it
+    let prompt_estimate = if endpoint == Endpoint::CountTokens { 0 } else { estimate };
     admit(
         gw,
         ctx,
@@ -117,6 +195,10 @@ async fn plan_request(
         route: resolved.route,
         stream: incoming.stream,
         strip_usage: incoming.json.as_ref().is_some_and(|h| h.inject_usage),
+        client_usage: incoming
+            .json
+            .as_ref()
+            .is_some_and(|h| h.client_include_usage),
         prompt_estimate,
         completion_reserve: incoming.max_completion,
         model,
@@ -130,16 +212,24 @@ async fn plan_request(
         streamed_tail(m, incoming.body.len(), max, first, total_at)
     });
     let names = (route_model, sent_model);
-    ctx.plan = keep_plan(
+    let translates = chain.iter().any(|&p| {
+        let w = snap.pools.get(p).and_then(|pool| Wire::of(&pool.config, endpoint));
+        w.is_some_and(|w| w != Wire::Same)
+    });
+    let original = translates.then(|| incoming.body.clone());
+    let mut plan = keep_plan(
         &snap,
         chain,
         names,
         incoming,
         multipart_model,
-        &upstream_body,
+        (&upstream_body, wire),
     );
+    plan.original = original;
+    plan.asked = asked;
+    ctx.plan = plan;
     wrap_session(gw, session, ctx, first, upstream_body, tail);
-    Ok(())
+    Ok(Prepared::Proxy)
 }
 
 /// Counts the request in flight on its first pool, bounds each write to the client by the
@@ -202,19 +292,31 @@ fn keep_plan(
     (route_model, sent_model): (String, String),
     incoming: Incoming,
     multipart: Option<Option<std::ops::Range<usize>>>,
-    upstream_body: &Bytes,
+    (upstream_body, wire): (&Bytes, Wire),
 ) -> Plan {
     let (client_body, prompt) = if multipart.is_some() {
         (incoming.body.clone(), incoming.prompt.clone())
     } else {
         let prefix = snap.prompt_prefix_bytes.min(incoming.prompt.len());
         let prompt = Bytes::copy_from_slice(&incoming.prompt[..prefix]);
-        (upstream_body.clone(), prompt)
+        // a translated first body is no base for another pool's: keep the client's
+        let kept = if wire == Wire::Same {
+            upstream_body.clone()
+        } else {
+            incoming.body.clone()
+        };
+        (kept, prompt)
+    };
+    let body_model = if wire == Wire::Same {
+        sent_model.clone()
+    } else {
+        incoming.model.clone().unwrap_or_default()
     };
     Plan {
         chain,
         route_model,
-        body_model: sent_model.clone(),
+        body_model,
+        wire,
         sent_model,
         client_body,
         prompt,

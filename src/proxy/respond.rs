@@ -10,7 +10,7 @@ use crate::limits::fmt_reset;
 /// Sends an OpenAI-shaped error and records it on the context; returns `Ok(true)` (handled).
 pub async fn error(session: &mut Session, ctx: &mut RequestCtx, e: GatewayError) -> Result<bool> {
     let status = e.status().as_u16();
-    let body = e.body();
+    let body = e.body_for(ctx.api);
     ctx.error = Some(e);
     json(session, ctx, status, &body).await
 }

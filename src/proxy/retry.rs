@@ -128,7 +128,7 @@ pub fn failed_while_proxying(
 }
 
 /// The upstream's status is known before anything reaches the client: 429 holds the backend for
-/// its `Retry-After`, 5xx ejects it, and 429/502/503/504 move the request elsewhere if possible.
+/// its `Retry-After`, 5xx ejects it, and 429/502/503/504/529 move the request elsewhere if possible.
 pub fn status_received(gw: &Gateway, resp: &ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
     let code = resp.status.as_u16();
     let now = Instant::now();
@@ -155,7 +155,8 @@ pub fn status_received(gw: &Gateway, resp: &ResponseHeader, ctx: &mut RequestCtx
         }
         _ => return Ok(()),
     }
-    if !matches!(code, 429 | 502 | 503 | 504) || !has_next(ctx, now) {
+    // 529: Anthropic's "overloaded", its 503
+    if !matches!(code, 429 | 502 | 503 | 504 | 529) || !has_next(ctx, now) {
         return Ok(()); // nowhere else to go: the client gets the upstream's answer
     }
     let reason = if code == 429 {

@@ -6,6 +6,7 @@ use pingora::proxy::Session;
 
 use super::ctx::RequestCtx;
 use super::plan::PIN_HEADER;
+use crate::wire::Wire;
 
 /// Client headers that carry credentials or billing choices meant for the gateway, never for an
 /// upstream that is called with the pool's own key.
@@ -18,6 +19,8 @@ const CLIENT_CREDENTIAL_HEADERS: [&str; 7] = [
     "openai-project",
     "cookie",
 ];
+
+const ANTHROPIC_HEADERS: [&str; 2] = ["anthropic-version", "anthropic-beta"];
 
 /// Strips client credentials, injects the pool's key, and points path and `Host` at the backend.
 pub fn rewrite_header(
@@ -52,10 +55,22 @@ pub fn rewrite_header(
     }
     upstream.insert_header("host", b.authority.as_str())?;
     upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
-    if let Some(key) = &pool.config.api_key {
-        upstream.insert_header("authorization", format!("Bearer {}", key.expose()))?;
+    if ctx.plan.wire == Wire::MessagesToChat {
+        // Anthropic's headers mean nothing to a chat backend
+        for h in ANTHROPIC_HEADERS {
+            upstream.remove_header(h);
+        }
     }
-    if !b.base_path.is_empty() {
+    for (name, value) in crate::upstream::auth_headers(&pool.config) {
+        upstream.insert_header(name, value)?;
+    }
+    if let Some(path) = ctx.plan.wire.path() {
+        // a translated request goes to the other API's path, without the client's query
+        let uri: http::Uri = format!("{}{path}", b.base_path)
+            .parse()
+            .map_err(|_| Error::explain(InternalError, "bad upstream path"))?;
+        upstream.set_uri(uri);
+    } else if !b.base_path.is_empty() {
         let original = session
             .req_header()
             .uri

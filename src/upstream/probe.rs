@@ -52,9 +52,8 @@ async fn get_inner(
     let mut req = RequestHeader::build("GET", full.as_bytes(), None).map_err(|_| "bad path")?;
     req.insert_header("host", b.authority.as_str())
         .map_err(|_| "bad header")?;
-    if let Some(k) = &pool.config.api_key {
-        req.insert_header("authorization", format!("Bearer {}", k.expose()))
-            .map_err(|_| "bad header")?;
+    for (name, value) in super::auth_headers(&pool.config) {
+        req.insert_header(name, value).map_err(|_| "bad header")?;
     }
     http.write_request_header(Box::new(req))
         .await
