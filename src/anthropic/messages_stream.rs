@@ -96,6 +96,9 @@ impl MessagesStream {
                 let Some(Some(n)) = self.tool_of_block.get(index) else {
                     return false;
                 };
+                if d["partial_json"].as_str().is_none_or(str::is_empty) {
+                    return false;
+                }
                 let call = json!({"index": n, "function": {"arguments": d["partial_json"]}});
                 self.chunk(out, json!({"tool_calls": [call]}), None);
                 true

@@ -15,7 +15,8 @@ pub fn to_messages(
     if req.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
         return Err(invalid("n", "an Anthropic model returns one choice; n must be 1"));
     }
-    if let Some(kind) = req["response_format"].get("type").and_then(Value::as_str) {
+    let format = req.get("response_format").and_then(|f| f.get("type"));
+    if let Some(kind) = format.and_then(Value::as_str) {
         if kind != "text" {
             let msg = format!("response_format `{kind}` is not available on this model");
             return Err(invalid("response_format", msg));
