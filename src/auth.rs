@@ -57,7 +57,8 @@ impl KeyStore {
         self.entries.is_empty()
     }
 
-    /// Reads `Authorization: Bearer <key>` or, as Azure clients send it, `api-key: <key>`; a
+    /// Reads `Authorization: Bearer <key>`, or `x-api-key: <key>` as Anthropic clients send it,
+    /// or `api-key: <key>` as Azure clients do; a
     /// key past its expiry (or a retired secret past its grace) is refused like a wrong one.
     pub fn authenticate(
         &self,
@@ -88,7 +89,12 @@ fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
         let token = strip_bearer(v)?;
         return (!token.is_empty()).then_some(token);
     }
-    let v = headers.get("api-key")?.as_bytes().trim_ascii();
+    // Anthropic's SDKs send `x-api-key`, Azure's `api-key`
+    let v = headers
+        .get("x-api-key")
+        .or_else(|| headers.get("api-key"))?
+        .as_bytes()
+        .trim_ascii();
     (!v.is_empty()).then_some(v)
 }
 
@@ -156,6 +162,8 @@ mod tests {
             .unwrap();
         assert_eq!(&*a.principal.tenant, "acme");
         let b = s.authenticate(&headers(&[("api-key", "sk-b")]), 1).unwrap();
+        let x = s.authenticate(&headers(&[("x-api-key", "sk-b")]), 1).unwrap();
+        assert_eq!(x.principal.tenant, b.principal.tenant);
         assert_eq!(&*b.principal.tenant, "beta");
         let c = s
             .authenticate(&headers(&[("authorization", "bearer   sk-b ")]), 1)

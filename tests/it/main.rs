@@ -17,6 +17,7 @@ mod fleet;
 mod ledger;
 mod limits;
 mod live;
+mod messages;
 mod ops;
 mod shared;
 mod streaming;

@@ -15,6 +15,8 @@
 //! | `gated` | one SSE event, then the rest once the test calls `open_gate` |
 //! | `hold` | never answers; records when the gateway closes the connection (prefill abort) |
 //! | `close-reused` | on a kept-alive connection, reads the request and closes without answering |
+//!
+//! Anthropic's `/v1/messages`, and recorded streams for translation, are in `mock_messages`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -360,7 +362,7 @@ async fn read_request(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Recorde
     })
 }
 
-async fn write_json(sock: &mut TcpStream, status: u16, extra: &str, body: &[u8]) -> bool {
+pub(super) async fn write_json(sock: &mut TcpStream, status: u16, extra: &str, body: &[u8]) -> bool {
     let head = format!(
         "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{extra}\r\n",
         body.len()
@@ -368,7 +370,7 @@ async fn write_json(sock: &mut TcpStream, status: u16, extra: &str, body: &[u8])
     sock.write_all(head.as_bytes()).await.is_ok() && sock.write_all(body).await.is_ok()
 }
 
-async fn write_chunk(sock: &mut TcpStream, data: &[u8]) -> std::io::Result<()> {
+pub(super) async fn write_chunk(sock: &mut TcpStream, data: &[u8]) -> std::io::Result<()> {
     sock.write_all(format!("{:x}\r\n", data.len()).as_bytes())
         .await?;
     sock.write_all(data).await?;
@@ -376,7 +378,7 @@ async fn write_chunk(sock: &mut TcpStream, data: &[u8]) -> std::io::Result<()> {
     sock.flush().await
 }
 
-const SSE_HEAD: &[u8] =
+pub(super) const SSE_HEAD: &[u8] =
     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
 
 /// Health checks and load scrapes, answered from the knobs (not recorded as requests).
@@ -420,6 +422,9 @@ async fn respond(sock: &mut TcpStream, req: &Recorded, shared: &Shared) -> bool 
     let model = v["model"].as_str().unwrap_or("").to_string();
     let stream = v["stream"].as_bool() == Some(true);
     let include_usage = v["stream_options"]["include_usage"].as_bool() == Some(true);
+    if let Some(done) = super::mock_messages::answer(sock, req, &v, stream).await {
+        return done;
+    }
     match model.as_str() {
         "status-429" => {
             let body = json!({"error":{"message":"Rate limit reached","type":"requests","param":null,"code":"rate_limit_exceeded"}});
@@ -538,7 +543,7 @@ async fn stream_reply(
     }
 }
 
-async fn finish_sse(sock: &mut TcpStream, body: &[u8], frag: usize) -> bool {
+pub(super) async fn finish_sse(sock: &mut TcpStream, body: &[u8], frag: usize) -> bool {
     for piece in body.chunks(frag.min(body.len()).max(1)) {
         if write_chunk(sock, piece).await.is_err() {
             return false;
