@@ -62,7 +62,10 @@ impl MessagesUsage {
         let pairs = [
             (&mut self.input_tokens, later.input_tokens),
             (&mut self.output_tokens, later.output_tokens),
-            (&mut self.cache_read_input_tokens, later.cache_read_input_tokens),
+            (
+                &mut self.cache_read_input_tokens,
+                later.cache_read_input_tokens,
+            ),
             (
                 &mut self.cache_creation_input_tokens,
                 later.cache_creation_input_tokens,
@@ -89,11 +92,11 @@ impl MessagesUsage {
             prompt_tokens: prompt,
             completion_tokens: completion,
             total_tokens: prompt + completion,
-            prompt_tokens_details: self
-                .cache_read_input_tokens
-                .map(|r| crate::openai::PromptDetails {
+            prompt_tokens_details: self.cache_read_input_tokens.map(|r| {
+                crate::openai::PromptDetails {
                     cached_tokens: Some(r),
-                }),
+                }
+            }),
         }
     }
 
@@ -147,7 +150,9 @@ pub fn error_to_anthropic(body: &[u8], status: u16) -> Vec<u8> {
 /// An Anthropic upstream's error answer in OpenAI's shape.
 pub fn error_to_openai(body: &[u8], status: u16) -> Vec<u8> {
     let v: Option<Value> = serde_json::from_slice(body).ok();
-    if v.as_ref().is_some_and(|v| v["error"]["message"].is_string() && v["type"] != "error") {
+    if v.as_ref()
+        .is_some_and(|v| v["error"]["message"].is_string() && v["type"] != "error")
+    {
         return body.to_vec();
     }
     let msg = error_message(body).unwrap_or_else(|| format!("upstream answered {status}"));
@@ -155,7 +160,9 @@ pub fn error_to_openai(body: &[u8], status: u16) -> Vec<u8> {
         400..=499 => "invalid_request_error",
         _ => "server_error",
     };
-    let upstream_type = v.as_ref().and_then(|v| v["error"]["type"].as_str().map(str::to_string));
+    let upstream_type = v
+        .as_ref()
+        .and_then(|v| v["error"]["type"].as_str().map(str::to_string));
     json!({"error": {"message": msg, "type": kind, "param": null, "code": upstream_type}})
         .to_string()
         .into_bytes()

@@ -162,7 +162,9 @@ mod tests {
             .unwrap();
         assert_eq!(&*a.principal.tenant, "acme");
         let b = s.authenticate(&headers(&[("api-key", "sk-b")]), 1).unwrap();
-        let x = s.authenticate(&headers(&[("x-api-key", "sk-b")]), 1).unwrap();
+        let x = s
+            .authenticate(&headers(&[("x-api-key", "sk-b")]), 1)
+            .unwrap();
         assert_eq!(x.principal.tenant, b.principal.tenant);
         assert_eq!(&*b.principal.tenant, "beta");
         let c = s

@@ -245,7 +245,10 @@ mod tests {
             assert!(EndpointSet::parse([e.name()]).unwrap().contains(e));
         }
         let m = EndpointSet::parse(["messages"]).unwrap();
-        assert!(m.contains(Endpoint::CountTokens), "count_tokens goes with messages");
+        assert!(
+            m.contains(Endpoint::CountTokens),
+            "count_tokens goes with messages"
+        );
         assert!(!m.contains(Endpoint::ChatCompletions));
         assert_eq!(Endpoint::CountTokens.api(), Api::Anthropic);
         assert_eq!(

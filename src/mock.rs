@@ -1,7 +1,9 @@
 //! `llmedge mock`: an OpenAI-compatible fake upstream for demos and load tests (no GPU needed).
 //!
 //! Serves `/v1/chat/completions` and `/v1/completions` (JSON or SSE with a configurable token
-//! count and inter-token delay), `/v1/embeddings`, `/v1/models` and `/health`. Per request,
+//! count and inter-token delay), Anthropic's `/v1/messages` and `/v1/messages/count_tokens`
+//! the same way, `/v1/embeddings`, `/v1/models` and `/health`. A chat or Messages request
+//! offering tools is answered with a call to its first tool. Per request,
 //! `x-mock-tokens` and `x-mock-delay-ms` headers override the defaults; `max_tokens` caps output.
 //!
 //! With `slots`, it behaves like a GPU server with a batch limit: at most that many generations
@@ -20,6 +22,8 @@ use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
+
+mod messages;
 
 const WORDS: [&str; 12] = [
     "Hello",
@@ -228,6 +232,8 @@ impl MockApp {
             "/v1/chat/completions" => completion(&v, tokens, delay, prompt_tokens, true),
             "/v1/completions" => completion(&v, tokens, delay, prompt_tokens, false),
             "/v1/embeddings" => json_reply(200, embeddings(&v, prompt_tokens)),
+            "/v1/messages" => messages::reply(&v, tokens, delay, prompt_tokens),
+            "/v1/messages/count_tokens" => messages::count_tokens(prompt_tokens),
             _ => not_found(),
         }
     }
@@ -264,6 +270,8 @@ struct Generated {
     n: usize,
     finish: &'static str,
     usage: Value,
+    /// A call to the first tool offered (name, arguments).
+    tool: Option<(String, String)>,
 }
 
 fn completion(v: &Value, tokens: usize, delay: Duration, prompt: u64, chat: bool) -> Reply {
@@ -279,11 +287,26 @@ fn completion(v: &Value, tokens: usize, delay: Duration, prompt: u64, chat: bool
         n,
         finish: if n < tokens { "length" } else { "stop" },
         usage: json!({"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n as u64}),
+        tool: chat
+            .then(|| messages::calls_tool(v).map(messages::tool_call_parts))
+            .flatten(),
+    };
+    let g = Generated {
+        finish: if g.tool.is_some() {
+            "tool_calls"
+        } else {
+            g.finish
+        },
+        ..g
     };
     if v["stream"].as_bool() != Some(true) {
         let text: String = (0..n).map(word).collect();
         let (object, choice) = if chat {
-            let m = json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": g.finish});
+            let mut m = json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": g.finish});
+            if let Some((name, args)) = &g.tool {
+                m["message"]["tool_calls"] = json!([{"id": "call_mock_1", "type": "function",
+                    "function": {"name": name, "arguments": args}}]);
+            }
             ("chat.completion", m)
         } else {
             let t = json!({"index": 0, "text": text, "finish_reason": g.finish});
@@ -328,6 +351,23 @@ fn stream_events(g: &Generated, include_usage: bool) -> Vec<String> {
         events.push(chunk(json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null})));
     }
     events.extend((0..g.n).map(|i| chunk(piece(word(i), None))));
+    if let Some((name, args)) = &g.tool {
+        let call = |c: Value| {
+            chunk(json!({"index": 0, "delta": {"tool_calls": [c]}, "finish_reason": null}))
+        };
+        events.push(call(
+            json!({"index": 0, "id": "call_mock_1", "type": "function",
+            "function": {"name": name, "arguments": ""}}),
+        ));
+        let half = args.len() / 2;
+        let cut = (0..=half)
+            .rev()
+            .find(|&i| args.is_char_boundary(i))
+            .unwrap_or(0);
+        for part in [&args[..cut], &args[cut..]] {
+            events.push(call(json!({"index": 0, "function": {"arguments": part}})));
+        }
+    }
     events.push(chunk(piece("", Some(g.finish))));
     if include_usage {
         let u = json!({"id": id, "object": object, "created": 0, "model": model, "choices": [], "usage": g.usage});

@@ -193,10 +193,17 @@ admin:
   keys: ["{DEMO_ADMIN_KEY}"]
 pools:
   mock:
-    backends: ["http://{mock_addr}"]
+    backends: ["http://{mock_addr}"]   # /v1/messages is translated to chat for it
+  claude:
+    backends: ["http://{mock_addr}"]   # the mock standing in for Anthropic's API
+    protocol: anthropic
+    api_key: "sk-ant-demo"
 routes:
   - prefix: "mock/"
     pool: mock
+    strip_prefix: true
+  - prefix: "claude/"
+    pool: claude
     strip_prefix: true
 default_model: "mock/llama3"
 state:
@@ -211,7 +218,8 @@ fn demo_banner(args: &DemoArgs) -> String {
     let base = format!("http://{}", args.listen);
     format!(
         r#"llmedge demo: gateway on {base}/v1, metrics on http://{admin}/metrics
-demo key: {DEMO_KEY}   models: mock/llama3 (chat, completions), mock/mock-embed (embeddings)
+demo key: {DEMO_KEY}   models: mock/llama3 (chat, completions, messages), mock/mock-embed
+(embeddings), claude/* (chat and messages on a mock Anthropic upstream)
 
   curl -s {base}/v1/chat/completions -H 'Authorization: Bearer {DEMO_KEY}' \
     -H 'Content-Type: application/json' \
@@ -220,6 +228,13 @@ demo key: {DEMO_KEY}   models: mock/llama3 (chat, completions), mock/mock-embed 
   curl -sN {base}/v1/chat/completions -H 'Authorization: Bearer {DEMO_KEY}' \
     -H 'Content-Type: application/json' \
     -d '{{"model":"mock/llama3","stream":true,"messages":[{{"role":"user","content":"hi"}}]}}'
+
+  curl -s {base}/v1/messages -H 'x-api-key: {DEMO_KEY}' -H 'Content-Type: application/json' \
+    -d '{{"model":"mock/llama3","max_tokens":64,"messages":[{{"role":"user","content":"hi"}}]}}'
+
+  curl -s {base}/v1/chat/completions -H 'Authorization: Bearer {DEMO_KEY}' \
+    -H 'Content-Type: application/json' \
+    -d '{{"model":"claude/sonnet","messages":[{{"role":"user","content":"hi"}}]}}'
 
   curl -s {base}/v1/models -H 'Authorization: Bearer {DEMO_KEY}'
   curl -s http://{admin}/metrics | grep llmedge_
@@ -230,6 +245,8 @@ Keys are managed at runtime through the admin API:
   llmedge keys create --admin-url http://{admin} --tenant demo --name mine --rpm 60
 
 Python: OpenAI(base_url="{base}/v1", api_key="{DEMO_KEY}")
+        Anthropic(base_url="{base}", api_key="{DEMO_KEY}")
+Claude Code: ANTHROPIC_BASE_URL={base} ANTHROPIC_AUTH_TOKEN={DEMO_KEY} claude --model mock/llama3
 Ctrl-C stops it."#,
         admin = args.admin_listen,
     )

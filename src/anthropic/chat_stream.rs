@@ -81,7 +81,10 @@ impl ChatStream {
         };
         if kind == Block::Thinking {
             let delta = json!({"type": "signature_delta", "signature": MINTED_SIGNATURE});
-            event(out, &json!({"type": "content_block_delta", "index": index, "delta": delta}));
+            event(
+                out,
+                &json!({"type": "content_block_delta", "index": index, "delta": delta}),
+            );
         }
         event(out, &json!({"type": "content_block_stop", "index": index}));
     }
@@ -103,7 +106,10 @@ impl ChatStream {
     }
 
     fn delta(out: &mut Vec<u8>, index: u64, delta: Value) {
-        event(out, &json!({"type": "content_block_delta", "index": index, "delta": delta}));
+        event(
+            out,
+            &json!({"type": "content_block_delta", "index": index, "delta": delta}),
+        );
     }
 
     fn tool_delta(&mut self, call: &Value, out: &mut Vec<u8>) {
@@ -121,7 +127,9 @@ impl ChatStream {
             let Some(name) = c.name.clone() else {
                 return; // the arguments wait for the name
             };
-            let id = c.id.clone().unwrap_or_else(|| format!("toolu_{}_{at}", self.id));
+            let id =
+                c.id.clone()
+                    .unwrap_or_else(|| format!("toolu_{}_{at}", self.id));
             let start = json!({"type": "tool_use", "id": id, "name": name, "input": {}});
             let index = self.open(Block::Tool(at), start, out);
             self.calls[at].block = Some(index);
@@ -129,7 +137,11 @@ impl ChatStream {
         let c = &mut self.calls[at];
         if let (Some(index), false) = (c.block, c.pending.is_empty()) {
             let partial = std::mem::take(&mut c.pending);
-            Self::delta(out, index, json!({"type": "input_json_delta", "partial_json": partial}));
+            Self::delta(
+                out,
+                index,
+                json!({"type": "input_json_delta", "partial_json": partial}),
+            );
         }
     }
 
@@ -139,7 +151,10 @@ impl ChatStream {
         let (reason, sequence) = self.stop.take().unwrap_or(("end_turn", Value::Null));
         let usage = MessagesUsage::from_usage(&self.usage.unwrap_or_default());
         let delta = json!({"stop_reason": reason, "stop_sequence": sequence});
-        event(out, &json!({"type": "message_delta", "delta": delta, "usage": usage}));
+        event(
+            out,
+            &json!({"type": "message_delta", "delta": delta, "usage": usage}),
+        );
         event(out, &json!({"type": "message_stop"}));
         self.done = true;
     }
@@ -187,7 +202,9 @@ impl StreamTranslator for ChatStream {
         };
         self.start(out);
         if let Some(e) = v.get("error").filter(|e| !e.is_null()) {
-            let msg = e["message"].as_str().unwrap_or("the upstream failed mid-stream");
+            let msg = e["message"]
+                .as_str()
+                .unwrap_or("the upstream failed mid-stream");
             event(out, &super::error_json(500, msg));
             self.done = true;
             return Step {

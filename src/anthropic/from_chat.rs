@@ -15,9 +15,7 @@ pub fn stop_reason(finish: &str, matched: &Value, asked: &Asked) -> (&'static st
         "tool_calls" | "function_call" => ("tool_use", Value::Null),
         "content_filter" => ("refusal", Value::Null),
         _ => match matched.as_str() {
-            Some(s) if asked.stop_sequences.iter().any(|q| q == s) => {
-                ("stop_sequence", json!(s))
-            }
+            Some(s) if asked.stop_sequences.iter().any(|q| q == s) => ("stop_sequence", json!(s)),
             _ => ("end_turn", Value::Null),
         },
     }
@@ -64,9 +62,10 @@ pub fn from_chat(chat: &Value, model: &str, id: &str, asked: &Asked) -> Value {
     let finish = choice["finish_reason"].as_str().unwrap_or("stop");
     let (reason, sequence) = stop_reason(finish, &choice["stop_reason"], asked);
     let usage: Usage = serde_json::from_value(chat["usage"].clone()).unwrap_or_default();
-    let id = chat["id"]
-        .as_str()
-        .map_or_else(|| id.to_string(), |c| format!("msg_{}", c.trim_start_matches("chatcmpl-")));
+    let id = chat["id"].as_str().map_or_else(
+        || id.to_string(),
+        |c| format!("msg_{}", c.trim_start_matches("chatcmpl-")),
+    );
     json!({
         "id": id,
         "type": "message",

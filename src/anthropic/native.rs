@@ -27,7 +27,7 @@ fn usage_of(v: Option<&RawValue>) -> Option<MessagesUsage> {
 
 /// An object with its `model` replaced by `model_json` when it differs.
 fn with_model(obj: &RawObject<'_>, model_json: &str, len: usize) -> Option<Vec<u8>> {
-    if !obj.get("model").is_some_and(|m| m.get() != model_json) {
+    if obj.get("model").is_none_or(|m| m.get() == model_json) {
         return None;
     }
     let mut out = Vec::with_capacity(len + model_json.len());

@@ -80,6 +80,37 @@ fn events(sse: &[u8]) -> Vec<(Option<String>, Value)> {
         .collect()
 }
 
+/// One `content_block_delta` applied to its block, as the SDK's accumulator does.
+fn apply_delta(b: &mut Value, d: &Value, partial: &mut String) {
+    let append = |b: &mut Value, field: &str, more: &Value| {
+        let t = format!("{}{}", b[field].as_str().unwrap(), more.as_str().unwrap());
+        b[field] = json!(t);
+    };
+    match d["type"].as_str().unwrap() {
+        "text_delta" => {
+            assert_eq!(b["type"], "text");
+            append(b, "text", &d["text"]);
+        }
+        "thinking_delta" => {
+            assert_eq!(b["type"], "thinking");
+            append(b, "thinking", &d["thinking"]);
+        }
+        "signature_delta" => {
+            assert_eq!(
+                b["type"], "thinking",
+                "Content block is not a thinking block"
+            );
+            b["signature"] = d["signature"].clone();
+        }
+        "input_json_delta" => {
+            assert_eq!(b["type"], "tool_use");
+            partial.push_str(d["partial_json"].as_str().unwrap());
+            b["input"] = serde_json::from_str(partial).unwrap_or(json!({"partial": partial}));
+        }
+        other => panic!("unknown delta {other}"),
+    }
+}
+
 /// What Anthropic's Python SDK requires of a stream (`_streaming.py`, `_messages.py`): every
 /// event named, `message_start` first, blocks started in index order 0..n before their
 /// deltas, a tool's `input` empty at its start and its `partial_json` concatenating to JSON,
@@ -91,7 +122,11 @@ fn anthropic_sdk_accumulate(sse: &[u8]) -> Value {
     let mut message = Value::Null;
     for (i, (name, data)) in evs.iter().enumerate() {
         let kind = data["type"].as_str().unwrap();
-        assert_eq!(name.as_deref(), Some(kind), "event line names the data type");
+        assert_eq!(
+            name.as_deref(),
+            Some(kind),
+            "event line names the data type"
+        );
         if i == 0 {
             assert_eq!(kind, "message_start", "first event");
         }
@@ -110,29 +145,7 @@ fn anthropic_sdk_accumulate(sse: &[u8]) -> Value {
             "content_block_delta" => {
                 let at = data["index"].as_u64().unwrap() as usize;
                 let b = content.get_mut(at).expect("delta for a started block");
-                let d = &data["delta"];
-                match d["type"].as_str().unwrap() {
-                    "text_delta" => {
-                        assert_eq!(b["type"], "text");
-                        let t = format!("{}{}", b["text"].as_str().unwrap(), d["text"].as_str().unwrap());
-                        b["text"] = json!(t);
-                    }
-                    "thinking_delta" => {
-                        assert_eq!(b["type"], "thinking");
-                        let t = format!("{}{}", b["thinking"].as_str().unwrap(), d["thinking"].as_str().unwrap());
-                        b["thinking"] = json!(t);
-                    }
-                    "signature_delta" => {
-                        assert_eq!(b["type"], "thinking", "Content block is not a thinking block");
-                        b["signature"] = d["signature"].clone();
-                    }
-                    "input_json_delta" => {
-                        assert_eq!(b["type"], "tool_use");
-                        partial[at].push_str(d["partial_json"].as_str().unwrap());
-                        b["input"] = serde_json::from_str(&partial[at]).unwrap_or(json!({"partial": partial[at]}));
-                    }
-                    other => panic!("unknown delta {other}"),
-                }
+                apply_delta(b, &data["delta"], &mut partial[at]);
             }
             "content_block_stop" => assert!(data["index"].as_u64().unwrap() < content.len() as u64),
             "message_delta" => {
@@ -189,18 +202,29 @@ fn openai_sdk_accumulate(sse: &[u8]) -> Value {
         if !data["usage"].is_null() {
             usage = data["usage"].clone();
         }
-        let Some(c) = data["choices"].get(0) else { continue };
+        let Some(c) = data["choices"].get(0) else {
+            continue;
+        };
         let d = &c["delta"];
         text.push_str(d["content"].as_str().unwrap_or(""));
         reasoning.push_str(d["reasoning_content"].as_str().unwrap_or(""));
         for tc in d["tool_calls"].as_array().into_iter().flatten() {
             let at = tc["index"].as_u64().unwrap() as usize;
             if at == calls.len() {
-                assert!(tc["id"].is_string() && tc["type"] == "function" && tc["function"]["name"].is_string());
-                calls.push(json!({"id": tc["id"], "name": tc["function"]["name"], "arguments": ""}));
+                assert!(
+                    tc["id"].is_string()
+                        && tc["type"] == "function"
+                        && tc["function"]["name"].is_string()
+                );
+                calls
+                    .push(json!({"id": tc["id"], "name": tc["function"]["name"], "arguments": ""}));
             }
             let call = calls.get_mut(at).expect("tool indices count from 0");
-            let args = format!("{}{}", call["arguments"].as_str().unwrap(), tc["function"]["arguments"].as_str().unwrap_or(""));
+            let args = format!(
+                "{}{}",
+                call["arguments"].as_str().unwrap(),
+                tc["function"]["arguments"].as_str().unwrap_or("")
+            );
             call["arguments"] = json!(args);
         }
         if !c["finish_reason"].is_null() {
@@ -229,7 +253,10 @@ fn chat_streams_become_messages_events_golden() {
         assert!(rw.is_done(), "{name}: the stream's end was seen");
         if name != "error" {
             assert_eq!(rw.usage().unwrap().prompt_tokens, 120);
-            assert_eq!(msg["usage"]["input_tokens"], 56, "{name}: prompt minus cache reads");
+            assert_eq!(
+                msg["usage"]["input_tokens"], 56,
+                "{name}: prompt minus cache reads"
+            );
             assert_eq!(msg["usage"]["cache_read_input_tokens"], 64);
             assert_eq!(msg["usage"]["output_tokens"], 31);
         }
@@ -243,10 +270,24 @@ fn translated_messages_hold_what_the_chat_stream_said() {
     let c = tools["content"].as_array().unwrap();
     assert_eq!(c.len(), 3, "text, then one block per tool call: {c:?}");
     assert_eq!(c[0]["text"], "Let me check.");
-    assert_eq!((&c[1]["id"], &c[1]["name"]), (&json!("call_a1"), &json!("get_weather")));
-    assert_eq!(c[1]["input"], json!({"city": "Paris"}), "a repeated id opens no new block");
-    assert_eq!((&c[2]["id"], &c[2]["name"]), (&json!("call_b2"), &json!("get_time")));
-    assert_eq!(c[2]["input"], json!({"tz": "CET"}), "arguments before the name are kept");
+    assert_eq!(
+        (&c[1]["id"], &c[1]["name"]),
+        (&json!("call_a1"), &json!("get_weather"))
+    );
+    assert_eq!(
+        c[1]["input"],
+        json!({"city": "Paris"}),
+        "a repeated id opens no new block"
+    );
+    assert_eq!(
+        (&c[2]["id"], &c[2]["name"]),
+        (&json!("call_b2"), &json!("get_time"))
+    );
+    assert_eq!(
+        c[2]["input"],
+        json!({"tz": "CET"}),
+        "arguments before the name are kept"
+    );
     assert_eq!(tools["stop_reason"], "tool_use");
     let thinking = msg("chat_thinking.sse");
     let c = thinking["content"].as_array().unwrap();
@@ -255,7 +296,10 @@ fn translated_messages_hold_what_the_chat_stream_said() {
     assert_eq!(c[1]["text"], "Hi!");
     assert_eq!(thinking["stop_reason"], "end_turn");
     let stop = msg("chat_stop_sequence.sse");
-    assert_eq!((&stop["stop_reason"], &stop["stop_sequence"]), (&json!("stop_sequence"), &json!("###")));
+    assert_eq!(
+        (&stop["stop_reason"], &stop["stop_sequence"]),
+        (&json!("stop_sequence"), &json!("###"))
+    );
     let err = msg("chat_error.sse");
     assert_eq!(err["error"]["type"], "api_error");
     assert_eq!(err["error"]["message"], "CUDA out of memory");
@@ -272,7 +316,11 @@ fn messages_streams_become_chat_chunks_golden() {
         let acc = openai_sdk_accumulate(&out);
         assert!(rw.is_done());
         let u = rw.usage().unwrap();
-        assert_eq!((u.prompt_tokens, u.cached()), (25 + 10 + 2048, 2048), "{name}");
+        assert_eq!(
+            (u.prompt_tokens, u.cached()),
+            (25 + 10 + 2048, 2048),
+            "{name}"
+        );
         if name != "error" {
             assert_eq!(acc["usage"]["prompt_tokens"], 2083);
             assert_eq!(acc["usage"]["prompt_tokens_details"]["cached_tokens"], 2048);
@@ -281,10 +329,16 @@ fn messages_streams_become_chat_chunks_golden() {
     let acc = |n: &str| openai_sdk_accumulate(&run(to_openai(true), &fixture(n), &[]).0);
     let tools = acc("messages_tools.sse");
     assert_eq!(tools["text"], "Let me check.");
-    assert_eq!(tools["calls"][0], json!({"id": "toolu_01A", "name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}));
+    assert_eq!(
+        tools["calls"][0],
+        json!({"id": "toolu_01A", "name": "get_weather", "arguments": "{\"city\": \"Paris\"}"})
+    );
     assert_eq!(tools["calls"][1]["arguments"], "{\"tz\": \"CET\"}");
     assert_eq!(tools["finish"], "tool_calls");
-    assert_eq!(acc("messages_thinking.sse")["reasoning"], "The user greets; answer briefly.");
+    assert_eq!(
+        acc("messages_thinking.sse")["reasoning"],
+        "The user greets; answer briefly."
+    );
     assert_eq!(acc("messages_stop_sequence.sse")["finish"], "stop");
     let err = acc("messages_error.sse");
     assert_eq!(err["error"]["code"], "overloaded_error");
@@ -296,7 +350,11 @@ fn usage_chunk_only_when_the_openai_client_asked() {
     let input = fixture("messages_text.sse");
     let (out, rw) = run(to_openai(false), &input, &[]);
     assert!(openai_sdk_accumulate(&out)["usage"].is_null());
-    assert_eq!(rw.usage().unwrap().completion_tokens, 42, "still captured for accounting");
+    assert_eq!(
+        rw.usage().unwrap().completion_tokens,
+        42,
+        "still captured for accounting"
+    );
 }
 
 #[test]
@@ -314,8 +372,17 @@ fn native_messages_keep_their_bytes_but_the_model() {
         let u = rw.usage().unwrap();
         assert_eq!(u.prompt_tokens, 2083, "input + cache writes + cache reads");
         assert_eq!(u.cached(), 2048);
-        let out_tokens = if name == "error" { 1 } else if name == "stop_sequence" { 7 } else { 42 };
-        assert_eq!(u.completion_tokens, out_tokens, "{name}: message_delta's cumulative count");
+        let out_tokens = if name == "error" {
+            1
+        } else if name == "stop_sequence" {
+            7
+        } else {
+            42
+        };
+        assert_eq!(
+            u.completion_tokens, out_tokens,
+            "{name}: message_delta's cumulative count"
+        );
     }
 }
 
@@ -390,7 +457,10 @@ fn a_messages_request_as_chat() {
     for (choice, mapped) in [
         (json!({"type": "auto"}), json!("auto")),
         (json!({"type": "none"}), json!("none")),
-        (json!({"type": "tool", "name": "f"}), json!({"type": "function", "function": {"name": "f"}})),
+        (
+            json!({"type": "tool", "name": "f"}),
+            json!({"type": "function", "function": {"name": "f"}}),
+        ),
     ] {
         let r = obj(json!({"messages": [], "tool_choice": choice}));
         assert_eq!(to_chat(&r, "m").unwrap().0["tool_choice"], mapped);
@@ -400,11 +470,23 @@ fn a_messages_request_as_chat() {
 #[test]
 fn messages_requests_chat_cannot_carry_are_refused_naming_the_place() {
     let bad = [
-        (json!({"messages": [{"role": "user", "content": [{"type": "document", "source": {"type": "base64"}}]}]}), "messages[0].content[0]"),
-        (json!({"messages": [{"role": "tool", "content": "x"}]}), "messages[0].role"),
-        (json!({"messages": [], "tools": [{"type": "web_search_20250305", "name": "web_search"}]}), "tools[0]"),
+        (
+            json!({"messages": [{"role": "user", "content": [{"type": "document", "source": {"type": "base64"}}]}]}),
+            "messages[0].content[0]",
+        ),
+        (
+            json!({"messages": [{"role": "tool", "content": "x"}]}),
+            "messages[0].role",
+        ),
+        (
+            json!({"messages": [], "tools": [{"type": "web_search_20250305", "name": "web_search"}]}),
+            "tools[0]",
+        ),
         (json!({"messages": "hi"}), "expected an array"),
-        (json!({"messages": [], "tool_choice": {"type": "sometimes"}}), "tool_choice"),
+        (
+            json!({"messages": [], "tool_choice": {"type": "sometimes"}}),
+            "tool_choice",
+        ),
     ];
     for (req, says) in bad {
         let e = to_chat(&obj(req), "m").unwrap_err();
@@ -458,7 +540,10 @@ fn a_chat_request_as_messages() {
     assert_eq!(to_messages(&n2, "c", 1).unwrap_err().status(), 400);
     let required = obj(json!({"messages": [], "tool_choice": "required", "max_tokens": 9}));
     let m = to_messages(&required, "c", 1).unwrap();
-    assert_eq!((&m["tool_choice"], &m["max_tokens"]), (&json!({"type": "any"}), &json!(9)));
+    assert_eq!(
+        (&m["tool_choice"], &m["max_tokens"]),
+        (&json!({"type": "any"}), &json!(9))
+    );
 }
 
 #[test]
@@ -469,43 +554,68 @@ fn whole_answers_translate_both_ways() {
             "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}}]}}],
         "usage": {"prompt_tokens": 100, "completion_tokens": 9, "total_tokens": 109, "prompt_tokens_details": {"cached_tokens": 40}}});
     let msg = from_chat::from_chat(&chat, "coder", "msg_x", &asked());
-    assert_eq!(msg, json!({"id": "msg_42", "type": "message", "role": "assistant", "model": "coder",
+    assert_eq!(
+        msg,
+        json!({"id": "msg_42", "type": "message", "role": "assistant", "model": "coder",
         "content": [{"type": "thinking", "thinking": "think", "signature": MINTED_SIGNATURE},
                     {"type": "text", "text": "Sure."},
                     {"type": "tool_use", "id": "call_1", "name": "f", "input": {"a": 1}}],
         "stop_reason": "tool_use", "stop_sequence": null,
-        "usage": {"input_tokens": 60, "output_tokens": 9, "cache_read_input_tokens": 40, "cache_creation_input_tokens": 0}}));
+        "usage": {"input_tokens": 60, "output_tokens": 9, "cache_read_input_tokens": 40, "cache_creation_input_tokens": 0}})
+    );
     let anthropic = json!({"id": "msg_9", "type": "message", "role": "assistant", "model": "claude-x",
         "content": [{"type": "text", "text": "Hi"}, {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {"b": 2}}],
         "stop_reason": "tool_use", "stop_sequence": null,
         "usage": {"input_tokens": 5, "output_tokens": 3, "cache_read_input_tokens": 10, "cache_creation_input_tokens": 2}});
     let c = from_messages::from_messages(&anthropic, "claude", 11);
-    assert_eq!(c, json!({"id": "chatcmpl-9", "object": "chat.completion", "created": 11, "model": "claude",
+    assert_eq!(
+        c,
+        json!({"id": "chatcmpl-9", "object": "chat.completion", "created": 11, "model": "claude",
         "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant", "content": "Hi",
             "tool_calls": [{"id": "toolu_1", "type": "function", "function": {"name": "f", "arguments": "{\"b\":2}"}}]}}],
-        "usage": {"prompt_tokens": 17, "completion_tokens": 3, "total_tokens": 20, "prompt_tokens_details": {"cached_tokens": 10}}}));
+        "usage": {"prompt_tokens": 17, "completion_tokens": 3, "total_tokens": 20, "prompt_tokens_details": {"cached_tokens": 10}}})
+    );
     let u: crate::openai::Usage = serde_json::from_value(anthropic["usage"].clone()).unwrap();
-    assert_eq!((u.prompt_tokens, u.completion_tokens, u.cached()), (17, 3, 10), "Anthropic usage read by the shared parser");
+    assert_eq!(
+        (u.prompt_tokens, u.completion_tokens, u.cached()),
+        (17, 3, 10),
+        "Anthropic usage read by the shared parser"
+    );
 }
 
 #[test]
 fn error_shapes_follow_each_sdk() {
-    for (status, kind) in [(400, "invalid_request_error"), (401, "authentication_error"), (403, "permission_error"),
-        (404, "not_found_error"), (413, "request_too_large"), (429, "rate_limit_error"), (500, "api_error"),
-        (503, "api_error"), (529, "overloaded_error")] {
+    for (status, kind) in [
+        (400, "invalid_request_error"),
+        (401, "authentication_error"),
+        (403, "permission_error"),
+        (404, "not_found_error"),
+        (413, "request_too_large"),
+        (429, "rate_limit_error"),
+        (500, "api_error"),
+        (503, "api_error"),
+        (529, "overloaded_error"),
+    ] {
         assert_eq!(error_type(status), kind);
     }
     let openai = br#"{"error":{"message":"max_tokens is too large","type":"BadRequestError","param":null,"code":400}}"#;
     let a: Value = serde_json::from_slice(&error_to_anthropic(openai, 400)).unwrap();
-    assert_eq!(a, json!({"type": "error", "error": {"type": "invalid_request_error", "message": "max_tokens is too large"}}));
+    assert_eq!(
+        a,
+        json!({"type": "error", "error": {"type": "invalid_request_error", "message": "max_tokens is too large"}})
+    );
     let already = br#"{"type":"error","error":{"type":"overloaded_error","message":"busy"}}"#;
     assert_eq!(error_to_anthropic(already, 529), already.to_vec());
     let o: Value = serde_json::from_slice(&error_to_openai(already, 529)).unwrap();
     assert_eq!(o["error"]["message"], "busy");
     assert_eq!(o["error"]["code"], "overloaded_error");
-    let html: Value = serde_json::from_slice(&error_to_anthropic(b"<html>bad gateway</html>", 502)).unwrap();
+    let html: Value =
+        serde_json::from_slice(&error_to_anthropic(b"<html>bad gateway</html>", 502)).unwrap();
     assert_eq!(html["error"]["type"], "api_error");
     let e = crate::errors::GatewayError::MissingApiKey.to_anthropic_json();
     assert_eq!(e["error"]["type"], "authentication_error");
-    assert!(e["error"]["message"].as_str().unwrap().contains("x-api-key"));
+    assert!(e["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("x-api-key"));
 }

@@ -64,7 +64,11 @@ pub fn to_chat(req: &Map<String, Value>, model: &str) -> Result<(Value, Asked), 
     let stop_sequences = req
         .get("stop_sequences")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default();
     Ok((Value::Object(out), Asked { stop_sequences }))
 }
@@ -99,7 +103,10 @@ fn system_text(v: Option<&Value>) -> Result<Option<String>, GatewayError> {
             }
             Ok(out)
         }
-        Some(_) => Err(invalid("system", "expected a string or an array of text blocks")),
+        Some(_) => Err(invalid(
+            "system",
+            "expected a string or an array of text blocks",
+        )),
     }
 }
 
@@ -112,7 +119,12 @@ fn user_turn(content: &Value, i: usize, out: &mut Vec<Value>) -> Result<(), Gate
             return Ok(());
         }
         Value::Array(b) => b,
-        _ => return Err(invalid("messages", format!("messages[{i}].content: expected a string or blocks"))),
+        _ => {
+            return Err(invalid(
+                "messages",
+                format!("messages[{i}].content: expected a string or blocks"),
+            ))
+        }
     };
     let mut parts = Vec::new();
     for (j, b) in blocks.iter().enumerate() {
@@ -163,7 +175,12 @@ fn tool_result(b: &Value, i: usize, j: usize) -> Result<(String, Vec<Value>), Ga
             }
             texts.join("\n")
         }
-        _ => return Err(invalid("messages", format!("messages[{i}].content[{j}].content: expected a string or blocks"))),
+        _ => {
+            return Err(invalid(
+                "messages",
+                format!("messages[{i}].content[{j}].content: expected a string or blocks"),
+            ))
+        }
     };
     let text = if b["is_error"] == Value::Bool(true) && !text.is_empty() {
         format!("Error: {text}")
@@ -178,7 +195,9 @@ fn user_part(b: &Value, i: usize, j: usize) -> Result<Option<Value>, GatewayErro
     let kind = b["type"].as_str().unwrap_or("");
     let at = format!("messages[{i}].content[{j}]");
     match kind {
-        "text" => Ok(Some(json!({"type": "text", "text": b["text"].as_str().unwrap_or("")}))),
+        "text" => Ok(Some(
+            json!({"type": "text", "text": b["text"].as_str().unwrap_or("")}),
+        )),
         "image" => {
             let src = &b["source"];
             let url = match src["type"].as_str() {
@@ -188,9 +207,16 @@ fn user_part(b: &Value, i: usize, j: usize) -> Result<Option<Value>, GatewayErro
                     src["data"].as_str().unwrap_or("")
                 ),
                 Some("url") => src["url"].as_str().unwrap_or("").to_string(),
-                _ => return Err(invalid("messages", format!("{at}.source: expected a base64 or url image"))),
+                _ => {
+                    return Err(invalid(
+                        "messages",
+                        format!("{at}.source: expected a base64 or url image"),
+                    ))
+                }
             };
-            Ok(Some(json!({"type": "image_url", "image_url": {"url": url}})))
+            Ok(Some(
+                json!({"type": "image_url", "image_url": {"url": url}}),
+            ))
         }
         "document" if b["source"]["type"] == "text" => {
             let text = b["source"]["data"].as_str().unwrap_or("");
@@ -210,7 +236,12 @@ fn assistant_turn(content: &Value, i: usize) -> Result<Value, GatewayError> {
     let blocks = match content {
         Value::String(s) => return Ok(json!({"role": "assistant", "content": s})),
         Value::Array(b) => b,
-        _ => return Err(invalid("messages", format!("messages[{i}].content: expected a string or blocks"))),
+        _ => {
+            return Err(invalid(
+                "messages",
+                format!("messages[{i}].content: expected a string or blocks"),
+            ))
+        }
     };
     let mut text = String::new();
     let mut calls = Vec::new();
@@ -242,7 +273,9 @@ fn tools(req: &Map<String, Value>, out: &mut Map<String, Value>) -> Result<(), G
         let mut converted = Vec::with_capacity(list.len());
         for (i, t) in list.iter().enumerate() {
             if let Some(kind) = t["type"].as_str().filter(|k| *k != "custom") {
-                let msg = format!("tools[{i}]: server tool `{kind}` is not available on this model's backends");
+                let msg = format!(
+                    "tools[{i}]: server tool `{kind}` is not available on this model's backends"
+                );
                 return Err(invalid("tools", msg));
             }
             let mut f = json!({"name": t["name"], "parameters": t["input_schema"]});
@@ -261,7 +294,12 @@ fn tools(req: &Map<String, Value>, out: &mut Map<String, Value>) -> Result<(), G
         Some("any") => json!("required"),
         Some("none") => json!("none"),
         Some("tool") => json!({"type": "function", "function": {"name": choice["name"]}}),
-        _ => return Err(invalid("tool_choice", "expected type auto, any, tool or none")),
+        _ => {
+            return Err(invalid(
+                "tool_choice",
+                "expected type auto, any, tool or none",
+            ))
+        }
     };
     out.insert("tool_choice".into(), mapped);
     if choice["disable_parallel_tool_use"] == Value::Bool(true) {

@@ -13,7 +13,10 @@ pub fn to_messages(
     default_max_tokens: u64,
 ) -> Result<Value, GatewayError> {
     if req.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
-        return Err(invalid("n", "an Anthropic model returns one choice; n must be 1"));
+        return Err(invalid(
+            "n",
+            "an Anthropic model returns one choice; n must be 1",
+        ));
     }
     let format = req.get("response_format").and_then(|f| f.get("type"));
     if let Some(kind) = format.and_then(Value::as_str) {
@@ -39,7 +42,11 @@ pub fn to_messages(
         .and_then(Value::as_u64)
         .unwrap_or(default_max_tokens);
     out.insert("max_tokens".into(), json!(max));
-    copy_fields(req, &mut out, &[("temperature", "temperature"), ("top_p", "top_p")]);
+    copy_fields(
+        req,
+        &mut out,
+        &[("temperature", "temperature"), ("top_p", "top_p")],
+    );
     match req.get("stop") {
         Some(Value::String(s)) => {
             out.insert("stop_sequences".into(), json!([s]));
@@ -72,11 +79,14 @@ fn turns_of(turns: &[Value]) -> Result<(Vec<String>, Vec<Value>), GatewayError> 
             }
             Some("user") => ("user", user_blocks(&m["content"], i)?),
             Some("assistant") => ("assistant", assistant_blocks(m, i)?),
-            Some("tool") => ("user", vec![json!({
-                "type": "tool_result",
-                "tool_use_id": m["tool_call_id"],
-                "content": text_of(&m["content"]).unwrap_or_default(),
-            })]),
+            Some("tool") => (
+                "user",
+                vec![json!({
+                    "type": "tool_result",
+                    "tool_use_id": m["tool_call_id"],
+                    "content": text_of(&m["content"]).unwrap_or_default(),
+                })],
+            ),
             _ => {
                 let msg = format!("messages[{i}].role: expected system, user, assistant or tool");
                 return Err(invalid("messages", msg));
@@ -102,7 +112,12 @@ fn user_blocks(content: &Value, i: usize) -> Result<Vec<Value>, GatewayError> {
         Value::String(s) => return Ok(vec![json!({"type": "text", "text": s})]),
         Value::Array(p) => p,
         Value::Null => return Ok(Vec::new()),
-        _ => return Err(invalid("messages", format!("messages[{i}].content: expected a string or parts"))),
+        _ => {
+            return Err(invalid(
+                "messages",
+                format!("messages[{i}].content: expected a string or parts"),
+            ))
+        }
     };
     let mut blocks = Vec::with_capacity(parts.len());
     for (j, p) in parts.iter().enumerate() {
@@ -110,7 +125,10 @@ fn user_blocks(content: &Value, i: usize) -> Result<Vec<Value>, GatewayError> {
             Some("text") => blocks.push(json!({"type": "text", "text": p["text"]})),
             Some("image_url") => blocks.push(image(p["image_url"]["url"].as_str().unwrap_or(""))),
             other => {
-                let msg = format!("messages[{i}].content[{j}]: part type `{}` is not available on this model", other.unwrap_or(""));
+                let msg = format!(
+                    "messages[{i}].content[{j}]: part type `{}` is not available on this model",
+                    other.unwrap_or("")
+                );
                 return Err(invalid("messages", msg));
             }
         }
@@ -137,8 +155,14 @@ fn assistant_blocks(m: &Value, i: usize) -> Result<Vec<Value>, GatewayError> {
         let f = &call["function"];
         let args = f["arguments"].as_str().unwrap_or("{}");
         let input: Value = serde_json::from_str(if args.is_empty() { "{}" } else { args })
-            .map_err(|_| invalid("messages", format!("messages[{i}].tool_calls[{j}].function.arguments: expected JSON")))?;
-        blocks.push(json!({"type": "tool_use", "id": call["id"], "name": f["name"], "input": input}));
+            .map_err(|_| {
+                invalid(
+                    "messages",
+                    format!("messages[{i}].tool_calls[{j}].function.arguments: expected JSON"),
+                )
+            })?;
+        blocks
+            .push(json!({"type": "tool_use", "id": call["id"], "name": f["name"], "input": input}));
     }
     Ok(blocks)
 }
@@ -166,7 +190,9 @@ fn tools(req: &Map<String, Value>, out: &mut Map<String, Value>) {
     let mut choice = match req.get("tool_choice") {
         Some(Value::String(s)) if s == "required" => json!({"type": "any"}),
         Some(Value::String(s)) if s == "none" => json!({"type": "none"}),
-        Some(Value::Object(c)) => json!({"type": "tool", "name": c.get("function").map_or(&Value::Null, |f| &f["name"])}),
+        Some(Value::Object(c)) => {
+            json!({"type": "tool", "name": c.get("function").map_or(&Value::Null, |f| &f["name"])})
+        }
         Some(_) => json!({"type": "auto"}),
         None if parallel_off => json!({"type": "auto"}),
         None => return,

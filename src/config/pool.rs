@@ -302,6 +302,7 @@ impl RawPool {
                 "must list at least one URL",
             ));
         }
+        let (messages, anthropic_version) = self.api_settings(&base)?;
         let backends = validate_backends(&base, self.backends)?;
         let api_key = match &self.api_key {
             Some(raw) => Some(secret::resolve(&format!("{base}.api_key"), raw, env)?),
@@ -324,27 +325,6 @@ impl RawPool {
                 format!("{retries} must be between 0 and {MAX_RETRIES}"),
             ));
         }
-        let messages = match (self.protocol, self.messages) {
-            (Protocol::Anthropic, Some(MessagesMode::Translate)) => {
-                return Err(ConfigError::new(
-                    format!("{base}.messages"),
-                    "an anthropic pool takes Messages natively; remove `messages: translate`",
-                ))
-            }
-            (Protocol::Anthropic, _) => MessagesMode::Native,
-            (Protocol::Openai, m) => m.unwrap_or_default(),
-        };
-        let anthropic_version = self
-            .anthropic_version
-            .unwrap_or_else(|| DEFAULT_ANTHROPIC_VERSION.to_string());
-        if anthropic_version.is_empty()
-            || http::HeaderValue::from_str(&anthropic_version).is_err()
-        {
-            return Err(ConfigError::new(
-                format!("{base}.anthropic_version"),
-                "must be a header value such as 2023-06-01",
-            ));
-        }
         Ok(PoolConfig {
             name: name.to_string(),
             backends,
@@ -361,6 +341,34 @@ impl RawPool {
             messages,
             anthropic_version,
         })
+    }
+}
+
+impl RawPool {
+    /// How the pool takes Messages, and the `anthropic-version` it is sent.
+    fn api_settings(&self, base: &str) -> Result<(MessagesMode, String), ConfigError> {
+        let messages = match (self.protocol, self.messages) {
+            (Protocol::Anthropic, Some(MessagesMode::Translate)) => {
+                return Err(ConfigError::new(
+                    format!("{base}.messages"),
+                    "an anthropic pool takes Messages natively; remove `messages: translate`",
+                ))
+            }
+            (Protocol::Anthropic, _) => MessagesMode::Native,
+            (Protocol::Openai, m) => m.unwrap_or_default(),
+        };
+        let anthropic_version = self
+            .anthropic_version
+            .clone()
+            .unwrap_or_else(|| DEFAULT_ANTHROPIC_VERSION.to_string());
+        if anthropic_version.is_empty() || http::HeaderValue::from_str(&anthropic_version).is_err()
+        {
+            return Err(ConfigError::new(
+                format!("{base}.anthropic_version"),
+                "must be a header value such as 2023-06-01",
+            ));
+        }
+        Ok((messages, anthropic_version))
     }
 }
 

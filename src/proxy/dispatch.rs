@@ -14,9 +14,7 @@ pub async fn execute(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) 
     ctx.request_id = request_id(req.headers.get("x-request-id").map(|v| v.as_bytes()));
     let method = req.method.clone();
     let path = req.uri.path().to_string();
-    if path == "/v1/messages" || path.starts_with("/v1/messages/") {
-        ctx.api = crate::endpoint::Api::Anthropic; // its errors take Anthropic's shape
-    }
+    ctx.api = client_api(&path); // the shape of every error this request gets
     if let Some(cors) = &ctx.snap.config.server.cors {
         if let Some(origin) = req.headers.get(http::header::ORIGIN) {
             ctx.cors_origin = cors
@@ -69,6 +67,15 @@ pub async fn execute(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) 
         Ok(prepare::Prepared::Proxy) => Ok(false),
         Ok(prepare::Prepared::Answered(body)) => respond::json(session, ctx, 200, &body).await,
         Err(e) => respond::error(session, ctx, e).await,
+    }
+}
+
+/// Anthropic's paths get Anthropic's error shape (an unknown `/v1/messages/…` path too).
+fn client_api(path: &str) -> crate::endpoint::Api {
+    if path == "/v1/messages" || path.starts_with("/v1/messages/") {
+        crate::endpoint::Api::Anthropic
+    } else {
+        crate::endpoint::Api::OpenAi
     }
 }
 

@@ -9,13 +9,13 @@ use pingora::proxy::Session;
 
 use super::ctx::RequestCtx;
 use super::Gateway;
+use crate::anthropic::to_chat::Asked;
 use crate::auth::KeyEntry;
 use crate::balance::hash_bytes;
 use crate::config::{HashKey, Route};
 use crate::errors::GatewayError;
 use crate::openai::{inspect_request, rewrite_request};
 use crate::state::Snapshot;
-use crate::anthropic::to_chat::Asked;
 use crate::upstream::Pool;
 use crate::wire::Wire;
 
@@ -150,8 +150,8 @@ pub fn translated(
     model: &str,
     default_max_tokens: u64,
 ) -> Result<(Bytes, Asked), GatewayError> {
-    let req: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(original)
-        .map_err(|e| GatewayError::InvalidJson(e.to_string()))?;
+    let req: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(original).map_err(|e| GatewayError::InvalidJson(e.to_string()))?;
     let (v, asked) = match wire {
         Wire::MessagesToChat => crate::anthropic::to_chat::to_chat(&req, model)?,
         Wire::ChatToMessages => (

@@ -9,13 +9,13 @@ use super::ctx::{InflightGuard, Plan, RequestCtx, Routed};
 use super::plan;
 use super::session::{self, Shared, Tail};
 use super::Gateway;
+use crate::anthropic::to_chat::Asked;
 use crate::auth::KeyEntry;
 use crate::endpoint::Endpoint;
 use crate::errors::GatewayError;
 use crate::live::Admission;
 use crate::openai::{inspect_request, rewrite_request, RawObject};
 use crate::router::{self, Resolved};
-use crate::anthropic::to_chat::Asked;
 use crate::state::Snapshot;
 use crate::wire::Wire;
 
@@ -67,7 +67,11 @@ fn check_messages(obj: &RawObject<'_>) -> Result<(), GatewayError> {
             msg: "expected an array of messages".into(),
         });
     }
-    if obj.get("max_tokens").and_then(|v| v.get().parse::<u64>().ok()).is_none() {
+    if obj
+        .get("max_tokens")
+        .and_then(|v| v.get().parse::<u64>().ok())
+        .is_none()
+    {
         return Err(GatewayError::InvalidParam {
             param: "max_tokens",
             msg: "a positive integer is required".into(),
@@ -134,7 +138,10 @@ fn servable(
 ) -> Result<Vec<usize>, GatewayError> {
     let mut first = true;
     chain.retain(|&p| {
-        let wire = snap.pools.get(p).and_then(|pool| Wire::of(&pool.config, endpoint));
+        let wire = snap
+            .pools
+            .get(p)
+            .and_then(|pool| Wire::of(&pool.config, endpoint));
         let keep = matches!(wire, Some(w) if first || w != Wire::LocalCount);
         first &= !keep;
         keep
@@ -180,7 +187,11 @@ async fn plan_request(
     let sent_model = plan::pool_model(first, resolved.upstream_model).to_string();
     let (upstream_body, asked) = first_body(&snap, &incoming, obj, &sent_model, wire)?;
     // counting tokens generates none: only request limits apply to it
-    let prompt_estimate = if endpoint == Endpoint::CountTokens { 0 } else { estimate };
+    let prompt_estimate = if endpoint == Endpoint::CountTokens {
+        0
+    } else {
+        estimate
+    };
     admit(
         gw,
         ctx,
@@ -190,46 +201,49 @@ async fn plan_request(
     .await?;
     ctx.pool = Some(chain[0]);
     let route_model = resolved.upstream_model.to_string();
-    ctx.routed = Some(Routed {
+    ctx.routed = Some(routed(
+        &incoming,
         endpoint,
-        route: resolved.route,
-        stream: incoming.stream,
-        strip_usage: incoming.json.as_ref().is_some_and(|h| h.inject_usage),
-        client_usage: incoming
-            .json
-            .as_ref()
-            .is_some_and(|h| h.client_include_usage),
-        prompt_estimate,
-        completion_reserve: incoming.max_completion,
+        resolved.route,
         model,
-    });
+        prompt_estimate,
+    ));
     let mut incoming = incoming;
-    let multipart = incoming.multipart.take();
-    let multipart_model = multipart.as_ref().map(|m| m.model_at.clone());
-    let total_at = ctx.start + first.config.timeouts.total;
-    let tail = multipart.filter(|m| !m.complete).map(|m| {
-        let max = snap.config.server.max_body_bytes;
-        streamed_tail(m, incoming.body.len(), max, first, total_at)
-    });
+    let (multipart_model, tail) = take_multipart(&mut incoming, &snap, first, ctx.start);
     let names = (route_model, sent_model);
-    let translates = chain.iter().any(|&p| {
-        let w = snap.pools.get(p).and_then(|pool| Wire::of(&pool.config, endpoint));
-        w.is_some_and(|w| w != Wire::Same)
-    });
-    let original = translates.then(|| incoming.body.clone());
     let mut plan = keep_plan(
         &snap,
         chain,
         names,
         incoming,
         multipart_model,
-        (&upstream_body, wire),
+        (&upstream_body, wire, endpoint),
     );
-    plan.original = original;
     plan.asked = asked;
     ctx.plan = plan;
     wrap_session(gw, session, ctx, first, upstream_body, tail);
     Ok(Prepared::Proxy)
+}
+
+/// What routing and admission decided, for the response and the books.
+fn routed(
+    incoming: &Incoming,
+    endpoint: Endpoint,
+    route: usize,
+    model: String,
+    prompt_estimate: u64,
+) -> Routed {
+    let head = incoming.json.as_ref();
+    Routed {
+        endpoint,
+        route,
+        stream: incoming.stream,
+        strip_usage: head.is_some_and(|h| h.inject_usage),
+        client_usage: head.is_some_and(|h| h.client_include_usage),
+        prompt_estimate,
+        completion_reserve: incoming.max_completion,
+        model,
+    }
 }
 
 /// Counts the request in flight on its first pool, bounds each write to the client by the
@@ -262,6 +276,27 @@ fn wrap_session(
     ctx.shared = Some(shared);
 }
 
+/// The rest of an upload still to stream, and what watches it.
+type StreamedTail = (Tail, crate::multipart::Watch);
+
+/// Where a multipart head carries `model`, and the tail still to stream when only the head
+/// was read.
+fn take_multipart(
+    incoming: &mut Incoming,
+    snap: &Snapshot,
+    first: &crate::upstream::Pool,
+    start: std::time::Instant,
+) -> (Option<Option<std::ops::Range<usize>>>, Option<StreamedTail>) {
+    let multipart = incoming.multipart.take();
+    let model_at = multipart.as_ref().map(|m| m.model_at.clone());
+    let total_at = start + first.config.timeouts.total;
+    let tail = multipart.filter(|m| !m.complete).map(|m| {
+        let max = snap.config.server.max_body_bytes;
+        streamed_tail(m, incoming.body.len(), max, first, total_at)
+    });
+    (model_at, tail)
+}
+
 /// An upload only partly read (its head): the rest streams, watched and limited as it goes.
 fn streamed_tail(
     m: body::MultipartHead,
@@ -292,8 +327,17 @@ fn keep_plan(
     (route_model, sent_model): (String, String),
     incoming: Incoming,
     multipart: Option<Option<std::ops::Range<usize>>>,
-    (upstream_body, wire): (&Bytes, Wire),
+    (upstream_body, wire, endpoint): (&Bytes, Wire, Endpoint),
 ) -> Plan {
+    // a pool of the chain that takes the body in the other API translates the client's
+    let translates = chain.iter().any(|&p| {
+        let w = snap
+            .pools
+            .get(p)
+            .and_then(|pool| Wire::of(&pool.config, endpoint));
+        w.is_some_and(|w| w != Wire::Same)
+    });
+    let original = translates.then(|| incoming.body.clone());
     let (client_body, prompt) = if multipart.is_some() {
         (incoming.body.clone(), incoming.prompt.clone())
     } else {
@@ -317,6 +361,7 @@ fn keep_plan(
         route_model,
         body_model,
         wire,
+        original,
         sent_model,
         client_body,
         prompt,

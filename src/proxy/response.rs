@@ -16,7 +16,12 @@ use crate::sse::StreamRewriter;
 use crate::wire::{pool_api, Wire};
 
 /// Upstream response headers that describe the provider account, not the client's request.
-const UPSTREAM_PRIVATE_HEADERS: [&str; 3] = ["set-cookie", "openai-organization", "openai-project"];
+const UPSTREAM_PRIVATE_HEADERS: [&str; 4] = [
+    "set-cookie",
+    "openai-organization",
+    "openai-project",
+    "anthropic-organization-id",
+];
 
 /// JSON bodies above this are forwarded unmodified instead of being buffered further.
 const MAX_JSON_BUFFER: usize = 67_108_864; // 64 MiB
@@ -28,27 +33,7 @@ pub fn headers(resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
     ctx.status = Some(resp.status.as_u16());
     ctx.ttfb = Some(ctx.start.elapsed());
     arm_idle(ctx);
-    // the provider account's cookies, organisation and rate limits are not the client's
-    for h in UPSTREAM_PRIVATE_HEADERS {
-        resp.remove_header(h);
-    }
-    // upstream rate limits describe the provider account; upstream CORS answers would
-    // override `server.cors`, which alone decides what browsers may call
-    let is_private = |k: &http::HeaderName| {
-        let k = k.as_str();
-        k.starts_with("x-ratelimit-") || k.starts_with("access-control-")
-    };
-    if resp.headers.keys().any(is_private) {
-        let private: Vec<_> = resp
-            .headers
-            .keys()
-            .filter(|k| is_private(k))
-            .cloned()
-            .collect();
-        for h in private {
-            resp.remove_header(&h);
-        }
-    }
+    strip_private(resp);
     resp.insert_header("x-request-id", ctx.request_id.as_str())?;
     super::respond::rate_headers(resp, ctx)?;
     super::respond::cors_headers(resp, ctx)?;
@@ -90,6 +75,32 @@ pub fn headers(resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
     resp.remove_header("content-length");
     resp.insert_header("transfer-encoding", "chunked")?;
     Ok(())
+}
+
+/// The provider account's cookies, organisation and rate limits are not the client's.
+fn strip_private(resp: &mut ResponseHeader) {
+    for h in UPSTREAM_PRIVATE_HEADERS {
+        resp.remove_header(h);
+    }
+    // upstream rate limits describe the provider account; upstream CORS answers would
+    // override `server.cors`, which alone decides what browsers may call
+    let is_private = |k: &http::HeaderName| {
+        let k = k.as_str();
+        k.starts_with("x-ratelimit-")
+            || k.starts_with("anthropic-ratelimit-")
+            || k.starts_with("access-control-")
+    };
+    if resp.headers.keys().any(is_private) {
+        let private: Vec<_> = resp
+            .headers
+            .keys()
+            .filter(|k| is_private(k))
+            .cloned()
+            .collect();
+        for h in private {
+            resp.remove_header(&h);
+        }
+    }
 }
 
 /// Whether an upstream error answer must change shape: an Anthropic client's always (an

@@ -362,7 +362,12 @@ async fn read_request(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Recorde
     })
 }
 
-pub(super) async fn write_json(sock: &mut TcpStream, status: u16, extra: &str, body: &[u8]) -> bool {
+pub(super) async fn write_json(
+    sock: &mut TcpStream,
+    status: u16,
+    extra: &str,
+    body: &[u8],
+) -> bool {
     let head = format!(
         "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{extra}\r\n",
         body.len()
