@@ -171,3 +171,63 @@ fn budget_aliases_and_per_model_token_limits_load() {
     assert!(glob.matches("gpt-4o-mini"));
     assert_eq!(l.tpm, Some(20000));
 }
+
+#[test]
+fn pools_say_which_api_their_backends_speak() {
+    let c = load(GOOD).unwrap();
+    let ollama = c.pools.iter().find(|p| p.name == "ollama").unwrap();
+    assert_eq!(
+        (ollama.protocol, ollama.messages),
+        (Protocol::Openai, MessagesMode::Translate),
+        "the defaults"
+    );
+    let native = GOOD.replace(
+        "backends: [\"http://127.0.0.1:11434\"]",
+        "backends: [\"http://127.0.0.1:11434\"]\n    messages: native",
+    );
+    let c = load(&native).unwrap();
+    assert_eq!(c.pools[0].messages, MessagesMode::Native);
+    let anthropic = GOOD.replace(
+        "api_key: \"env:OPENAI_API_KEY\"",
+        "api_key: \"env:OPENAI_API_KEY\"\n    protocol: anthropic\n    anthropic_version: \"2024-01-01\"",
+    );
+    let c = load(&anthropic).unwrap();
+    let p = c.pools.iter().find(|p| p.name == "openai").unwrap();
+    assert_eq!(p.protocol, Protocol::Anthropic);
+    assert_eq!(
+        p.messages,
+        MessagesMode::Native,
+        "Anthropic takes Messages natively"
+    );
+    assert_eq!(p.anthropic_version, "2024-01-01");
+    let contradiction = anthropic.replace(
+        "protocol: anthropic",
+        "protocol: anthropic\n    messages: translate",
+    );
+    assert!(
+        err(&contradiction).starts_with("pools.openai.messages: "),
+        "{}",
+        err(&contradiction)
+    );
+    let typo = native.replace("messages: native", "messages: nativ");
+    assert!(
+        err(&typo).starts_with("pools.ollama.messages: unknown variant `nativ`"),
+        "{}",
+        err(&typo)
+    );
+    let proto = GOOD.replace(
+        "api_key: \"env:OPENAI_API_KEY\"",
+        "api_key: \"env:OPENAI_API_KEY\"\n    protocol: gemini",
+    );
+    assert!(
+        err(&proto).starts_with("pools.openai.protocol: "),
+        "{}",
+        err(&proto)
+    );
+    let version = anthropic.replace("\"2024-01-01\"", "\"\"");
+    assert!(
+        err(&version).starts_with("pools.openai.anthropic_version: "),
+        "{}",
+        err(&version)
+    );
+}

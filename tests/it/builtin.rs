@@ -203,6 +203,39 @@ async fn demo_answers_the_curl_lines_it_prints() {
 }
 
 #[tokio::test]
+async fn demo_serves_messages_both_ways_on_the_builtin_mock() {
+    let (port, admin) = (reserve_port(), reserve_port());
+    let listen = format!("127.0.0.1:{port}");
+    let admin_listen = format!("127.0.0.1:{admin}");
+    let (_demo, logs) = spawn_bin(&["demo", "--listen", &listen, "--admin-listen", &admin_listen]);
+    wait_http_ok(&format!("http://{listen}/healthz"), &logs).await;
+    assert!(logs
+        .lock()
+        .contains("/v1/messages -H 'x-api-key: sk-llmedge-demo'"));
+    let base = format!("http://{listen}");
+    let out = crate::support::run_sdk("demo_sdks.py", &[&base, "sk-llmedge-demo"]).await;
+    // translated to the mock's chat (mock/) and native on the mock as Anthropic (claude/)
+    for model in ["mock/llama3", "claude/sonnet"] {
+        let s = &out[model]["stream"];
+        assert_eq!(s["model"], model);
+        assert_eq!(s["stop_reason"], "tool_use", "{model}: {s}");
+        let blocks = s["content"].as_array().unwrap();
+        assert_eq!(blocks[0]["text"], "Hello from the llmedge mock");
+        assert_eq!(blocks[1]["name"], "lookup");
+        assert_eq!(blocks[1]["input"], serde_json::json!({"q": "mock"}));
+        assert_eq!(s["usage"]["output_tokens"], 5);
+        let plain = &out[model]["plain"];
+        assert_eq!(plain["content"][0]["text"], "Hello from the llmedge");
+        assert_eq!(plain["stop_reason"], "max_tokens", "{model}: {plain}");
+    }
+    let o = &out["openai_on_claude"];
+    assert_eq!(o["calls"][0]["name"], "lookup");
+    assert_eq!(o["calls"][0]["arguments"], "{\"q\":\"mock\"}");
+    assert_eq!(o["finish"], "tool_calls");
+    assert_eq!(o["usage"]["completion_tokens"], 3);
+}
+
+#[tokio::test]
 async fn builtin_mock_with_slots_queues_and_reports_like_vllm() {
     let listen = format!("127.0.0.1:{}", reserve_port());
     let (_mock, logs) = spawn_bin(&[

@@ -6,7 +6,7 @@
 use serde_json::{json, Value};
 
 use crate::support::mock::{MockOpenAi, Recorded};
-use crate::support::{server_and_client_key, TestGateway, CLIENT_KEY, POOL_KEY};
+use crate::support::{run_sdk, server_and_client_key, TestGateway, CLIENT_KEY, POOL_KEY};
 
 const ANTHROPIC_POOL_KEY: &str = "sk-ant-pool-secret-77";
 const SLOW_KEY: &str = "sk-client-slow-555";
@@ -55,36 +55,9 @@ async fn start() -> (MockOpenAi, TestGateway) {
     (mock, gw)
 }
 
-/// The venv `.ci/deps` made, with the official SDKs.
-fn python() -> std::path::PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target"),
-        std::path::PathBuf::from,
-    );
-    let py = target.join("sdk-venv/bin/python");
-    assert!(
-        py.exists(),
-        "{} is missing: run `bash .ci/deps`",
-        py.display()
-    );
-    py
-}
-
 /// Runs `tests/sdk/<script>` against the gateway and returns what it printed.
 async fn sdk(script: &str, gw: &TestGateway, prefix: &str) -> Value {
-    let path = format!("{}/tests/sdk/{script}", env!("CARGO_MANIFEST_DIR"));
-    let out = tokio::process::Command::new(python())
-        .args([&path, &gw.base(), CLIENT_KEY, prefix])
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{script} failed:\n{}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(&stdout).unwrap()
+    run_sdk(script, &[&gw.base(), CLIENT_KEY, prefix]).await
 }
 
 fn no_client_secret(r: &Recorded) {

@@ -437,3 +437,36 @@ pub fn openai_client(
         .with_api_key(key);
     async_openai::Client::with_config(cfg)
 }
+
+/// The venv `.ci/deps` made, with the official Python SDKs.
+fn sdk_python() -> std::path::PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target"),
+        std::path::PathBuf::from,
+    );
+    let py = target.join("sdk-venv/bin/python");
+    assert!(
+        py.exists(),
+        "{} is missing: run `bash .ci/deps`",
+        py.display()
+    );
+    py
+}
+
+/// Runs `tests/sdk/<script>` with `args` and returns the JSON it printed.
+pub async fn run_sdk(script: &str, args: &[&str]) -> serde_json::Value {
+    let path = format!("{}/tests/sdk/{script}", env!("CARGO_MANIFEST_DIR"));
+    let out = tokio::process::Command::new(sdk_python())
+        .arg(&path)
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&stdout).unwrap()
+}
