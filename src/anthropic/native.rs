@@ -90,3 +90,26 @@ pub fn rewrite_message(input: &[u8], model_json: &str) -> (Option<Vec<u8>>, Opti
         usage_of(obj.get("usage")),
     )
 }
+
+/// A Messages request without the thinking blocks the gateway made from an OpenAI backend's
+/// reasoning (their signature is [`super::MINTED_SIGNATURE`]), for an Anthropic upstream, which
+/// rejects a signature it did not make. `None` when there are none (the body goes as it is).
+pub fn strip_minted_thinking(body: &[u8]) -> Option<Vec<u8>> {
+    let mark = super::MINTED_SIGNATURE.as_bytes();
+    if !body.windows(mark.len()).any(|w| w == mark) {
+        return None;
+    }
+    let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let minted = |b: &serde_json::Value| {
+        b["type"] == "thinking" && b["signature"] == super::MINTED_SIGNATURE
+    };
+    let turns = v.get_mut("messages")?.as_array_mut()?;
+    for turn in turns.iter_mut() {
+        if let Some(content) = turn.get_mut("content").and_then(|c| c.as_array_mut()) {
+            content.retain(|b| !minted(b));
+        }
+    }
+    // a turn that held nothing else is dropped rather than sent empty
+    turns.retain(|t| t["content"].as_array().is_none_or(|c| !c.is_empty()));
+    Some(v.to_string().into_bytes())
+}

@@ -619,3 +619,35 @@ fn error_shapes_follow_each_sdk() {
         .unwrap()
         .contains("x-api-key"));
 }
+
+#[test]
+fn thinking_the_gateway_signed_is_not_sent_to_anthropic() {
+    let body = json!({"model": "c", "max_tokens": 5, "messages": [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": [
+            {"type": "thinking", "thinking": "t", "signature": MINTED_SIGNATURE},
+            {"type": "text", "text": "Hello"}]},
+        {"role": "assistant", "content": [{"type": "thinking", "thinking": "t", "signature": MINTED_SIGNATURE}]},
+        {"role": "user", "content": [{"type": "thinking", "thinking": "real", "signature": "EqQBCgIYAhIM"}, {"type": "text", "text": "go"}]},
+    ]});
+    let out: Value = serde_json::from_slice(
+        &native::strip_minted_thinking(body.to_string().as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let turns = out["messages"].as_array().unwrap();
+    assert_eq!(turns.len(), 3, "the turn left empty is dropped");
+    assert_eq!(
+        turns[1]["content"],
+        json!([{"type": "text", "text": "Hello"}])
+    );
+    assert_eq!(
+        turns[2]["content"][0]["signature"], "EqQBCgIYAhIM",
+        "Anthropic's own are kept"
+    );
+    let clean = br#"{"model":"c","messages":[{"role":"user","content":"hi"}]}"#;
+    assert_eq!(
+        native::strip_minted_thinking(clean),
+        None,
+        "nothing to strip: sent as it is"
+    );
+}

@@ -171,7 +171,9 @@ pub fn set_body_for(pool: &Pool, ctx: &mut RequestCtx) -> Result<()> {
     let wire = endpoint
         .and_then(|e| Wire::of(&pool.config, e))
         .unwrap_or_default();
-    if model == ctx.plan.sent_model && wire == ctx.plan.wire {
+    let previous = ctx.pool.and_then(|p| ctx.snap.pools.get(p));
+    let same_api = previous.is_some_and(|prev| prev.config.protocol == pool.config.protocol);
+    if model == ctx.plan.sent_model && wire == ctx.plan.wire && same_api {
         return Ok(());
     }
     if wire != Wire::Same {
@@ -208,11 +210,22 @@ pub fn set_body_for(pool: &Pool, ctx: &mut RequestCtx) -> Result<()> {
             rewrite_request(&obj, &head, &model).map_or(body.clone(), Bytes::from)
         }
     };
+    let new = for_pool(pool, endpoint, new);
     if let Some(shared) = &ctx.shared {
         shared.set_body(new);
     }
     ctx.plan.sent_model = model;
     Ok(())
+}
+
+/// The body as `pool` may receive it: Messages for an Anthropic upstream lose the thinking
+/// blocks the gateway signed itself (Anthropic would refuse them).
+pub fn for_pool(pool: &Pool, endpoint: Option<crate::endpoint::Endpoint>, body: Bytes) -> Bytes {
+    let to_anthropic = pool.config.protocol == crate::config::Protocol::Anthropic;
+    if !to_anthropic || endpoint != Some(crate::endpoint::Endpoint::Messages) {
+        return body;
+    }
+    crate::anthropic::native::strip_minted_thinking(&body).map_or(body, Bytes::from)
 }
 
 /// Part of an upload's streamed tail went out: nothing is left to send it again from.

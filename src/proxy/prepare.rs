@@ -186,6 +186,7 @@ async fn plan_request(
     }
     let sent_model = plan::pool_model(first, resolved.upstream_model).to_string();
     let (upstream_body, asked) = first_body(&snap, &incoming, obj, &sent_model, wire)?;
+    let upstream_body = plan::for_pool(first, Some(endpoint), upstream_body);
     // counting tokens generates none: only request limits apply to it
     let prompt_estimate = if endpoint == Endpoint::CountTokens {
         0

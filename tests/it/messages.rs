@@ -411,3 +411,77 @@ async fn a_stream_cut_mid_way_ends_with_an_anthropic_error_event() {
     assert!(last.starts_with("event: error\ndata: {"), "{text}");
     assert!(last.contains("\"api_error\""), "{last}");
 }
+
+/// Pools that take Messages differently, one after another in a fallback chain.
+fn mixed_yaml(upstream: &str, port: u16, admin: u16) -> String {
+    let dead = crate::support::reserve_port();
+    let mut y = server_and_client_key(port, admin);
+    y.push_str(&format!(
+        r#"pools:
+  dead-native:
+    backends: ["http://127.0.0.1:{dead}"]
+    messages: native
+    retries: 0
+  dead-chat:
+    backends: ["http://127.0.0.1:{dead}"]
+    retries: 0
+  chat:
+    backends: ["{upstream}"]
+  claude:
+    backends: ["{upstream}"]
+    api_key: "{ANTHROPIC_POOL_KEY}"
+    protocol: anthropic
+routes:
+  - {{prefix: "a/", pool: dead-native, fallbacks: [chat], strip_prefix: true}}
+  - {{prefix: "b/", pool: dead-chat, fallbacks: [claude], strip_prefix: true}}
+  - {{prefix: "c/", pool: claude, strip_prefix: true}}
+"#
+    ));
+    y
+}
+
+#[tokio::test]
+async fn a_fallback_pool_gets_the_request_in_its_own_api() {
+    let mock = MockOpenAi::start().await;
+    let gw = TestGateway::start_with(|p, a| mixed_yaml(&mock.url(), p, a)).await;
+    let key = [("x-api-key", CLIENT_KEY)];
+    // native pool down: the fallback translates to chat
+    let body = r#"{"model":"a/fixture-tools","max_tokens":50,"messages":[{"role":"user","content":"hi"}]}"#;
+    let (s, v, _) = raw(&gw, "/v1/messages", &key, body).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (&v["type"], &v["model"]),
+        (&json!("message"), &json!("a/fixture-tools"))
+    );
+    let r = mock.last();
+    assert_eq!(r.path, "/v1/chat/completions");
+    assert_eq!(r.json()["messages"][0]["content"], "hi");
+    // translating pool down: the Anthropic fallback gets Messages, without the thinking the
+    // gateway signed itself in an earlier translated answer
+    let history = format!(
+        r#"{{"model":"b/x","max_tokens":50,"messages":[{{"role":"user","content":"hi"}},
+        {{"role":"assistant","content":[{{"type":"thinking","thinking":"t","signature":"llmedge-unsigned"}},{{"type":"text","text":"Hello"}}]}},
+        {{"role":"user","content":"again"}}]}}"#
+    );
+    let (s, v, _) = raw(&gw, "/v1/messages?beta=true", &key, &history).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["model"], "b/x");
+    let r = mock.last();
+    assert_eq!(
+        r.path, "/v1/messages?beta=true",
+        "native: the client's query kept"
+    );
+    assert_eq!(r.header("x-api-key"), Some(ANTHROPIC_POOL_KEY));
+    let sent = r.json();
+    assert_eq!(sent["model"], "x");
+    assert_eq!(
+        sent["messages"][1]["content"],
+        json!([{"type": "text", "text": "Hello"}])
+    );
+    // an endpoint no pool of the route can take
+    let emb = r#"{"model":"c/x","input":"hi"}"#;
+    let bearer = format!("Bearer {CLIENT_KEY}");
+    let (s, v, _) = raw(&gw, "/v1/embeddings", &[("authorization", &bearer)], emb).await;
+    assert_eq!(s, 404);
+    assert_eq!(v["error"]["code"], "unsupported_endpoint");
+}
