@@ -458,12 +458,10 @@ async fn a_fallback_pool_gets_the_request_in_its_own_api() {
     assert_eq!(r.json()["messages"][0]["content"], "hi");
     // translating pool down: the Anthropic fallback gets Messages, without the thinking the
     // gateway signed itself in an earlier translated answer
-    let history = format!(
-        r#"{{"model":"b/x","max_tokens":50,"messages":[{{"role":"user","content":"hi"}},
-        {{"role":"assistant","content":[{{"type":"thinking","thinking":"t","signature":"llmedge-unsigned"}},{{"type":"text","text":"Hello"}}]}},
-        {{"role":"user","content":"again"}}]}}"#
-    );
-    let (s, v, _) = raw(&gw, "/v1/messages?beta=true", &key, &history).await;
+    let history = r#"{"model":"b/x","max_tokens":50,"messages":[{"role":"user","content":"hi"},
+        {"role":"assistant","content":[{"type":"thinking","thinking":"t","signature":"llmedge-unsigned"},{"type":"text","text":"Hello"}]},
+        {"role":"user","content":"again"}]}"#;
+    let (s, v, _) = raw(&gw, "/v1/messages?beta=true", &key, history).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["model"], "b/x");
     let r = mock.last();
