@@ -1,10 +1,15 @@
-//! Criterion benches for the hot pure code: SSE rewrite, request rewrite, auth and routing.
+//! Criterion benches for the hot pure code: SSE rewrite, Messages translation, request
+//! rewrite, auth and routing.
 //! Run: cargo bench --bench rewrite
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use llmedge::anthropic::chat_stream::ChatStream;
+use llmedge::anthropic::messages_stream::MessagesStream;
+use llmedge::anthropic::to_chat::Asked;
 use llmedge::auth::{KeyEntry, KeyStore, Principal};
 use llmedge::clock::SystemClock;
 use llmedge::config::secret::digest;
+use llmedge::endpoint::StreamKind;
 use llmedge::limits::{Ask, Governor};
 use llmedge::openai::Usage;
 use llmedge::openai::{inspect_request, rewrite_request};
@@ -56,6 +61,51 @@ fn sse(c: &mut Criterion) {
             rw.feed(black_box(event), &mut out);
         })
     });
+}
+
+/// A Messages stream of `tokens` text deltas, as an Anthropic upstream sends it.
+fn messages_stream(tokens: usize) -> Vec<u8> {
+    let mut s = String::from("event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-x\",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":9,\"output_tokens\":1}}}\n\nevent: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n");
+    for i in 0..tokens {
+        s.push_str(&format!("event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"tok{i}\"}}}}\n\n"));
+    }
+    s.push_str("event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":200}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
+    s.into_bytes()
+}
+
+fn whole(make: impl Fn() -> StreamRewriter, body: &[u8], out: &mut Vec<u8>) -> Option<Usage> {
+    out.clear();
+    let mut rw = make();
+    for piece in body.chunks(256) {
+        rw.feed(black_box(piece), out);
+    }
+    rw.finish(out);
+    rw.usage()
+}
+
+fn translate(c: &mut Criterion) {
+    let chat = stream(200);
+    let msgs = messages_stream(200);
+    let to_anthropic = || {
+        let t = ChatStream::new("coder", "msg_1", Asked::default());
+        StreamRewriter::translating(Box::new(t))
+    };
+    let to_openai =
+        || StreamRewriter::translating(Box::new(MessagesStream::new("c", "id", 0, true)));
+    let native = || StreamRewriter::for_kind(StreamKind::MessagesEvents, "my-claude", false);
+    let mut g = c.benchmark_group("messages");
+    g.throughput(Throughput::Elements(200));
+    let mut out = Vec::with_capacity(chat.len() * 2);
+    g.bench_function("chat_to_messages/200_tokens", |b| {
+        b.iter(|| black_box(whole(to_anthropic, &chat, &mut out)))
+    });
+    g.bench_function("messages_to_chat/200_tokens", |b| {
+        b.iter(|| black_box(whole(to_openai, &msgs, &mut out)))
+    });
+    g.bench_function("native/200_tokens", |b| {
+        b.iter(|| black_box(whole(native, &msgs, &mut out)))
+    });
+    g.finish();
 }
 
 fn request(c: &mut Criterion) {
@@ -207,5 +257,13 @@ fn control_merge(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, sse, request, auth_and_route, limits, control_merge);
+criterion_group!(
+    benches,
+    sse,
+    translate,
+    request,
+    auth_and_route,
+    limits,
+    control_merge
+);
 criterion_main!(benches);

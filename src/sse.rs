@@ -133,7 +133,10 @@ impl StreamRewriter {
         self.line_start -= event_start;
         if self.pending.len() > MAX_EVENT_BYTES {
             self.oversize_flushes += 1;
-            out.extend_from_slice(&self.pending);
+            // a translated stream never passes the other API's bytes on: the event is dropped
+            if self.translator.is_none() {
+                out.extend_from_slice(&self.pending);
+            }
             self.reset_pending();
         }
         FeedReport {
@@ -141,9 +144,17 @@ impl StreamRewriter {
         }
     }
 
-    /// End of stream: whatever is buffered (an unterminated last event) goes out verbatim.
+    /// End of stream: whatever is buffered (an unterminated last event) goes out verbatim, or
+    /// for a translated stream is translated as the last event.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.pending);
+        if self.translator.is_some() {
+            let last = std::mem::take(&mut self.pending);
+            if !last.is_empty() {
+                self.emit(&last, out);
+            }
+        } else {
+            out.extend_from_slice(&self.pending);
+        }
         self.reset_pending();
     }
 

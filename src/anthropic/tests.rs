@@ -651,3 +651,76 @@ fn thinking_the_gateway_signed_is_not_sent_to_anthropic() {
         "nothing to strip: sent as it is"
     );
 }
+
+/// Pieces streams are made of, so random concatenations reach the translators' states.
+const PIECES: [&str; 16] = [
+    "data: ",
+    "event: message_start\n",
+    "\n\n",
+    "\r\n",
+    "data: [DONE]\n\n",
+    ": ping\n\n",
+    r#"{"choices":[{"index":0,"delta":{"content":"hé"},"finish_reason":null}]}"#,
+    r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":3,"id":"c","function":{"name":"f","arguments":"{\"a"}}]}}]}"#,
+    r####"{"choices":[{"index":0,"delta":{"reasoning_content":"r"},"finish_reason":"stop","stop_reason":"###"}]}"####,
+    r#"{"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":2}}"#,
+    r#"{"type":"message_start","message":{"id":"msg_1","model":"m","usage":{"input_tokens":3}}}"#,
+    r#"{"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"t","name":"f"}}"#,
+    r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"x\":"}}"#,
+    r#"{"type":"message_delta","delta":{"stop_reason":"max_tokens"},"usage":{"output_tokens":5}}"#,
+    r#"{"type":"message_stop"}"#,
+    r#"{"error":{"message":"boom"}}"#,
+];
+
+proptest::proptest! {
+    #[test]
+    fn arbitrary_streams_never_panic_and_any_split_gives_the_same_bytes(
+        picks in proptest::collection::vec(0usize..PIECES.len(), 0..40),
+        noise in proptest::collection::vec(proptest::num::u8::ANY, 0..8),
+        cut in 0usize..4000,
+    ) {
+        let mut input: Vec<u8> = picks.iter().flat_map(|&i| PIECES[i].bytes()).collect();
+        input.extend_from_slice(&noise);
+        let cut = cut % (input.len() + 1);
+        let makers: [&dyn Fn() -> StreamRewriter; 3] = [
+            &to_anthropic,
+            &|| to_openai(true),
+            &|| StreamRewriter::for_kind(StreamKind::MessagesEvents, "x", false),
+        ];
+        for make in makers {
+            let whole = run(make(), &input, &[]).0;
+            proptest::prop_assert_eq!(run(make(), &input, &[cut]).0, whole);
+        }
+    }
+
+    #[test]
+    fn arbitrary_requests_translate_or_are_refused_never_panic(
+        picks in proptest::collection::vec(0usize..8, 0..10),
+    ) {
+        let parts = [
+            json!({"role": "user", "content": "x"}),
+            json!({"role": "assistant", "content": [{"type": "tool_use", "id": 1, "input": null}]}),
+            json!({"role": "user", "content": [{"type": "tool_result", "content": [{"type": "image"}]}]}),
+            json!({"role": "tool", "tool_call_id": null, "content": [1, 2]}),
+            json!({"role": "assistant", "tool_calls": [{"function": {"arguments": "{"}}]}),
+            json!({"role": "system", "content": [{"type": "text"}]}),
+            json!({"content": {"a": 1}}),
+            json!("not a message"),
+        ];
+        let messages: Vec<Value> = picks.iter().map(|&i| parts[i].clone()).collect();
+        let req = obj(json!({"messages": messages, "tools": [{"name": 1}], "tool_choice": "auto", "system": 5}));
+        let _ = to_chat(&req, "m");
+        let _ = to_messages(&req, "m", 10);
+    }
+}
+
+#[test]
+fn an_unterminated_last_event_is_still_translated() {
+    let mut input = fixture("chat_text.sse");
+    input.truncate(input.len() - 1); // "data: [DONE]\n" without its blank line
+    let (out, rw) = run(to_anthropic(), &input, &[]);
+    assert!(rw.is_done());
+    assert!(String::from_utf8(out)
+        .unwrap()
+        .ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"));
+}

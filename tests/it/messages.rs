@@ -57,7 +57,7 @@ async fn start() -> (MockOpenAi, TestGateway) {
 
 /// Runs `tests/sdk/<script>` against the gateway and returns what it printed.
 async fn sdk(script: &str, gw: &TestGateway, prefix: &str) -> Value {
-    run_sdk(script, &[&gw.base(), CLIENT_KEY, prefix]).await
+    run_sdk(script, &[&gw.base(), CLIENT_KEY, prefix, SLOW_KEY]).await
 }
 
 fn no_client_secret(r: &Recorded) {
@@ -198,6 +198,18 @@ async fn anthropic_sdk_through_a_native_pool_and_usage_feeds_the_books() {
         out["count_tokens"], 4321,
         "forwarded to the backend's own count"
     );
+    let limited = &out["rate_limited"];
+    assert_eq!(
+        (&limited["class"], &limited["status"]),
+        (&json!("RateLimitError"), &json!(429))
+    );
+    assert_eq!(limited["body"]["error"]["type"], "rate_limit_error");
+    let busy = &out["overloaded"];
+    assert_eq!(
+        (&busy["class"], &busy["status"]),
+        (&json!("OverloadedError"), &json!(529))
+    );
+    assert_eq!(busy["body"]["error"]["message"], "Overloaded");
     assert_eq!(
         out["upstream_400"]["body"]["error"]["message"],
         "messages: roles must alternate"

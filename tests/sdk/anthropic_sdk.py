@@ -1,7 +1,8 @@
 """Drives llmedge's /v1/messages with the official Anthropic Python SDK and prints what the
 SDK made of each answer as one JSON object (the Rust integration test asserts on it).
 
-usage: anthropic_sdk.py BASE_URL KEY PREFIX   (PREFIX routes to the pool under test: "tr/")
+usage: anthropic_sdk.py BASE_URL KEY PREFIX [RPM1_KEY]   (PREFIX routes to the pool under test,
+"tr/"; RPM1_KEY is a key allowed one request a minute)
 """
 import json
 import sys
@@ -9,6 +10,7 @@ import sys
 import anthropic
 
 base, key, prefix = sys.argv[1], sys.argv[2], sys.argv[3]
+slow_key = sys.argv[4] if len(sys.argv) > 4 else None
 client = anthropic.Anthropic(base_url=base, api_key=key, max_retries=0)
 WEATHER = {
     "name": "get_weather",
@@ -54,4 +56,13 @@ out["unknown_model"] = failure(
 )
 bad = anthropic.Anthropic(base_url=base, api_key="sk-not-a-key", max_retries=0)
 out["bad_key"] = failure(lambda: bad.messages.create(model=prefix + "x", max_tokens=10, messages=ASK))
+if slow_key:
+    slow = anthropic.Anthropic(base_url=base, api_key=slow_key, max_retries=0)
+    once = lambda: slow.messages.create(model=prefix + "x", max_tokens=5, messages=ASK)
+    once()
+    out["rate_limited"] = failure(once)
+# last: an upstream 5xx takes the backend out of rotation for a while
+out["overloaded"] = failure(
+    lambda: client.messages.create(model=prefix + "status-529", max_tokens=10, messages=ASK)
+)
 print(json.dumps(out))
