@@ -14,6 +14,8 @@ pub struct Candidate {
     pub id: u64,
     /// Fresh load from the backend's metrics, if any.
     pub load: Option<Load>,
+    /// Share of the request's prompt blocks the backend holds (`cache_aware`), 0..=1.
+    pub matched: f64,
 }
 
 /// A scraped load signal plus what the gateway sent since that scrape.
@@ -62,7 +64,39 @@ pub fn select(algo: Balance, cands: &[Candidate], seq: u64, key: Option<u64>) ->
                 least_outstanding(cands, seq) // unknown signal: never guess zeros
             }
         }
+        Balance::CacheAware => cache_aware(cands, seq, 1.0),
     }
+}
+
+/// How loaded a candidate is, for `cache_aware`: the `vllm_load` score when every candidate
+/// has a fresh scrape (its cache fill while a slot is free, above 1 by the expected wait once
+/// full), else its in-flight requests relative to the pool's mean (1 = average).
+fn pressure(c: &Candidate, all_scraped: bool, mean_inflight: f64) -> f64 {
+    match (all_scraped, c.load) {
+        (true, Some(l)) => l.score(),
+        _ => c.inflight as f64 / f64::from(c.weight.max(1)) / (mean_inflight + 1.0),
+    }
+}
+
+/// `cache_aware`: the lowest cost, where cost is the share of the prompt the backend would
+/// have to prefill (1 − matched) plus `load_weight` × its pressure. A backend that holds the
+/// prefix wins until its load costs more than the prefill it saves; a prefix every backend
+/// holds (one system prompt for all) leaves the choice to load alone. Ties (cold start,
+/// idle pool) rotate with `seq`, so an empty index never funnels traffic to one backend.
+pub fn cache_aware(cands: &[Candidate], seq: u64, load_weight: f64) -> Option<usize> {
+    let all_scraped = cands.iter().all(|c| c.load.is_some());
+    let mean = cands
+        .iter()
+        .map(|c| c.inflight as f64 / f64::from(c.weight.max(1)))
+        .sum::<f64>()
+        / cands.len().max(1) as f64;
+    let cost = |c: &Candidate| {
+        (1.0 - c.matched.clamp(0.0, 1.0)) + load_weight * pressure(c, all_scraped, mean)
+    };
+    let best = cands.iter().map(cost).min_by(f64::total_cmp)?;
+    let tied: Vec<&Candidate> = cands.iter().filter(|c| cost(c) <= best + 1e-9).collect();
+    let pick = tied.get((mix(seq) % tied.len().max(1) as u64) as usize)?;
+    Some(pick.index)
 }
 
 /// Weighted round robin: the counter walks the cumulative weights.

@@ -21,8 +21,8 @@ pub use limits::{Budget, Limits, Price};
 use limits::{RawBudget, RawLimits, RawTenant};
 use pool::RawPool;
 pub use pool::{
-    parse_backend, BackendUrl, Balance, HashKey, HealthConfig, MessagesMode, PoolConfig, Protocol,
-    ScrapeConfig, Timeouts,
+    parse_backend, BackendUrl, Balance, CacheAwareConfig, HashKey, HealthConfig, MessagesMode,
+    PoolConfig, Protocol, ScrapeConfig, Timeouts,
 };
 pub use route::Route;
 pub use secret::{EnvLookup, Secret};

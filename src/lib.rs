@@ -5,6 +5,7 @@
 //! [`add_gateway`] adds them to a server you already have.
 
 pub mod admin;
+pub mod affinity;
 pub mod anthropic;
 pub mod auth;
 pub mod balance;
@@ -25,6 +26,7 @@ pub mod mock;
 pub mod models;
 pub mod multipart;
 pub mod openai;
+pub mod prefix;
 pub mod proxy;
 pub mod router;
 pub mod run;

@@ -56,6 +56,15 @@ pub struct Metrics {
     pub route_available: IntGaugeVec,
     /// `llmedge_config_reload_total{result}`, result = success | failure.
     pub reloads: IntCounterVec,
+    /// `llmedge_prefix_blocks_total{pool,result}`, result = hit | miss: prompt blocks of
+    /// `cache_aware` requests the chosen backend held, and those it had to prefill.
+    pub prefix_blocks: IntCounterVec,
+    /// `llmedge_prefix_index_blocks{pool}`: entries in a `cache_aware` pool's prefix index.
+    pub prefix_index: IntGaugeVec,
+    /// `llmedge_response_affinity_total{pool,result}`, result = hit | fallback | unknown:
+    /// Responses requests with `previous_response_id` sent to the backend that made that
+    /// response, elsewhere because it was unavailable, or not known to this gateway.
+    pub response_affinity: IntCounterVec,
     /// `llmedge_state_backend_*`: the shared counter store (Redis).
     pub state: StateMetrics,
     pub store: StoreMetrics,
@@ -194,6 +203,21 @@ const ROUTE_AVAILABLE: Spec = (
     "1 when a backend of the route's pool or of a fallback takes requests",
     &["route"],
 );
+const PREFIX_BLOCKS: Spec = (
+    "llmedge_prefix_blocks_total",
+    "Prompt blocks of cache_aware requests the chosen backend held (hit) or not (miss)",
+    &["pool", "result"],
+);
+const PREFIX_INDEX: Spec = (
+    "llmedge_prefix_index_blocks",
+    "Entries in a cache_aware pool's prefix index",
+    &["pool"],
+);
+const RESPONSE_AFFINITY: Spec = (
+    "llmedge_response_affinity_total",
+    "Responses requests with previous_response_id by where they went (hit | fallback | unknown)",
+    &["pool", "result"],
+);
 const RELOADS: Spec = (
     "llmedge_config_reload_total",
     "Config reloads by result (success | failure)",
@@ -225,6 +249,9 @@ impl Metrics {
             budget_remaining: r.gauge(BUDGET_REMAINING)?,
             route_available: r.int_gauge(ROUTE_AVAILABLE)?,
             reloads: r.counter(RELOADS)?,
+            prefix_blocks: r.counter(PREFIX_BLOCKS)?,
+            prefix_index: r.int_gauge(PREFIX_INDEX)?,
+            response_affinity: r.counter(RESPONSE_AFFINITY)?,
             state: r.state()?,
             store: r.store()?,
             ledger: r.ledger()?,
@@ -248,6 +275,11 @@ impl Metrics {
         self.backend_queue.reset();
         self.backend_kv.reset();
         for pool in pools {
+            if let Some(n) = pool.prefix_entries() {
+                self.prefix_index
+                    .with_label_values(&[pool.name()])
+                    .set(n as i64);
+            }
             for b in 0..pool.len() {
                 let backend = pool.backend(b).map_or("", |u| u.authority.as_str());
                 let labels = [pool.name(), backend];

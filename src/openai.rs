@@ -404,6 +404,9 @@ pub fn rewrite_responses_event(input: &[u8], model_json: &str) -> ResponsesEvent
     let Some(resp) = obj.get("response") else {
         return ev;
     };
+    if kind == "response.created" {
+        ev.id = object_id(resp.get().as_bytes());
+    }
     let inner = rewrite_response_object_json(resp.get().as_bytes(), model_json, false);
     ev.usage = inner.usage;
     // the rewritten object came from JSON text, so it is UTF-8: moved, not copied
@@ -431,6 +434,14 @@ pub struct ResponsesEvent {
     pub output: bool,
     /// `response.completed`, `.failed`, `.incomplete` or `error`: the stream's last event.
     pub terminal: bool,
+    /// The response's id, from `response.created`.
+    pub id: Option<String>,
+}
+
+/// The top-level `id` of a JSON object (a Responses answer's response id).
+pub fn object_id(input: &[u8]) -> Option<String> {
+    let obj = RawObject::parse(input).ok()?;
+    serde_json::from_str::<String>(obj.get("id")?.get()).ok()
 }
 
 #[cfg(test)]

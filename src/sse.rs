@@ -41,6 +41,8 @@ pub struct StreamRewriter {
     messages_usage: MessagesUsage,
     /// Set when the stream is translated from another API rather than rewritten.
     translator: Option<Box<dyn StreamTranslator>>,
+    /// A Responses stream's response id.
+    response_id: Option<String>,
 }
 
 impl StreamRewriter {
@@ -66,7 +68,13 @@ impl StreamRewriter {
             oversize_flushes: 0,
             messages_usage: MessagesUsage::default(),
             translator: None,
+            response_id: None,
         }
+    }
+
+    /// The response id a Responses stream announced in `response.created`.
+    pub fn response_id(&self) -> Option<&str> {
+        self.response_id.as_deref()
     }
 
     /// A stream translated into the client's API event by event by `t`: every upstream event
@@ -293,6 +301,9 @@ impl StreamRewriter {
     }
 
     fn observe_event(&mut self, ev: &crate::openai::ResponsesEvent) {
+        if self.response_id.is_none() {
+            self.response_id.clone_from(&ev.id);
+        }
         if ev.usage.is_some() {
             self.usage = ev.usage;
         }

@@ -18,6 +18,7 @@ use pingora::utils::tls::{parse_x509, WrappedX509};
 use crate::balance::{self, Candidate, Load};
 use crate::config::{BackendUrl, PoolConfig};
 use crate::errors::GatewayError;
+use crate::prefix::PrefixIndex;
 use health::Health;
 use load::Scraped;
 
@@ -53,7 +54,12 @@ const DEFAULT_SERVICE_SECS: f64 = 1.0;
 #[derive(Default)]
 pub struct Backends {
     states: Mutex<HashMap<(String, u64), Arc<BackendState>>>,
+    /// Each `cache_aware` pool's prefix index, by pool name: it outlives config snapshots.
+    prefixes: Mutex<HashMap<String, SharedIndex>>,
 }
+
+/// A pool's prefix index, shared by the snapshots that have the pool.
+pub type SharedIndex = Arc<Mutex<PrefixIndex>>;
 
 impl Backends {
     fn state(&self, pool: &str, id: u64) -> Arc<BackendState> {
@@ -64,8 +70,24 @@ impl Backends {
             .clone()
     }
 
+    /// The prefix index of a `cache_aware` pool, made on first use; a changed `max_blocks`
+    /// starts it afresh.
+    fn prefix_index(&self, pool: &str, cap: usize) -> SharedIndex {
+        let mut all = self.prefixes.lock();
+        let ix = all
+            .entry(pool.to_string())
+            .or_insert_with(|| Arc::new(Mutex::new(PrefixIndex::new(cap))));
+        if ix.lock().capacity() != cap {
+            *ix = Arc::new(Mutex::new(PrefixIndex::new(cap)));
+        }
+        ix.clone()
+    }
+
     /// Forgets backends that are in none of `pools`; requests still running on one keep it.
     pub fn retain(&self, pools: &[Pool]) {
+        self.prefixes
+            .lock()
+            .retain(|name, _| pools.iter().any(|p| p.name() == name && p.prefix.is_some()));
         let live: std::collections::HashSet<(&str, u64)> = pools
             .iter()
             .flat_map(|p| p.ids.iter().map(move |&id| (p.name(), id)))
@@ -114,6 +136,8 @@ pub struct Pool {
     /// Connection-pool partition for a pool with its own TLS trust: its name and CA bytes, so a
     /// reload that changes the CA does not reuse connections verified against the old one.
     tls_group: u64,
+    /// What this pool sent where (`balance: cache_aware`).
+    prefix: Option<SharedIndex>,
 }
 
 /// Holds one in-flight slot on a backend; released on drop.
@@ -149,7 +173,10 @@ impl Pool {
             group.extend_from_slice(der);
         }
         group.push(u8::from(config.tls.verify));
+        let prefix = (config.balance == crate::config::Balance::CacheAware)
+            .then(|| live.prefix_index(&config.name, config.cache_aware.max_blocks));
         Self {
+            prefix,
             config,
             ids,
             backends,
@@ -201,6 +228,57 @@ impl Pool {
         balance::select(self.config.balance, &cands, seq, key)
     }
 
+    /// `cache_aware`: the backend where the prompt's `blocks` cost least (prefill it would
+    /// redo against its load), with the prompt then recorded as sent there. Returns the backend
+    /// and how many leading blocks it held.
+    pub fn select_by_prefix(
+        &self,
+        exclude: &[usize],
+        blocks: &[u64],
+        now: Instant,
+    ) -> Option<(usize, usize)> {
+        let Some(index) = &self.prefix else {
+            return self.select(exclude, None, now).map(|b| (b, 0));
+        };
+        let mut cands = self.candidates(exclude, now, false);
+        if cands.is_empty() {
+            cands = self.candidates(exclude, now, true);
+        }
+        let mut ix = index.lock();
+        let share = |n: usize| n as f64 / blocks.len().max(1) as f64;
+        for c in &mut cands {
+            c.matched = share(ix.matched(c.id, blocks));
+        }
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let weight = self.config.cache_aware.load_weight;
+        let pick = balance::cache_aware(&cands, seq, weight)?;
+        let held = ix.matched(self.ids[pick], blocks);
+        ix.record(self.ids[pick], blocks);
+        Some((pick, held))
+    }
+
+    /// Drops what the index says backend `index` holds: it was ejected, went down or
+    /// restarted, so its cache is gone or unknown.
+    pub fn forget_prefixes(&self, index: usize) {
+        if let (Some(ix), Some(&id)) = (&self.prefix, self.ids.get(index)) {
+            ix.lock().forget(id);
+        }
+    }
+
+    /// Entries in the pool's prefix index (`None`: not `cache_aware`).
+    pub fn prefix_entries(&self) -> Option<usize> {
+        self.prefix.as_ref().map(|ix| ix.lock().len())
+    }
+
+    /// Whether backend `index` takes new requests now (healthy, not ejected, not holding
+    /// off after a `Retry-After`).
+    pub fn takes_requests(&self, index: usize, now: Instant) -> bool {
+        let active = self.active_checks();
+        self.backends
+            .get(index)
+            .is_some_and(|b| b.health.lock().available(now, active))
+    }
+
     /// When nothing can be selected because backends asked to be left alone (`Retry-After`):
     /// the shortest remaining pause among them, else `None`.
     pub fn paused_for(&self, exclude: &[usize], now: Instant) -> Option<Duration> {
@@ -237,6 +315,7 @@ impl Pool {
                 inflight: b.inflight.load(Ordering::Relaxed),
                 id: self.ids[i],
                 load: self.load_signal(i, now),
+                matched: 0.0,
             })
             .collect()
     }
@@ -311,7 +390,11 @@ impl Pool {
     /// Records a scrape; `None` marks the signal unknown.
     pub fn set_load(&self, index: usize, scraped: Option<Scraped>, now: Instant) {
         if let Some(b) = self.backends.get(index) {
-            *b.load.lock() = scraped.map(|s| (now, s));
+            let was = std::mem::replace(&mut *b.load.lock(), scraped.map(|s| (now, s)));
+            if was.is_some() && scraped.is_none() {
+                // its metrics stopped answering: probably restarting, its cache is gone
+                self.forget_prefixes(index);
+            }
             b.sent_since_scrape.store(0, Ordering::Relaxed);
         }
     }

@@ -7,6 +7,7 @@ fn cand(index: usize, weight: u32, inflight: usize) -> Candidate {
         inflight,
         id: hash_bytes(format!("backend-{index}").as_bytes()),
         load: None,
+        matched: 0.0,
     }
 }
 
@@ -140,4 +141,51 @@ fn vllm_load_without_a_fresh_signal_falls_back_to_least_outstanding() {
     let mut busy = mixed;
     busy[0].inflight = 7;
     assert_eq!(select(Balance::VllmLoad, &busy, 0, None), Some(1));
+}
+
+fn holding(index: usize, inflight: usize, matched: f64) -> Candidate {
+    Candidate {
+        matched,
+        ..cand(index, 1, inflight)
+    }
+}
+
+#[test]
+fn cache_aware_follows_the_prefix_while_its_holder_is_not_saturated() {
+    // equal load: the backend holding most of the prompt wins, every time
+    let c = [holding(0, 2, 0.1), holding(1, 2, 0.9), holding(2, 2, 0.0)];
+    for seq in 0..50 {
+        assert_eq!(cache_aware(&c, seq, 1.0), Some(1));
+    }
+    // a little busier still wins: the prefill it saves outweighs its extra load
+    let c = [holding(0, 3, 0.0), holding(1, 5, 0.9)];
+    assert_eq!(cache_aware(&c, 0, 1.0), Some(1));
+}
+
+#[test]
+fn cache_aware_moves_off_a_saturated_holder_and_a_shared_prefix_spreads() {
+    // the holder has far more in flight than the rest: it loses the request
+    let c = [holding(0, 20, 1.0), holding(1, 1, 0.0), holding(2, 1, 0.0)];
+    assert_ne!(cache_aware(&c, 0, 1.0), Some(0));
+    // with scraped load: a backend with a queue loses to one with free slots
+    let busy = Candidate {
+        matched: 0.8,
+        ..loaded(0, 12.0, 8.0, 1.0, 0)
+    };
+    let free = Candidate {
+        matched: 0.1,
+        ..loaded(1, 0.0, 2.0, 0.3, 0)
+    };
+    assert_eq!(cache_aware(&[busy, free], 0, 1.0), Some(1));
+    // every backend holds the shared system prompt: load decides, and ties rotate
+    let all = [holding(0, 0, 0.5), holding(1, 0, 0.5), holding(2, 0, 0.5), holding(3, 0, 0.5)];
+    let mut seen = [0usize; 4];
+    for seq in 0..400 {
+        seen[cache_aware(&all, seq, 1.0).unwrap()] += 1;
+    }
+    assert!(seen.iter().all(|&n| n > 50), "ties spread: {seen:?}");
+    // load_weight 0: pure affinity
+    let c = [holding(0, 50, 1.0), holding(1, 0, 0.0)];
+    assert_eq!(cache_aware(&c, 0, 0.0), Some(0));
+    assert_eq!(cache_aware(&[], 0, 1.0), None);
 }

@@ -52,6 +52,72 @@ pub(super) struct RawPool {
     /// The `anthropic-version` header sent to a `protocol: anthropic` pool.
     #[serde(default)]
     anthropic_version: Option<String>,
+    /// Settings of `balance: cache_aware`.
+    #[serde(default)]
+    cache_aware: Option<RawCacheAware>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCacheAware {
+    #[serde(default)]
+    block_chars: Option<usize>,
+    #[serde(default)]
+    max_blocks: Option<usize>,
+    #[serde(default)]
+    load_weight: Option<f64>,
+}
+
+/// `balance: cache_aware`: how prompts are cut into blocks, how many blocks the pool's index
+/// keeps, and how much load counts against a cache match.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CacheAwareConfig {
+    pub block_chars: usize,
+    pub max_blocks: usize,
+    pub load_weight: f64,
+}
+
+impl Default for CacheAwareConfig {
+    fn default() -> Self {
+        Self {
+            block_chars: 128,
+            max_blocks: 200_000,
+            load_weight: 1.0,
+        }
+    }
+}
+
+impl RawCacheAware {
+    fn validate(self, base: &str) -> Result<CacheAwareConfig, ConfigError> {
+        let d = CacheAwareConfig::default();
+        let p = |f: &str| format!("{base}.cache_aware.{f}");
+        let block_chars = self.block_chars.unwrap_or(d.block_chars);
+        if !(16..=65_536).contains(&block_chars) {
+            return Err(ConfigError::new(
+                p("block_chars"),
+                format!("{block_chars} must be between 16 and 65536"),
+            ));
+        }
+        let max_blocks = self.max_blocks.unwrap_or(d.max_blocks);
+        if !(1..=100_000_000).contains(&max_blocks) {
+            return Err(ConfigError::new(
+                p("max_blocks"),
+                format!("{max_blocks} must be between 1 and 100000000"),
+            ));
+        }
+        let load_weight = self.load_weight.unwrap_or(d.load_weight);
+        if !(0.0..=1000.0).contains(&load_weight) {
+            return Err(ConfigError::new(
+                p("load_weight"),
+                format!("{load_weight} must be between 0 and 1000"),
+            ));
+        }
+        Ok(CacheAwareConfig {
+            block_chars,
+            max_blocks,
+            load_weight,
+        })
+    }
 }
 
 /// The API a pool's backends speak.
@@ -177,6 +243,8 @@ pub enum Balance {
     LeastOutstanding,
     ConsistentHash,
     VllmLoad,
+    /// Prefix-cache affinity weighed against load.
+    CacheAware,
 }
 
 /// What `consistent_hash` hashes.
@@ -234,6 +302,7 @@ pub struct PoolConfig {
     pub messages: MessagesMode,
     /// Sent as `anthropic-version` to a `protocol: anthropic` pool.
     pub anthropic_version: String,
+    pub cache_aware: CacheAwareConfig,
 }
 
 /// How `https://` backends of a pool are verified.
@@ -282,7 +351,7 @@ fn validate_backends(base: &str, raw: Vec<RawBackend>) -> Result<Vec<BackendUrl>
 
 impl RawPool {
     pub(super) fn validate(
-        self,
+        mut self,
         name: &str,
         env: EnvLookup<'_>,
     ) -> Result<PoolConfig, ConfigError> {
@@ -303,6 +372,7 @@ impl RawPool {
             ));
         }
         let (messages, anthropic_version) = self.api_settings(&base)?;
+        let cache_aware = cache_aware_settings(self.cache_aware.take(), self.balance, &base)?;
         let backends = validate_backends(&base, self.backends)?;
         let api_key = match &self.api_key {
             Some(raw) => Some(secret::resolve(&format!("{base}.api_key"), raw, env)?),
@@ -340,6 +410,7 @@ impl RawPool {
             protocol: self.protocol,
             messages,
             anthropic_version,
+            cache_aware,
         })
     }
 }
@@ -369,6 +440,22 @@ impl RawPool {
             ));
         }
         Ok((messages, anthropic_version))
+    }
+}
+
+/// `cache_aware:` settings, which only a `balance: cache_aware` pool may have.
+fn cache_aware_settings(
+    raw: Option<RawCacheAware>,
+    balance: Balance,
+    base: &str,
+) -> Result<CacheAwareConfig, ConfigError> {
+    match (raw, balance) {
+        (None, _) => Ok(CacheAwareConfig::default()),
+        (Some(c), Balance::CacheAware) => c.validate(base),
+        (Some(_), _) => Err(ConfigError::new(
+            format!("{base}.cache_aware"),
+            "applies only with `balance: cache_aware`",
+        )),
     }
 }
 

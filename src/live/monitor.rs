@@ -149,6 +149,9 @@ async fn health_loop(live: &Live, connector: &Connector, pool: &str, id: u64) {
             let before = p.is_up(b, now);
             p.with_health(b, |h| h.on_check(ok, now, &cfg));
             let after = p.is_up(b, now);
+            if before && !after {
+                p.forget_prefixes(b); // down: its cache is gone or unknown
+            }
             (before != after).then(|| (after, p.backend(b).map(|u| u.authority.clone())))
         });
         match changed {

@@ -24,6 +24,11 @@ pub struct Incoming {
     /// Bytes of request text the prompt-token estimate counts: the prompt, and for Messages
     /// its `system` and `tools` too.
     pub prompt_bytes: usize,
+    /// What comes before the prompt in the model's context: Responses `instructions`,
+    /// Messages `system` (the canonical prompt `cache_aware` indexes is this, then `prompt`).
+    pub prompt_head: Option<Bytes>,
+    /// A Responses request's `previous_response_id`.
+    pub previous_response: Option<String>,
     /// JSON request fields, for the rewrite (`None` for multipart).
     pub json: Option<crate::openai::RequestHead>,
     pub multipart: Option<MultipartHead>,
@@ -52,6 +57,19 @@ pub fn json_incoming(
         .iter()
         .find_map(|f| obj.get(f))
         .map_or_else(|| body.clone(), |v| body.slice_ref(v.get().as_bytes()));
+    let head_field = match endpoint {
+        Endpoint::Responses => Some("instructions"),
+        Endpoint::Messages | Endpoint::CountTokens => Some("system"),
+        _ => None,
+    };
+    let prompt_head = head_field
+        .and_then(|f| obj.get(f))
+        .filter(|v| v.get() != "null")
+        .map(|v| body.slice_ref(v.get().as_bytes()));
+    let previous_response = (endpoint == Endpoint::Responses)
+        .then(|| obj.get("previous_response_id"))
+        .flatten()
+        .and_then(|v| serde_json::from_str::<String>(v.get()).ok());
     let mut prompt_bytes = prompt.len();
     if endpoint.api() == crate::endpoint::Api::Anthropic {
         prompt_bytes += ["system", "tools"]
@@ -76,6 +94,8 @@ pub fn json_incoming(
         max_completion,
         prompt,
         prompt_bytes,
+        prompt_head,
+        previous_response,
         json: Some(head),
         multipart: None,
         body: body.clone(),
@@ -130,6 +150,8 @@ pub async fn read_multipart(
         max_completion: 0,
         prompt: Bytes::new(),
         prompt_bytes: 0,
+        prompt_head: None,
+        previous_response: None,
         json: None,
         multipart: Some(MultipartHead {
             model_at,

@@ -52,6 +52,13 @@ pub struct Plan {
     pub wire: crate::wire::Wire,
     /// What a translated answer needs from the request (its stop sequences).
     pub asked: crate::anthropic::to_chat::Asked,
+    /// The canonical prompt's block hashes, per block size of the chain's `cache_aware` pools.
+    pub blocks: Vec<(usize, Vec<u64>)>,
+    /// Share of the prompt the chosen backend held (`cache_aware`), for the access line.
+    pub prefix_match: Option<f64>,
+    /// A Responses request's `previous_response_id`, and what affinity made of it.
+    pub previous_response: Option<String>,
+    pub affinity: Option<&'static str>,
 }
 
 /// How the response body is treated.
@@ -125,6 +132,8 @@ pub struct RequestCtx {
     pub asked: Option<(String, Endpoint)>,
     /// The API the client speaks (by path): it decides the shape of every error it gets.
     pub api: crate::endpoint::Api,
+    /// The id of the Responses answer, remembered for `previous_response_id` affinity.
+    pub response_id: Option<String>,
 }
 
 impl RequestCtx {
@@ -155,6 +164,7 @@ impl RequestCtx {
             cors_origin: None,
             asked: None,
             api: crate::endpoint::Api::OpenAi,
+            response_id: None,
         }
     }
 

@@ -19,6 +19,8 @@ pub struct Gateway {
     /// Set to true when a graceful shutdown's grace period ends: open streams get a final
     /// error event and end.
     pub drain: Arc<watch::Sender<bool>>,
+    /// Which backend produced each Responses answer (`previous_response_id` affinity).
+    pub affinity: Arc<crate::affinity::Affinity>,
 }
 
 impl Gateway {
@@ -28,6 +30,7 @@ impl Gateway {
             metrics,
             active: Arc::new(AtomicUsize::new(0)),
             drain: Arc::new(watch::channel(false).0),
+            affinity: Arc::new(crate::affinity::Affinity::default()),
         }
     }
 

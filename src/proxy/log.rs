@@ -52,6 +52,7 @@ pub fn finish(gw: &Gateway, e: Option<&Error>, ctx: &mut RequestCtx) {
             .inc_by(u.completion_tokens);
     }
     drop(ctx.inflight.take());
+    remember_response(gw, ctx, status);
     if let Some(ledger) = gw.state.ledger() {
         if let Some(e) = ledger_entry(ctx, status, elapsed, (route, pool), cost) {
             ledger.record(e);
@@ -105,6 +106,25 @@ fn ledger_entry(
         ttft_ms: ctx.ttft.map(|t| t.as_millis() as u64),
         duration_ms: elapsed.as_millis() as u64,
     })
+}
+
+/// A Responses answer is remembered with the backend that made it, for the requests that
+/// continue it (`previous_response_id`).
+fn remember_response(gw: &Gateway, ctx: &RequestCtx, status: u16) {
+    let Some(id) = ctx
+        .response_id
+        .as_deref()
+        .filter(|_| (200..300).contains(&status))
+    else {
+        return;
+    };
+    let Some(pool) = ctx.pool.and_then(|p| ctx.snap.pools.get(p)) else {
+        return;
+    };
+    if let Some(backend) = ctx.backend.and_then(|b| pool.id(b)) {
+        gw.affinity
+            .insert(id, pool.name(), backend, std::time::Instant::now());
+    }
 }
 
 fn backend_of(ctx: &RequestCtx) -> Option<&str> {
@@ -176,6 +196,12 @@ struct AccessLine<'a> {
     prompt_tokens: Option<u64>,
     completion_tokens: Option<u64>,
     cached_tokens: Option<u64>,
+    /// Share of the prompt the chosen backend already held (`balance: cache_aware`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prefix_match: Option<f64>,
+    /// `previous_response_id` affinity: hit | fallback | unknown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    affinity: Option<&'static str>,
 }
 
 fn access_line(
@@ -208,6 +234,8 @@ fn access_line(
         cached_tokens: ctx
             .usage
             .and_then(|u| u.prompt_tokens_details?.cached_tokens),
+        prefix_match: ctx.plan.prefix_match.map(|m| (m * 1000.0).round() / 1000.0),
+        affinity: ctx.plan.affinity,
     };
     let mut buf = Vec::with_capacity(512);
     if serde_json::to_writer(&mut buf, &line).is_err() {

@@ -76,8 +76,7 @@ pub fn next_target(
         let p = *ctx.plan.chain.get(ctx.plan.pos)?;
         let pool = snap.pools.get(p)?;
         if ctx.plan.attempts_in_pool <= pool.config.retries {
-            let key = hash_key(pool, session, ctx);
-            if let Some(b) = pool.select(&ctx.plan.tried, key, now) {
+            if let Some(b) = pick(gw, pool, session, ctx, now) {
                 ctx.plan.attempts_in_pool += 1;
                 ctx.plan.tried.push(b);
                 return Some((p, b));
@@ -119,6 +118,96 @@ pub fn has_next(ctx: &RequestCtx, now: Instant) -> bool {
         .skip(plan.pos + 1)
         .filter_map(|&q| snap.pools.get(q))
         .any(|q| q.has_candidate(&[], now))
+}
+
+/// The backend for the next attempt in `pool`: the one that produced the previous response
+/// (Responses affinity), else the pool's balancing choice.
+fn pick(
+    gw: &Gateway,
+    pool: &Pool,
+    session: &Session,
+    ctx: &mut RequestCtx,
+    now: Instant,
+) -> Option<usize> {
+    if let Some(b) = follow_response(gw, pool, ctx, now) {
+        return Some(b);
+    }
+    if pool.config.balance != crate::config::Balance::CacheAware {
+        let key = hash_key(pool, session, ctx);
+        return pool.select(&ctx.plan.tried, key, now);
+    }
+    let size = pool.config.cache_aware.block_chars;
+    let blocks = ctx
+        .plan
+        .blocks
+        .iter()
+        .find(|(n, _)| *n == size)
+        .map_or(&[][..], |(_, b)| b.as_slice());
+    let (b, held) = pool.select_by_prefix(&ctx.plan.tried, blocks, now)?;
+    let total = blocks.len();
+    if total > 0 {
+        let m = &gw.metrics.prefix_blocks;
+        m.with_label_values(&[pool.name(), "hit"])
+            .inc_by(held as u64);
+        m.with_label_values(&[pool.name(), "miss"])
+            .inc_by((total - held) as u64);
+        ctx.plan.prefix_match = Some(held as f64 / total as f64);
+    }
+    Some(b)
+}
+
+/// The backend that produced `previous_response_id`, on the first attempt in its pool while
+/// it takes requests; otherwise `None` (normal balancing), with what happened recorded once.
+fn follow_response(gw: &Gateway, pool: &Pool, ctx: &mut RequestCtx, now: Instant) -> Option<usize> {
+    let id = ctx.plan.previous_response.as_deref()?;
+    if ctx.plan.affinity.is_some() {
+        return None; // decided on an earlier attempt: a retry balances normally
+    }
+    let known = gw.affinity.get(id, now);
+    let here = known
+        .as_ref()
+        .filter(|(p, _)| p == pool.name())
+        .and_then(|(_, backend)| pool.position(*backend));
+    let usable = here.filter(|&b| !ctx.plan.tried.contains(&b) && pool.takes_requests(b, now));
+    let result = match (&known, usable) {
+        (None, _) => "unknown",
+        (Some(_), Some(_)) => "hit",
+        (Some(_), None) => "fallback",
+    };
+    ctx.plan.affinity = Some(result);
+    gw.metrics
+        .response_affinity
+        .with_label_values(&[pool.name(), result])
+        .inc();
+    if result == "fallback" {
+        tracing::info!(request_id = %ctx.request_id, pool = %pool.name(), "previous_response_id: its backend is unavailable, balancing normally");
+    }
+    usable
+}
+
+/// The canonical prompt's block hashes for each block size the chain's `cache_aware` pools
+/// use: the prompt's head (`instructions`, `system`) then the prompt itself.
+pub fn prompt_blocks(
+    snap: &Snapshot,
+    chain: &[usize],
+    head: Option<&[u8]>,
+    prompt: &[u8],
+) -> Vec<(usize, Vec<u64>)> {
+    let mut out: Vec<(usize, Vec<u64>)> = Vec::new();
+    for pool in chain.iter().filter_map(|&p| snap.pools.get(p)) {
+        let size = pool.config.cache_aware.block_chars;
+        if pool.config.balance != crate::config::Balance::CacheAware
+            || out.iter().any(|(n, _)| *n == size)
+        {
+            continue;
+        }
+        let blocks = match head {
+            Some(h) => crate::prefix::blocks(&[h, prompt].concat(), size),
+            None => crate::prefix::blocks(prompt, size),
+        };
+        out.push((size, blocks));
+    }
+    out
 }
 
 fn hash_key(pool: &Pool, session: &Session, ctx: &RequestCtx) -> Option<u64> {

@@ -339,6 +339,8 @@ fn keep_plan(
         w.is_some_and(|w| w != Wire::Same)
     });
     let original = translates.then(|| incoming.body.clone());
+    let head = incoming.prompt_head.as_deref();
+    let blocks = plan::prompt_blocks(snap, &chain, head, &incoming.prompt);
     let (client_body, prompt) = if multipart.is_some() {
         (incoming.body.clone(), incoming.prompt.clone())
     } else {
@@ -363,6 +365,8 @@ fn keep_plan(
         body_model,
         wire,
         original,
+        blocks,
+        previous_response: incoming.previous_response,
         sent_model,
         client_body,
         prompt,

@@ -174,6 +174,13 @@ fn json_answer(ctx: &RequestCtx, raw: &[u8]) -> (Option<Vec<u8>>, Option<Usage>)
     }
 }
 
+/// A Responses answer's id, for `previous_response_id` affinity.
+fn responses_id(ctx: &RequestCtx, raw: &[u8]) -> Option<String> {
+    let responses =
+        ctx.routed.as_ref().map(|r| r.endpoint) == Some(crate::endpoint::Endpoint::Responses);
+    responses.then(|| crate::openai::object_id(raw)).flatten()
+}
+
 /// An upstream error answer in the client API's shape.
 fn error_answer(ctx: &RequestCtx, raw: &[u8]) -> Vec<u8> {
     let status = ctx.status.unwrap_or(502);
@@ -216,6 +223,7 @@ pub fn body(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut RequestCtx)
             if end_of_stream {
                 rw.finish(&mut out);
                 ctx.usage = rw.usage();
+                ctx.response_id = rw.response_id().map(str::to_string);
                 if !rw.is_done() {
                     let e = crate::errors::GatewayError::UpstreamClosed;
                     tracing::debug!(request_id = %ctx.request_id, "stream ended without its last event");
@@ -241,6 +249,7 @@ pub fn body(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut RequestCtx)
             let raw = std::mem::take(buf);
             let (bytes, usage) = json_answer(ctx, &raw);
             ctx.usage = usage;
+            ctx.response_id = responses_id(ctx, &raw);
             *body = Some(Bytes::from(bytes.unwrap_or(raw)));
         }
         ResponseMode::Error(buf) => {

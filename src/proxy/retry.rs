@@ -178,6 +178,7 @@ pub fn status_received(gw: &Gateway, resp: &ResponseHeader, ctx: &mut RequestCtx
 pub fn eject(ctx: &RequestCtx) {
     if let Some((pool, b)) = current(ctx) {
         let cooldown = pool.with_health(b, |h| h.eject(Instant::now()));
+        pool.forget_prefixes(b); // whatever it cached may be gone with it
         tracing::debug!(request_id = %ctx.request_id, pool = %pool.name(), backend = b, ?cooldown, "backend ejected");
     }
 }
