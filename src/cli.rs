@@ -217,6 +217,13 @@ pub struct MockArgs {
     /// Concurrent generations, like a GPU server's batch limit; the rest queue (0 = unlimited)
     #[arg(long, default_value_t = 0)]
     pub slots: usize,
+    /// Prefix-cache capacity in 64-character blocks; prompts then pay prefill time for what
+    /// is not cached (0 = no cache model)
+    #[arg(long, default_value_t = 0)]
+    pub cache_blocks: usize,
+    /// Prefill milliseconds per 1,000 uncached prompt characters (with --cache-blocks)
+    #[arg(long, default_value_t = 5.0)]
+    pub prefill_ms_per_kchar: f64,
     /// Worker threads
     #[arg(long, default_value_t = 2)]
     pub threads: usize,

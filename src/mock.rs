@@ -23,6 +23,7 @@ use pingora::server::ShutdownWatch;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
+mod cache;
 mod messages;
 
 const WORDS: [&str; 12] = [
@@ -48,6 +49,10 @@ pub struct MockConfig {
     pub models: Vec<String>,
     /// Concurrent generations; `0` means unlimited.
     pub slots: usize,
+    /// Prefix-cache capacity in 64-character blocks; `0`: no cache (and no prefill time).
+    pub cache_blocks: usize,
+    /// Prefill time per 1,000 prompt characters not in the cache.
+    pub prefill_per_kchar: Duration,
 }
 
 impl Default for MockConfig {
@@ -57,6 +62,8 @@ impl Default for MockConfig {
             delay: Duration::from_millis(20),
             models: vec!["llama3".into(), "mock-embed".into()],
             slots: 0,
+            cache_blocks: 0,
+            prefill_per_kchar: Duration::ZERO,
         }
     }
 }
@@ -66,16 +73,20 @@ pub struct MockApp {
     slots: Option<Arc<Semaphore>>,
     waiting: AtomicUsize,
     running: AtomicUsize,
+    cache: parking_lot::Mutex<cache::PrefixCache>,
+    requests: AtomicUsize,
 }
 
 impl MockApp {
     pub fn new(config: MockConfig) -> Self {
         let slots = (config.slots > 0).then(|| Arc::new(Semaphore::new(config.slots)));
         Self {
+            cache: parking_lot::Mutex::new(cache::PrefixCache::new(config.cache_blocks)),
             config,
             slots,
             waiting: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
+            requests: AtomicUsize::new(0),
         }
     }
 
@@ -101,8 +112,12 @@ impl MockApp {
         } else {
             0.0
         };
+        let (queried, hits) = {
+            let c = self.cache.lock();
+            (c.queried, c.hits)
+        };
         format!(
-            "# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{{model_name=\"mock\"}} {}\n# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{{model_name=\"mock\"}} {running}\n# TYPE vllm:kv_cache_usage_perc gauge\nvllm:kv_cache_usage_perc{{model_name=\"mock\"}} {kv}\n",
+            "# TYPE vllm:prefix_cache_queries counter\nvllm:prefix_cache_queries_total{{model_name=\"mock\"}} {queried}\n# TYPE vllm:prefix_cache_hits counter\nvllm:prefix_cache_hits_total{{model_name=\"mock\"}} {hits}\n# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{{model_name=\"mock\"}} {}\n# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{{model_name=\"mock\"}} {running}\n# TYPE vllm:kv_cache_usage_perc gauge\nvllm:kv_cache_usage_perc{{model_name=\"mock\"}} {kv}\n",
             self.waiting.load(Ordering::Relaxed)
         )
         .into_bytes()
@@ -129,7 +144,8 @@ enum Reply {
         body: Vec<u8>,
         generate: Option<Duration>,
     },
-    Stream(Vec<String>, Duration),
+    /// Events, the delay between them, and the prefill before the first.
+    Stream(Vec<String>, Duration, Duration),
 }
 
 fn json_reply(status: u16, body: Vec<u8>) -> Reply {
@@ -178,12 +194,15 @@ impl HttpServerApp for MockApp {
                     .await
                     .ok()?;
             }
-            Reply::Stream(events, delay) => {
+            Reply::Stream(events, delay, prefill) => {
                 let _running = self.slot().await?;
                 let mut h = ResponseHeader::build(200, Some(2)).ok()?;
                 h.insert_header("content-type", "text/event-stream").ok()?;
                 h.insert_header("transfer-encoding", "chunked").ok()?;
                 session.write_response_header(Box::new(h)).await.ok()?;
+                if !prefill.is_zero() {
+                    tokio::time::sleep(prefill).await; // the first token waits for the prefill
+                }
                 let last = events.len().saturating_sub(1);
                 for (i, ev) in events.into_iter().enumerate() {
                     // a failed write means the client left: stop generating, as vLLM does
@@ -220,6 +239,7 @@ impl MockApp {
                 "/v1/models" => json_reply(200, models(&self.config.models)),
                 "/health" | "/" => json_reply(200, br#"{"status":"ok"}"#.to_vec()),
                 "/metrics" => json_reply(200, self.metrics()),
+                "/stats" => json_reply(200, self.stats()),
                 _ => not_found(),
             };
         }
@@ -228,14 +248,64 @@ impl MockApp {
             return json_reply(400, e.to_string().into_bytes());
         };
         let prompt_tokens = (body.len() as u64 / 4).max(1);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let reply = self.route(path, &v, tokens, delay, prompt_tokens);
+        self.with_prefill(reply, &v)
+    }
+
+    fn route(
+        &self,
+        path: &str,
+        v: &Value,
+        tokens: usize,
+        delay: Duration,
+        prompt_tokens: u64,
+    ) -> Reply {
         match path {
-            "/v1/chat/completions" => completion(&v, tokens, delay, prompt_tokens, true),
-            "/v1/completions" => completion(&v, tokens, delay, prompt_tokens, false),
-            "/v1/embeddings" => json_reply(200, embeddings(&v, prompt_tokens)),
-            "/v1/messages" => messages::reply(&v, tokens, delay, prompt_tokens),
+            "/v1/chat/completions" => completion(v, tokens, delay, prompt_tokens, true),
+            "/v1/completions" => completion(v, tokens, delay, prompt_tokens, false),
+            "/v1/embeddings" => json_reply(200, embeddings(v, prompt_tokens)),
+            "/v1/messages" => messages::reply(v, tokens, delay, prompt_tokens),
             "/v1/messages/count_tokens" => messages::count_tokens(prompt_tokens),
             _ => not_found(),
         }
+    }
+}
+
+impl MockApp {
+    /// The prompt goes through the prefix cache: what was not cached costs prefill time,
+    /// before the first token of a stream or with a JSON answer's generation.
+    fn with_prefill(&self, reply: Reply, v: &Value) -> Reply {
+        if self.config.cache_blocks == 0 {
+            return reply;
+        }
+        let uncached = self.cache.lock().admit(&cache::prompt_text(v));
+        let prefill = self
+            .config
+            .prefill_per_kchar
+            .mul_f64(uncached as f64 / 1000.0);
+        match reply {
+            Reply::Stream(ev, delay, p) => Reply::Stream(ev, delay, p + prefill),
+            Reply::Json {
+                status: 200,
+                body,
+                generate,
+            } => Reply::Json {
+                status: 200,
+                body,
+                generate: Some(generate.unwrap_or_default() + prefill),
+            },
+            other => other,
+        }
+    }
+
+    /// `GET /stats`: requests served and the prefix cache's counts (in characters).
+    fn stats(&self) -> Vec<u8> {
+        let c = self.cache.lock();
+        json!({"requests": self.requests.load(Ordering::Relaxed),
+               "prefix_queried_chars": c.queried, "prefix_hit_chars": c.hits})
+        .to_string()
+        .into_bytes()
     }
 }
 
@@ -321,7 +391,7 @@ fn completion(v: &Value, tokens: usize, delay: Duration, prompt: u64, chat: bool
         };
     }
     let include_usage = v["stream_options"]["include_usage"].as_bool() == Some(true);
-    Reply::Stream(stream_events(&g, include_usage), delay)
+    Reply::Stream(stream_events(&g, include_usage), delay, Duration::ZERO)
 }
 
 fn stream_events(g: &Generated, include_usage: bool) -> Vec<String> {

@@ -93,6 +93,8 @@ fn mock(args: MockArgs) -> i32 {
         delay_ms,
         models,
         slots,
+        cache_blocks,
+        prefill_ms_per_kchar,
         threads,
     } = args;
     let cfg = MockConfig {
@@ -100,6 +102,8 @@ fn mock(args: MockArgs) -> i32 {
         delay: Duration::from_millis(delay_ms),
         models,
         slots,
+        cache_blocks,
+        prefill_per_kchar: Duration::from_secs_f64(prefill_ms_per_kchar.max(0.0) / 1000.0),
     };
     let mut server = crate::new_server(threads);
     if let Err(e) = crate::add_mock(&mut server, &listen, cfg) {

@@ -178,7 +178,12 @@ fn cache_aware_moves_off_a_saturated_holder_and_a_shared_prefix_spreads() {
     };
     assert_eq!(cache_aware(&[busy, free], 0, 1.0), Some(1));
     // every backend holds the shared system prompt: load decides, and ties rotate
-    let all = [holding(0, 0, 0.5), holding(1, 0, 0.5), holding(2, 0, 0.5), holding(3, 0, 0.5)];
+    let all = [
+        holding(0, 0, 0.5),
+        holding(1, 0, 0.5),
+        holding(2, 0, 0.5),
+        holding(3, 0, 0.5),
+    ];
     let mut seen = [0usize; 4];
     for seq in 0..400 {
         seen[cache_aware(&all, seq, 1.0).unwrap()] += 1;

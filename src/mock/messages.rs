@@ -80,7 +80,11 @@ pub(super) fn reply(v: &Value, tokens: usize, delay: Duration, prompt: u64) -> R
             generate: Some(delay * n as u32),
         };
     }
-    Reply::Stream(stream_events(model, n, tool, stop, &usage), delay)
+    Reply::Stream(
+        stream_events(model, n, tool, stop, &usage),
+        delay,
+        Duration::ZERO,
+    )
 }
 
 fn event(v: &Value) -> String {

@@ -161,7 +161,14 @@ fn pick(
 fn follow_response(gw: &Gateway, pool: &Pool, ctx: &mut RequestCtx, now: Instant) -> Option<usize> {
     let id = ctx.plan.previous_response.as_deref()?;
     if ctx.plan.affinity.is_some() {
-        return None; // decided on an earlier attempt: a retry balances normally
+        // decided on an earlier attempt: a retry balances normally, and a request whose
+        // backend failed it is served elsewhere
+        if ctx.plan.affinity == Some("hit") {
+            ctx.plan.affinity = Some("fallback");
+            let m = &gw.metrics.response_affinity;
+            m.with_label_values(&[pool.name(), "fallback"]).inc();
+        }
+        return None;
     }
     let known = gw.affinity.get(id, now);
     let here = known

@@ -627,7 +627,7 @@ async fn other_endpoint(
     } else if path.ends_with("/v1/responses") && stream {
         return Some(responses_stream(sock, model).await);
     } else if path.ends_with("/v1/responses") {
-        json!({"id":"resp_1","object":"response","created_at":1,"status":"completed","model":model,
+        json!({"id":response_id(sock),"object":"response","created_at":1,"status":"completed","model":model,
             "output":[],
             "usage":{"input_tokens":9,"input_tokens_details":{"cached_tokens":4},"output_tokens":3,
                 "output_tokens_details":{"reasoning_tokens":0},"total_tokens":12}})
@@ -663,8 +663,15 @@ fn multipart_model(body: &[u8]) -> String {
 }
 
 /// A Responses API stream, each event written in 7-byte pieces (events split across reads).
+/// A response id naming the mock that made it (its port), so tests see where a response
+/// came from.
+fn response_id(sock: &TcpStream) -> String {
+    format!("resp_{}", sock.local_addr().map_or(0, |a| a.port()))
+}
+
 async fn responses_stream(sock: &mut TcpStream, model: &str) -> bool {
-    let resp = |status: &str, usage: Value| json!({"id":"resp_1","object":"response","status":status,"model":model,"output":[],"usage":usage});
+    let id = response_id(sock);
+    let resp = |status: &str, usage: Value| json!({"id":id,"object":"response","status":status,"model":model,"output":[],"usage":usage});
     let events = [
         (
             "response.created",
