@@ -157,6 +157,8 @@ fn auth_and_route(c: &mut Criterion) {
             strip_prefix: true,
             fallbacks: vec![],
             endpoints: llmedge::endpoint::EndpointSet::all(),
+            anonymous: false,
+            limits: llmedge::config::Limits::default(),
         })
         .collect();
     c.bench_function("router_resolve/100_routes_last", |b| {

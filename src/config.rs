@@ -21,8 +21,8 @@ pub use limits::{Budget, Limits, Price};
 use limits::{RawBudget, RawLimits, RawTenant};
 use pool::RawPool;
 pub use pool::{
-    parse_backend, BackendUrl, Balance, CacheAwareConfig, HashKey, HealthConfig, MessagesMode,
-    PoolConfig, Protocol, ScrapeConfig, Timeouts,
+    parse_backend, BackendUrl, Balance, CacheAwareConfig, Credentials, HashKey, HealthConfig,
+    MessagesMode, PoolConfig, Protocol, ScrapeConfig, Timeouts,
 };
 pub use route::Route;
 pub use secret::{EnvLookup, Secret};
@@ -60,6 +60,9 @@ struct RawConfig {
     store: RawStore,
     #[serde(default)]
     admin: RawAdmin,
+    /// Path prefixes forwarded to a pool as they are (files, batches, fine-tuning...).
+    #[serde(default)]
+    passthrough: Vec<RawPassthrough>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -91,6 +94,20 @@ struct RawRoute {
     /// The endpoints this route serves; absent = all.
     #[serde(default)]
     endpoints: Option<Vec<String>>,
+    /// Accept bearer tokens that are not virtual keys (forwarded to `credentials: passthrough`
+    /// pools), each caller counted as its own identity.
+    #[serde(default)]
+    anonymous: bool,
+    /// Limits of each anonymous caller on this route.
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPassthrough {
+    path: String,
+    pool: String,
 }
 
 // === typed config ===
@@ -111,6 +128,31 @@ pub struct Config {
     /// The control plane's database (keys and tenants managed at runtime).
     pub store: StoreConfig,
     pub admin: AdminConfig,
+    /// Path prefixes forwarded untouched to a pool, longest first.
+    pub passthrough: Vec<Passthrough>,
+}
+
+/// `passthrough[]`: requests under `path` (any method) go to `pool` as they are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Passthrough {
+    pub path: String,
+    pub pool: usize,
+}
+
+impl Config {
+    /// The pass-through entry whose path prefix `path` is under (`/v1/files` covers
+    /// `/v1/files/abc/content`, not `/v1/filesystem`).
+    pub fn passthrough_for(&self, path: &str) -> Option<&Passthrough> {
+        self.passthrough.iter().find(|p| {
+            path.strip_prefix(p.path.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
+    }
+
+    /// Whether some route takes callers' own tokens (`anonymous: true`).
+    pub fn has_anonymous_routes(&self) -> bool {
+        self.routes.iter().any(|r| r.anonymous)
+    }
 }
 
 /// A tenant's shared limits and budget (`tenants.<name>`).
@@ -195,7 +237,10 @@ impl RawConfig {
                 name,
             });
         }
+        check_anonymous(&routes, &pools)?;
+        let passthrough = validate_passthrough(self.passthrough, &pool_names)?;
         Ok(Config {
+            passthrough,
             server,
             keys,
             pools,
@@ -257,8 +302,60 @@ impl RawRoute {
             strip_prefix: self.strip_prefix,
             fallbacks,
             endpoints,
+            anonymous: self.anonymous,
+            limits: self.limits.validate(&format!("routes[{i}].limits"))?,
         })
     }
+}
+
+/// An anonymous route forwards callers' own tokens: every pool it can reach must let the
+/// upstream authenticate them, or a stranger would spend the pool's key.
+fn check_anonymous(routes: &[Route], pools: &[PoolConfig]) -> Result<(), ConfigError> {
+    for (i, r) in routes.iter().enumerate().filter(|(_, r)| r.anonymous) {
+        for p in std::iter::once(r.pool).chain(r.fallbacks.iter().copied()) {
+            if pools[p].credentials != Credentials::Passthrough {
+                return Err(ConfigError::new(
+                    format!("routes[{i}].anonymous"),
+                    format!(
+                        "pool \"{}\" must have `credentials: passthrough` to take callers' own tokens",
+                        pools[p].name
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `passthrough[i]`: a path prefix and a known pool; longest prefix first, so the most
+/// specific entry wins.
+fn validate_passthrough(
+    raw: Vec<RawPassthrough>,
+    pool_names: &[&str],
+) -> Result<Vec<Passthrough>, ConfigError> {
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, p) in raw.into_iter().enumerate() {
+        let path = p.path.trim_end_matches('/').to_string();
+        if !path.starts_with('/') || path.len() < 2 {
+            return Err(ConfigError::new(
+                format!("passthrough[{i}].path"),
+                format!("\"{}\" must be a path prefix such as /v1/files", p.path),
+            ));
+        }
+        let Some(pool) = pool_names.iter().position(|n| *n == p.pool) else {
+            return Err(ConfigError::new(
+                format!("passthrough[{i}].pool"),
+                format!(
+                    "unknown pool \"{}\" (known: {})",
+                    p.pool,
+                    pool_names.join(", ")
+                ),
+            ));
+        };
+        out.push(Passthrough { path, pool });
+    }
+    out.sort_by_key(|p| std::cmp::Reverse(p.path.len()));
+    Ok(out)
 }
 
 /// `keys[i].models`: non-empty globs.

@@ -13,6 +13,9 @@ pub enum GatewayError {
     MissingApiKey,
     #[error("incorrect API key provided")]
     InvalidApiKey,
+    /// A `credentials: client` pool needs the caller's own provider key.
+    #[error("this model's pool uses your own provider key: send it in the `x-llmedge-upstream-key` header")]
+    MissingUpstreamKey,
     #[error("the model `{0}` does not exist or you do not have access to it")]
     UnknownModel(String),
     #[error("the model `{0}` does not exist or you do not have access to it")]
@@ -94,7 +97,9 @@ pub enum GatewayError {
 impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::MissingApiKey | Self::InvalidApiKey => StatusCode::UNAUTHORIZED,
+            Self::MissingApiKey | Self::InvalidApiKey | Self::MissingUpstreamKey => {
+                StatusCode::UNAUTHORIZED
+            }
             Self::UnknownModel(_)
             | Self::ModelNotAllowed(_)
             | Self::UnknownPath { .. }
@@ -130,7 +135,9 @@ impl GatewayError {
     /// The OpenAI `error.type`, which SDKs use to pick the exception class.
     pub fn openai_type(&self) -> &'static str {
         match self {
-            Self::MissingApiKey | Self::InvalidApiKey => "invalid_request_error",
+            Self::MissingApiKey | Self::InvalidApiKey | Self::MissingUpstreamKey => {
+                "invalid_request_error"
+            }
             Self::UnknownModel(_)
             | Self::ModelNotAllowed(_)
             | Self::EndpointNotServed { .. }
@@ -165,6 +172,7 @@ impl GatewayError {
     pub fn code(&self) -> Option<&'static str> {
         match self {
             Self::MissingApiKey | Self::InvalidApiKey => Some("invalid_api_key"),
+            Self::MissingUpstreamKey => Some("missing_upstream_key"),
             Self::UnknownModel(_) | Self::ModelNotAllowed(_) => Some("model_not_found"),
             Self::EndpointNotServed { .. } => Some("unsupported_endpoint"),
             Self::BodyTooLarge { .. } => Some("request_too_large"),
@@ -202,6 +210,7 @@ impl GatewayError {
             | Self::MissingModel => Some("model"),
             Self::InvalidParam { param, .. } => Some(param),
             Self::PoolNotAllowed(_) => Some("x-llmedge-pool"),
+            Self::MissingUpstreamKey => Some("x-llmedge-upstream-key"),
             Self::MissingApiKey
             | Self::InvalidApiKey
             | Self::BodyTooLarge { .. }
@@ -233,6 +242,7 @@ impl GatewayError {
         match self {
             Self::MissingApiKey => "missing_api_key",
             Self::InvalidApiKey => "invalid_api_key",
+            Self::MissingUpstreamKey => "missing_upstream_key",
             Self::UnknownModel(_) => "unknown_model",
             Self::ModelNotAllowed(_) => "model_not_allowed",
             Self::EndpointNotServed { .. } => "endpoint_not_served",
@@ -281,6 +291,7 @@ impl GatewayError {
             | Self::UpstreamProtocol => true,
             Self::MissingApiKey
             | Self::InvalidApiKey
+            | Self::MissingUpstreamKey
             | Self::UnknownModel(_)
             | Self::ModelNotAllowed(_)
             | Self::EndpointNotServed { .. }

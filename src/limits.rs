@@ -180,6 +180,9 @@ impl Governor {
         for t in &config.tenants {
             position(&t.name, &t.limits, t.budget);
         }
+        if config.has_anonymous_routes() {
+            position(ANONYMOUS_TENANT, &Limits::default(), Budget::default());
+        }
         let mut key_ids = Vec::new();
         let mut keys: Vec<Option<(usize, ScopeRule)>> = Vec::new();
         keys.resize_with(config.keys.len(), || None);
@@ -219,6 +222,40 @@ impl Governor {
     /// Checks every limit and budget that applies, then reserves them all, or refuses. Cells
     /// are locked tenant first, then key, on every path.
     pub fn admit(&self, ask: &Ask<'_>) -> Result<Admitted, Denied> {
+        let rules = self
+            .keys
+            .get(ask.key.principal.key_index)
+            .and_then(Option::as_ref)
+            .and_then(|(t, key_rule)| Some((&self.tenants.get(*t)?.1, key_rule)));
+        self.admit_in(ask, rules)
+    }
+
+    /// Admission for a caller no config names (an anonymous caller of a passthrough route):
+    /// its key's limits on `cell`, under its tenant's rule.
+    pub fn admit_transient(&self, ask: &Ask<'_>, cell: Cell) -> Result<Admitted, Denied> {
+        let key_rule = self.transient_rule(ask.key, cell);
+        let tenant = self.tenant_rule(&ask.key.principal.tenant);
+        self.admit_in(ask, tenant.map(|t| (t, &key_rule)))
+    }
+
+    fn tenant_rule(&self, name: &str) -> Option<&ScopeRule> {
+        self.tenants
+            .iter()
+            .find(|(n, _)| &**n == name)
+            .map(|(_, r)| r)
+    }
+
+    fn transient_rule(&self, key: &KeyEntry, cell: Cell) -> ScopeRule {
+        let id = transient_cell_id(key);
+        let name = format!("caller {}", key.principal.user);
+        rule(&id, name, &key.limits, key.budget, cell)
+    }
+
+    fn admit_in(
+        &self,
+        ask: &Ask<'_>,
+        rules: Option<(&ScopeRule, &ScopeRule)>,
+    ) -> Result<Admitted, Denied> {
         let price = self.price(ask.model);
         let usd = price.map_or(0.0, |p| cost_of(&p, ask.prompt, ask.completion, 0));
         let tokens = ask.prompt.saturating_add(ask.completion);
@@ -231,10 +268,7 @@ impl Governor {
             price,
             headers: RateHeaders::default(),
         };
-        let Some(Some((t, key_rule))) = self.keys.get(ask.key.principal.key_index) else {
-            return Ok(adm);
-        };
-        let Some((_, tenant_rule)) = self.tenants.get(*t) else {
+        let Some((tenant_rule, key_rule)) = rules else {
             return Ok(adm);
         };
         let want = Want {
@@ -322,6 +356,15 @@ impl Admitted {
         }
         cost
     }
+}
+
+/// The tenant every anonymous caller (a token that is not a virtual key, on an
+/// `anonymous: true` route) belongs to.
+pub const ANONYMOUS_TENANT: &str = "passthrough";
+
+/// The counter cell of a caller no config names: its identity on its route.
+pub fn transient_cell_id(key: &KeyEntry) -> String {
+    format!("key:{}", key.principal.key_id)
 }
 
 /// What `used` costs at `price` (cached prompt tokens at the cached price), rounded to the

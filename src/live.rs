@@ -214,6 +214,9 @@ impl Live {
         ask: (&str, u64, u64),
     ) -> Result<Admission, GatewayError> {
         let current = self.snap.load_full();
+        if key.is_transient() {
+            return self.admit_transient(&current, key, ask).await;
+        }
         let key = if std::ptr::eq(&*current, pinned) {
             key
         } else {
@@ -253,6 +256,47 @@ impl Live {
                 Ok(local(&current, &ask, Some(counted)))
             }
         }
+    }
+
+    /// An anonymous caller: its route's limits on a cell of its own identity, shared through
+    /// Redis like a key's when the gateways share counters.
+    async fn admit_transient(
+        &self,
+        current: &Snapshot,
+        key: &KeyEntry,
+        ask: (&str, u64, u64),
+    ) -> Result<Admission, GatewayError> {
+        let (model, prompt, completion) = ask;
+        let ask = Ask {
+            key,
+            model,
+            prompt,
+            completion,
+        };
+        let plan = self
+            .shared
+            .as_ref()
+            .zip(current.governor.plan_transient(&ask));
+        if let Some((store, plan)) = plan {
+            match store.admit(&plan).await {
+                Answer::Granted(h) => return Ok(Admission::Admitted(Admitted::Shared(h))),
+                Answer::Refused(d) => return Ok(Admission::Refused(d)),
+                Answer::Unavailable => {
+                    let deny =
+                        current.config.shared.as_ref().is_some_and(|c| {
+                            plan.has_limits() && c.on_error_limits == OnError::Deny
+                        });
+                    if deny {
+                        return Err(GatewayError::StateUnavailable);
+                    }
+                }
+            }
+        }
+        let cell = self.counters.cell(&limits::transient_cell_id(key));
+        Ok(match current.governor.admit_transient(&ask, cell) {
+            Ok(a) => Admission::Admitted(Admitted::Local(a, None)),
+            Err(d) => Admission::Refused(d),
+        })
     }
 
     /// Replaces an admission's reservation by what the request used; returns its cost.

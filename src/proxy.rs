@@ -8,6 +8,7 @@ mod dispatch;
 mod failure;
 mod gateway;
 mod log;
+mod passthrough;
 mod plan;
 mod prepare;
 mod respond;

@@ -34,6 +34,8 @@ mod tests {
                 strip_prefix: true,
                 fallbacks: vec![],
                 endpoints: crate::endpoint::EndpointSet::all(),
+                anonymous: false,
+                limits: crate::config::Limits::default(),
             },
             Route {
                 prefix: "gpt-".into(),
@@ -42,6 +44,8 @@ mod tests {
                 strip_prefix: false,
                 fallbacks: vec![],
                 endpoints: crate::endpoint::EndpointSet::all(),
+                anonymous: false,
+                limits: crate::config::Limits::default(),
             },
             Route {
                 prefix: "gpt-4o".into(),
@@ -50,6 +54,8 @@ mod tests {
                 strip_prefix: false,
                 fallbacks: vec![],
                 endpoints: crate::endpoint::EndpointSet::all(),
+                anonymous: false,
+                limits: crate::config::Limits::default(),
             },
         ]
     }

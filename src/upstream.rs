@@ -102,16 +102,21 @@ impl Backends {
 /// The headers that authenticate the gateway to a pool's backends: its key as
 /// `Authorization: Bearer` (OpenAI) or `x-api-key` with `anthropic-version` (Anthropic).
 pub fn auth_headers(config: &PoolConfig) -> Vec<(&'static str, String)> {
+    auth_headers_with(config, config.api_key.as_ref().map(|k| k.expose()))
+}
+
+/// The same headers carrying `key` (a caller's own provider key for `credentials: client`).
+pub fn auth_headers_with(config: &PoolConfig, key: Option<&str>) -> Vec<(&'static str, String)> {
     let mut h = Vec::with_capacity(2);
     match config.protocol {
         crate::config::Protocol::Openai => {
-            if let Some(k) = &config.api_key {
-                h.push(("authorization", format!("Bearer {}", k.expose())));
+            if let Some(k) = key {
+                h.push(("authorization", format!("Bearer {k}")));
             }
         }
         crate::config::Protocol::Anthropic => {
-            if let Some(k) = &config.api_key {
-                h.push(("x-api-key", k.expose().to_string()));
+            if let Some(k) = key {
+                h.push(("x-api-key", k.to_string()));
             }
             h.push(("anthropic-version", config.anthropic_version.clone()));
         }
@@ -390,11 +395,7 @@ impl Pool {
     /// Records a scrape; `None` marks the signal unknown.
     pub fn set_load(&self, index: usize, scraped: Option<Scraped>, now: Instant) {
         if let Some(b) = self.backends.get(index) {
-            let was = std::mem::replace(&mut *b.load.lock(), scraped.map(|s| (now, s)));
-            if was.is_some() && scraped.is_none() {
-                // its metrics stopped answering: probably restarting, its cache is gone
-                self.forget_prefixes(index);
-            }
+            *b.load.lock() = scraped.map(|s| (now, s));
             b.sent_since_scrape.store(0, Ordering::Relaxed);
         }
     }

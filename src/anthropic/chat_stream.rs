@@ -41,6 +41,8 @@ pub struct ChatStream {
     open: Option<(Block, u64)>,
     next: u64,
     calls: Vec<Call>,
+    /// The call each backend tool-call index currently stands for.
+    slots: Vec<Option<usize>>,
     stop: Option<(&'static str, Value)>,
     usage: Option<Usage>,
     done: bool,
@@ -57,6 +59,7 @@ impl ChatStream {
             open: None,
             next: 0,
             calls: Vec::new(),
+            slots: Vec::new(),
             stop: None,
             usage: None,
             done: false,
@@ -112,11 +115,29 @@ impl ChatStream {
         );
     }
 
-    fn tool_delta(&mut self, call: &Value, out: &mut Vec<u8>) {
-        let at = call["index"].as_u64().unwrap_or(0).min(1024) as usize;
-        if self.calls.len() <= at {
-            self.calls.resize_with(at + 1, Call::default);
+    /// The slot of the call a delta belongs to: by the backend's `index`, except that a new
+    /// id at an index already holding another call (Ollama numbers every call 0) is a new call.
+    fn slot(&mut self, call: &Value) -> usize {
+        let index = call["index"].as_u64().unwrap_or(0).min(1024) as usize;
+        let id = call["id"].as_str().filter(|s| !s.is_empty());
+        let current = self.slots.get(index).copied().flatten();
+        let reuse = current.filter(|&s| match (id, &self.calls[s].id) {
+            (Some(new), Some(old)) => new == old,
+            _ => true,
+        });
+        if let Some(s) = reuse {
+            return s;
         }
+        self.calls.push(Call::default());
+        if self.slots.len() <= index {
+            self.slots.resize(index + 1, None);
+        }
+        self.slots[index] = Some(self.calls.len() - 1);
+        self.calls.len() - 1
+    }
+
+    fn tool_delta(&mut self, call: &Value, out: &mut Vec<u8>) {
+        let at = self.slot(call);
         let c = &mut self.calls[at];
         let f = &call["function"];
         let known = |v: &Value| v.as_str().filter(|s| !s.is_empty()).map(String::from);
@@ -148,7 +169,11 @@ impl ChatStream {
     fn finish(&mut self, out: &mut Vec<u8>) {
         self.start(out);
         self.close(out);
-        let (reason, sequence) = self.stop.take().unwrap_or(("end_turn", Value::Null));
+        let (mut reason, mut sequence) = self.stop.take().unwrap_or(("end_turn", Value::Null));
+        if reason == "end_turn" && self.calls.iter().any(|c| c.block.is_some()) {
+            // some backends finish a turn with tool calls as `stop`
+            (reason, sequence) = ("tool_use", Value::Null);
+        }
         let usage = MessagesUsage::from_usage(&self.usage.unwrap_or_default());
         let delta = json!({"stop_reason": reason, "stop_sequence": sequence});
         event(

@@ -60,7 +60,10 @@ pub fn from_chat(chat: &Value, model: &str, id: &str, asked: &Asked) -> Value {
         }));
     }
     let finish = choice["finish_reason"].as_str().unwrap_or("stop");
-    let (reason, sequence) = stop_reason(finish, &choice["stop_reason"], asked);
+    let (mut reason, mut sequence) = stop_reason(finish, &choice["stop_reason"], asked);
+    if reason == "end_turn" && content.iter().any(|b| b["type"] == "tool_use") {
+        (reason, sequence) = ("tool_use", Value::Null);
+    }
     let usage: Usage = serde_json::from_value(chat["usage"].clone()).unwrap_or_default();
     let id = chat["id"].as_str().map_or_else(
         || id.to_string(),

@@ -724,3 +724,49 @@ fn an_unterminated_last_event_is_still_translated() {
         .unwrap()
         .ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"));
 }
+
+fn chunk(delta: Value, finish: Option<&str>) -> String {
+    let c = json!({"id": "c", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+    format!("data: {c}\n\n")
+}
+
+#[test]
+fn calls_that_share_an_index_but_not_an_id_are_two_blocks_and_stop_becomes_tool_use() {
+    // Ollama numbers every call 0, and some backends end a tool turn with `stop`
+    let call = |id: &str, name: &str, args: &str| json!({"tool_calls": [{"index": 0, "id": id, "type": "function", "function": {"name": name, "arguments": args}}]});
+    let mut input = chunk(call("call_1", "write", "{\"path\":\"a.py\"}"), None);
+    input.push_str(&chunk(call("call_2", "write", "{\"path\":\"b.py\"}"), None));
+    input.push_str(&chunk(json!({}), Some("stop")));
+    input.push_str("data: [DONE]\n\n");
+    let msg = anthropic_sdk_accumulate(&run(to_anthropic(), input.as_bytes(), &[]).0);
+    let c = msg["content"].as_array().unwrap();
+    assert_eq!(c.len(), 2, "{c:?}");
+    assert_eq!(
+        (&c[0]["id"], &c[0]["input"]),
+        (&json!("call_1"), &json!({"path": "a.py"}))
+    );
+    assert_eq!(
+        (&c[1]["id"], &c[1]["input"]),
+        (&json!("call_2"), &json!({"path": "b.py"}))
+    );
+    assert_eq!(msg["stop_reason"], "tool_use");
+}
+
+#[test]
+fn chat_sampling_fits_anthropics_ranges() {
+    let both = obj(
+        json!({"messages": [], "temperature": 1.7, "top_p": 0.9, "max_completion_tokens": null, "max_tokens": 77}),
+    );
+    let m = to_messages(&both, "c", 1).unwrap();
+    assert_eq!(m["temperature"], 1.0, "OpenAI's 0-2 clamped to 0-1");
+    assert!(
+        m.get("top_p").is_none(),
+        "not both: newer Claude models refuse it"
+    );
+    assert_eq!(
+        m["max_tokens"], 77,
+        "a null max_completion_tokens does not hide max_tokens"
+    );
+    let top_p = obj(json!({"messages": [], "top_p": 0.5}));
+    assert_eq!(to_messages(&top_p, "c", 1).unwrap()["top_p"], 0.5);
+}

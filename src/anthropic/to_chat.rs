@@ -13,7 +13,7 @@ pub struct Asked {
 }
 
 /// Claude Code's attribution block: a per-request hash that would defeat prefix caching.
-const BILLING_HEADER: &str = "x-anthropic-billing-header";
+pub const BILLING_HEADER: &str = "x-anthropic-billing-header";
 
 /// The chat request for a Messages request `req`, naming `model`.
 pub fn to_chat(req: &Map<String, Value>, model: &str) -> Result<(Value, Asked), GatewayError> {

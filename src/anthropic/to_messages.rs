@@ -36,17 +36,12 @@ pub fn to_messages(
     if !system.is_empty() {
         out.insert("system".into(), json!(system.join("\n")));
     }
-    let max = req
-        .get("max_completion_tokens")
-        .or_else(|| req.get("max_tokens"))
-        .and_then(Value::as_u64)
+    let max = ["max_completion_tokens", "max_tokens"]
+        .iter()
+        .find_map(|f| req.get(*f).and_then(Value::as_u64))
         .unwrap_or(default_max_tokens);
     out.insert("max_tokens".into(), json!(max));
-    copy_fields(
-        req,
-        &mut out,
-        &[("temperature", "temperature"), ("top_p", "top_p")],
-    );
+    sampling(req, &mut out);
     match req.get("stop") {
         Some(Value::String(s)) => {
             out.insert("stop_sequences".into(), json!([s]));
@@ -64,6 +59,16 @@ pub fn to_messages(
     }
     tools(req, &mut out);
     Ok(Value::Object(out))
+}
+
+/// `temperature` (OpenAI's 0–2 clamped to Anthropic's 0–1) or else `top_p`: newer Claude
+/// models refuse both at once.
+fn sampling(req: &Map<String, Value>, out: &mut Map<String, Value>) {
+    if let Some(t) = req.get("temperature").and_then(Value::as_f64) {
+        out.insert("temperature".into(), json!(t.clamp(0.0, 1.0)));
+    } else {
+        copy_fields(req, out, &[("top_p", "top_p")]);
+    }
 }
 
 /// System prompts lifted out, the other turns as Messages (consecutive turns of one role

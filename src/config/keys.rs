@@ -36,8 +36,37 @@ pub struct KeyEntry {
 }
 
 impl KeyEntry {
+    /// The `key_index` of a caller no config names (an anonymous caller).
+    pub const TRANSIENT_INDEX: usize = usize::MAX;
+
     /// The id of a file key: the first 8 bytes of its digest, in hex.
     pub fn file_id(digest: &[u8; 32]) -> Arc<str> {
         hex::encode(&digest[..8]).into()
+    }
+
+    /// A caller whose bearer token is not a virtual key, on an `anonymous: true` route: tenant
+    /// `passthrough`, user `key:<first 12 hex of the token's SHA-256>`, the route's `limits`.
+    /// Only the digest is kept, never the token.
+    pub fn anonymous(digest: &[u8; 32], route_prefix: &str, limits: &Limits) -> Self {
+        let short = hex::encode(&digest[..6]);
+        Self {
+            digest: *digest,
+            principal: Principal {
+                tenant: "passthrough".into(),
+                user: format!("key:{short}").into(),
+                key_index: Self::TRANSIENT_INDEX,
+                key_id: format!("anon:{short}@{route_prefix}").into(),
+            },
+            models: None,
+            pools: None,
+            limits: limits.clone(),
+            budget: Budget::default(),
+            expires_ms: None,
+            retiring: Vec::new(),
+        }
+    }
+
+    pub fn is_transient(&self) -> bool {
+        self.principal.key_index == Self::TRANSIENT_INDEX
     }
 }

@@ -55,6 +55,22 @@ pub(super) struct RawPool {
     /// Settings of `balance: cache_aware`.
     #[serde(default)]
     cache_aware: Option<RawCacheAware>,
+    /// Whose credentials go upstream: `pool` (default), `client`, `passthrough`.
+    #[serde(default)]
+    credentials: Credentials,
+}
+
+/// Whose credentials authenticate a request to the pool's backends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Credentials {
+    /// The pool's `api_key`.
+    #[default]
+    Pool,
+    /// The caller's own provider key, sent in `x-llmedge-upstream-key`.
+    Client,
+    /// The caller's `Authorization` header, untouched (the upstream authenticates the caller).
+    Passthrough,
 }
 
 #[derive(Debug, Deserialize)]
@@ -303,6 +319,7 @@ pub struct PoolConfig {
     /// Sent as `anthropic-version` to a `protocol: anthropic` pool.
     pub anthropic_version: String,
     pub cache_aware: CacheAwareConfig,
+    pub credentials: Credentials,
 }
 
 /// How `https://` backends of a pool are verified.
@@ -411,6 +428,7 @@ impl RawPool {
             messages,
             anthropic_version,
             cache_aware,
+            credentials: self.credentials,
         })
     }
 }

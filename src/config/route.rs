@@ -11,4 +11,8 @@ pub struct Route {
     pub fallbacks: Vec<usize>,
     /// The endpoints the route serves (`routes[].endpoints`; all when absent).
     pub endpoints: crate::endpoint::EndpointSet,
+    /// Callers' own bearer tokens are accepted and forwarded (`credentials: passthrough`).
+    pub anonymous: bool,
+    /// Each anonymous caller's limits on this route.
+    pub limits: super::Limits,
 }

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::{cost_of, Ask, Governor, ScopeRule, SlotRule};
+use super::{cost_of, Ask, Cell, Governor, ScopeRule, SlotRule};
 use crate::config::{Budget, Price};
 
 /// One limited slot of a scope: its own limits (`pattern: None`) or one per-model entry.
@@ -89,13 +89,32 @@ impl Governor {
     pub fn plan(&self, ask: &Ask<'_>) -> Option<SharedPlan> {
         let (t, key_rule) = self.keys.get(ask.key.principal.key_index)?.as_ref()?;
         let (tenant, tenant_rule) = self.tenants.get(*t)?;
+        Some(self.plan_with(ask, (tenant, tenant_rule), key_rule))
+    }
+
+    /// The plan of an anonymous caller's request: its limits as a scope of its own.
+    pub fn plan_transient(&self, ask: &Ask<'_>) -> Option<SharedPlan> {
+        let (tenant, tenant_rule) = self
+            .tenants
+            .iter()
+            .find(|(n, _)| **n == *ask.key.principal.tenant)?;
+        let key_rule = self.transient_rule(ask.key, Cell::default());
+        Some(self.plan_with(ask, (tenant, tenant_rule), &key_rule))
+    }
+
+    fn plan_with(
+        &self,
+        ask: &Ask<'_>,
+        (tenant, tenant_rule): (&Arc<str>, &ScopeRule),
+        key_rule: &ScopeRule,
+    ) -> SharedPlan {
         let price = self.price(ask.model);
-        Some(SharedPlan {
+        SharedPlan {
             tenant: tenant.clone(),
             scopes: vec![scope(tenant_rule, ask.model), scope(key_rule, ask.model)],
             tokens: ask.prompt.saturating_add(ask.completion),
             usd: price.map_or(0.0, |p| cost_of(&p, ask.prompt, ask.completion, 0)),
             price,
-        })
+        }
     }
 }

@@ -65,7 +65,7 @@ pub fn json_incoming(
     let prompt_head = head_field
         .and_then(|f| obj.get(f))
         .filter(|v| v.get() != "null")
-        .map(|v| body.slice_ref(v.get().as_bytes()));
+        .map(|v| canonical_head(body.slice_ref(v.get().as_bytes())));
     let previous_response = (endpoint == Endpoint::Responses)
         .then(|| obj.get("previous_response_id"))
         .flatten()
@@ -101,6 +101,24 @@ pub fn json_incoming(
         body: body.clone(),
     }
 }
+
+/// A prompt head as `cache_aware` indexes it: Claude Code's attribution block (a per-request
+/// hash at the start of `system`) left out, or no request would ever match another.
+fn canonical_head(head: Bytes) -> Bytes {
+    if !head.windows(BILLING.len()).any(|w| w == BILLING.as_bytes()) {
+        return head;
+    }
+    let Ok(serde_json::Value::Array(blocks)) = serde_json::from_slice(&head) else {
+        return head;
+    };
+    let kept: Vec<serde_json::Value> = blocks
+        .into_iter()
+        .filter(|b| !b["text"].as_str().is_some_and(|t| t.starts_with(BILLING)))
+        .collect();
+    Bytes::from(serde_json::Value::Array(kept).to_string())
+}
+
+const BILLING: &str = crate::anthropic::to_chat::BILLING_HEADER;
 
 /// Reads a multipart upload until its `model` field is known: usually the first part, so only
 /// the head is held and the file streams through; when `model` comes after the file, up to the
@@ -248,4 +266,26 @@ pub async fn read_body(
         buf.extend_from_slice(&chunk);
     }
     Ok(buf.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claude_codes_attribution_block_is_not_part_of_the_indexed_prompt() {
+        let a = br#"[{"type":"text","text":"x-anthropic-billing-header: cc_version=2; cch=1a2b;"},{"type":"text","text":"You are Claude Code."}]"#;
+        let b = br#"[{"type":"text","text":"x-anthropic-billing-header: cc_version=2; cch=9f8e;"},{"type":"text","text":"You are Claude Code."}]"#;
+        let (ha, hb) = (
+            canonical_head(Bytes::from_static(a)),
+            canonical_head(Bytes::from_static(b)),
+        );
+        assert_eq!(
+            ha, hb,
+            "two requests differing only in the nonce index alike"
+        );
+        assert!(!ha.windows(4).any(|w| w == b"cch="));
+        let plain = Bytes::from_static(br#""You are terse.""#);
+        assert_eq!(canonical_head(plain.clone()), plain);
+    }
 }

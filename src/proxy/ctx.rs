@@ -134,6 +134,13 @@ pub struct RequestCtx {
     pub api: crate::endpoint::Api,
     /// The id of the Responses answer, remembered for `previous_response_id` affinity.
     pub response_id: Option<String>,
+    /// The caller's own provider key (`x-llmedge-upstream-key`), for `credentials: client`
+    /// pools; never logged, never kept past the request.
+    pub upstream_key: Option<crate::config::Secret>,
+    /// An anonymous caller's `Authorization` header, forwarded to `credentials: passthrough`.
+    pub caller_auth: Option<crate::config::Secret>,
+    /// A pass-through request (`passthrough:` paths): forwarded as it is.
+    pub passthrough: bool,
 }
 
 impl RequestCtx {
@@ -165,6 +172,9 @@ impl RequestCtx {
             asked: None,
             api: crate::endpoint::Api::OpenAi,
             response_id: None,
+            upstream_key: None,
+            caller_auth: None,
+            passthrough: false,
         }
     }
 

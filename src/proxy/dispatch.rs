@@ -15,20 +15,11 @@ pub async fn execute(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) 
     let method = req.method.clone();
     let path = req.uri.path().to_string();
     ctx.api = client_api(&path); // the shape of every error this request gets
-    if let Some(cors) = &ctx.snap.config.server.cors {
-        if let Some(origin) = req.headers.get(http::header::ORIGIN) {
-            ctx.cors_origin = cors
-                .allow(origin.as_bytes())
-                .map(|o| String::from_utf8_lossy(o).into_owned());
-        }
-        let preflight = method == Method::OPTIONS
-            && req
-                .headers
-                .contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD);
-        if preflight {
-            let max_age = cors.max_age_secs;
-            return respond::preflight(session, ctx, max_age).await;
-        }
+    if let Some(max_age) = cors(session, ctx) {
+        return respond::preflight(session, ctx, max_age).await;
+    }
+    if let Some(entry) = ctx.snap.clone().config.passthrough_for(&path) {
+        return passthrough(gw, session, ctx, entry).await;
     }
     let endpoint = match path.as_str() {
         "/healthz" => return respond::json(session, ctx, 200, br#"{"status":"ok"}"#).await,
@@ -66,6 +57,36 @@ pub async fn execute(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) 
     match prepare::prepare(gw, session, ctx, endpoint).await {
         Ok(prepare::Prepared::Proxy) => Ok(false),
         Ok(prepare::Prepared::Answered(body)) => respond::json(session, ctx, 200, &body).await,
+        Err(e) => respond::error(session, ctx, e).await,
+    }
+}
+
+/// Notes the origin `server.cors` allows; for a CORS preflight, the `max-age` to answer it
+/// with.
+fn cors(session: &Session, ctx: &mut RequestCtx) -> Option<u64> {
+    let cors = ctx.snap.config.server.cors.as_ref()?;
+    let req = session.req_header();
+    if let Some(origin) = req.headers.get(http::header::ORIGIN) {
+        ctx.cors_origin = cors
+            .allow(origin.as_bytes())
+            .map(|o| String::from_utf8_lossy(o).into_owned());
+    }
+    let preflight = req.method == Method::OPTIONS
+        && req
+            .headers
+            .contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD);
+    preflight.then_some(cors.max_age_secs)
+}
+
+/// A `passthrough:` path: proxied as it is, or refused with an OpenAI error.
+async fn passthrough(
+    gw: &Gateway,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    entry: &crate::config::Passthrough,
+) -> Result<bool> {
+    match super::passthrough::prepare(gw, session, ctx, entry).await {
+        Ok(()) => Ok(false),
         Err(e) => respond::error(session, ctx, e).await,
     }
 }

@@ -23,7 +23,12 @@ pub fn finish(gw: &Gateway, e: Option<&Error>, ctx: &mut RequestCtx) {
     let elapsed = ctx.start.elapsed();
     // labels borrow the pinned snapshot, not the context that settlement mutates below
     let snap = ctx.snap.clone();
-    let (route, pool) = (snap.route_label(ctx.route()), snap.pool_label(ctx.pool));
+    let route = if ctx.passthrough {
+        "passthrough"
+    } else {
+        snap.route_label(ctx.route())
+    };
+    let pool = snap.pool_label(ctx.pool);
     let m = &gw.metrics;
     m.requests
         .with_label_values(&[route, pool, &status.to_string()])
@@ -184,6 +189,8 @@ struct AccessLine<'a> {
     /// The key's stable id: a digest prefix (file key) or `key_…` (store key); never the key.
     key_id: Option<&'a str>,
     model: Option<&'a str>,
+    /// `chat`, `messages`, … or `passthrough`.
+    endpoint: Option<&'static str>,
     route: &'a str,
     pool: &'a str,
     backend: Option<&'a str>,
@@ -220,6 +227,11 @@ fn access_line(
         key: ctx.principal.as_ref().map(|p| p.key_index),
         key_id: ctx.principal.as_ref().map(|p| &*p.key_id),
         model: ctx.client_model(),
+        endpoint: if ctx.passthrough {
+            Some("passthrough")
+        } else {
+            ctx.routed.as_ref().map(|r| r.endpoint.name())
+        },
         route,
         pool,
         backend: backend_of(ctx),

@@ -318,7 +318,11 @@ pub fn set_body_for(pool: &Pool, ctx: &mut RequestCtx) -> Result<()> {
 /// blocks the gateway signed itself (Anthropic would refuse them).
 pub fn for_pool(pool: &Pool, endpoint: Option<crate::endpoint::Endpoint>, body: Bytes) -> Bytes {
     let to_anthropic = pool.config.protocol == crate::config::Protocol::Anthropic;
-    if !to_anthropic || endpoint != Some(crate::endpoint::Endpoint::Messages) {
+    let messages = matches!(
+        endpoint,
+        Some(crate::endpoint::Endpoint::Messages | crate::endpoint::Endpoint::CountTokens)
+    );
+    if !to_anthropic || !messages {
         return body;
     }
     crate::anthropic::native::strip_minted_thinking(&body).map_or(body, Bytes::from)

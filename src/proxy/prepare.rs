@@ -35,12 +35,18 @@ pub async fn prepare(
     endpoint: Endpoint,
 ) -> Result<Prepared, GatewayError> {
     let snap = ctx.snap.clone();
-    let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
-    let key = snap.keys.authenticate(&session.req_header().headers, now)?;
-    ctx.principal = Some(key.principal.clone());
+    let caller = authenticate(&snap, session, ctx)?;
     let max = snap.config.server.max_body_bytes;
     if endpoint.multipart() {
         let incoming = body::read_multipart(session, max, &ctx.request_id).await?;
+        let anonymous;
+        let key = match caller {
+            Caller::Key(k) => k,
+            Caller::Stranger(d) => {
+                anonymous = stranger(&snap, ctx, &incoming, &d)?;
+                &anonymous
+            }
+        };
         return plan_request(gw, session, ctx, key, endpoint, incoming, None).await;
     }
     // a JSON body is parsed once: the object (borrowing the body) serves the route, the
@@ -52,8 +58,84 @@ pub async fn prepare(
     }
     let max_tokens = snap.config.server.default_max_tokens;
     let incoming = body::json_incoming(&json_body, &obj, head, endpoint, max_tokens);
+    let anonymous;
+    let key = match caller {
+        Caller::Key(k) => k,
+        Caller::Stranger(d) => {
+            anonymous = stranger(&snap, ctx, &incoming, &d)?;
+            &anonymous
+        }
+    };
     plan_request(gw, session, ctx, key, endpoint, incoming, Some(&obj)).await
 }
+
+/// Who is calling: a virtual key, or (only where some route is `anonymous: true`) a bearer
+/// token that is not one, known by its digest until its route says whether it may pass.
+enum Caller<'s> {
+    Key(&'s KeyEntry),
+    Stranger([u8; 32]),
+}
+
+/// The request's virtual key; an unknown bearer token is held as a stranger when some route
+/// takes them. Also takes the caller's own provider key for `credentials: client` pools.
+fn authenticate<'s>(
+    snap: &'s Snapshot,
+    session: &Session,
+    ctx: &mut RequestCtx,
+) -> Result<Caller<'s>, GatewayError> {
+    let headers = &session.req_header().headers;
+    ctx.upstream_key = headers
+        .get(UPSTREAM_KEY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(|v| crate::config::Secret::new(v.to_string()));
+    let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
+    match snap.keys.authenticate(headers, now) {
+        Ok(k) => {
+            ctx.principal = Some(k.principal.clone());
+            Ok(Caller::Key(k))
+        }
+        Err(GatewayError::InvalidApiKey) if snap.config.has_anonymous_routes() => {
+            let auth = headers
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer "))
+                .ok_or(GatewayError::InvalidApiKey)?;
+            let token = auth[7..].trim();
+            ctx.caller_auth = Some(crate::config::Secret::new(auth.to_string()));
+            Ok(Caller::Stranger(crate::config::secret::digest(
+                token.as_bytes(),
+            )))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// An unknown token's identity, when the request's route is `anonymous: true`; anywhere else
+/// it stays a wrong key.
+fn stranger(
+    snap: &Snapshot,
+    ctx: &mut RequestCtx,
+    incoming: &Incoming,
+    digest: &[u8; 32],
+) -> Result<KeyEntry, GatewayError> {
+    let model = incoming
+        .model
+        .as_deref()
+        .or(snap.config.default_model.as_deref())
+        .ok_or(GatewayError::InvalidApiKey)?;
+    let route = router::resolve(&snap.config.routes, model)
+        .map(|r| &snap.config.routes[r.route])
+        .filter(|r| r.anonymous)
+        .ok_or(GatewayError::InvalidApiKey)?;
+    let key = KeyEntry::anonymous(digest, &route.prefix, &route.limits);
+    ctx.principal = Some(key.principal.clone());
+    Ok(key)
+}
+
+/// Where a `credentials: client` caller sends its own provider key.
+pub const UPSTREAM_KEY_HEADER: &str = "x-llmedge-upstream-key";
 
 /// What Anthropic's API itself refuses: a Messages request without `messages` or
 /// `max_tokens`.
@@ -129,12 +211,14 @@ fn first_body(
 }
 
 /// The chain without the pools that cannot take `endpoint` (a fallback that could only
-/// estimate `count_tokens` included); refused when none is left.
+/// estimate `count_tokens` included); refused when none is left, or when a pool needs the
+/// caller's own provider key and none came.
 fn servable(
     snap: &Snapshot,
     mut chain: Vec<usize>,
     endpoint: Endpoint,
     model: &str,
+    upstream_key: bool,
 ) -> Result<Vec<usize>, GatewayError> {
     let mut first = true;
     chain.retain(|&p| {
@@ -152,7 +236,18 @@ fn servable(
             path: endpoint.path(),
         });
     }
+    if !upstream_key && needs_client_key(snap, &chain) {
+        return Err(GatewayError::MissingUpstreamKey);
+    }
     Ok(chain)
+}
+
+/// Whether a pool of the chain authenticates with the caller's own provider key.
+pub fn needs_client_key(snap: &Snapshot, chain: &[usize]) -> bool {
+    chain
+        .iter()
+        .filter_map(|&p| snap.pools.get(p))
+        .any(|p| p.config.credentials == crate::config::Credentials::Client)
 }
 
 /// Routes, admits and plans a request whose body (or multipart head) has been read.
@@ -174,12 +269,17 @@ async fn plan_request(
     let resolved = route_for(&snap, key, &model, endpoint)?;
     let pin = session.req_header().headers.get(plan::PIN_HEADER);
     let chain = plan::chain(&snap, &snap.config.routes[resolved.route], key, pin)?;
-    let chain = servable(&snap, chain, endpoint, &model)?;
+    let chain = servable(&snap, chain, endpoint, &model, ctx.upstream_key.is_some())?;
     let first = snap.pools.get(chain[0]).ok_or(GatewayError::Internal)?;
     let wire = Wire::of(&first.config, endpoint).unwrap_or_default();
     // characters/4 of the prompt's JSON text: cheap, and over- rather than under-estimates
     let estimate = (incoming.prompt_bytes as u64).div_ceil(4);
     ctx.asked = Some((model.clone(), endpoint));
+    // counting tokens generates none: only request limits apply to it
+    let counting = endpoint == Endpoint::CountTokens;
+    let prompt_estimate = if counting { 0 } else { estimate };
+    let ask = (model.as_str(), prompt_estimate, incoming.max_completion);
+    admit(gw, ctx, key, ask).await?;
     if wire == Wire::LocalCount {
         let body = serde_json::json!({ "input_tokens": estimate });
         return Ok(Prepared::Answered(body.to_string().into_bytes()));
@@ -187,19 +287,6 @@ async fn plan_request(
     let sent_model = plan::pool_model(first, resolved.upstream_model).to_string();
     let (upstream_body, asked) = first_body(&snap, &incoming, obj, &sent_model, wire)?;
     let upstream_body = plan::for_pool(first, Some(endpoint), upstream_body);
-    // counting tokens generates none: only request limits apply to it
-    let prompt_estimate = if endpoint == Endpoint::CountTokens {
-        0
-    } else {
-        estimate
-    };
-    admit(
-        gw,
-        ctx,
-        key,
-        (&model, prompt_estimate, incoming.max_completion),
-    )
-    .await?;
     ctx.pool = Some(chain[0]);
     let route_model = resolved.upstream_model.to_string();
     ctx.routed = Some(routed(
@@ -249,13 +336,13 @@ fn routed(
 
 /// Counts the request in flight on its first pool, bounds each write to the client by the
 /// pool's idle limit, and wraps the session around the body to send.
-fn wrap_session(
+pub(super) fn wrap_session(
     gw: &Gateway,
     session: &mut Session,
     ctx: &mut RequestCtx,
     first: &crate::upstream::Pool,
     upstream_body: Bytes,
-    tail: Option<(Tail, crate::multipart::Watch)>,
+    tail: Option<(Tail, Option<crate::multipart::Watch>)>,
 ) {
     ctx.inflight = Some(InflightGuard::new(
         gw.metrics.inflight.with_label_values(&[first.name()]),
@@ -278,7 +365,7 @@ fn wrap_session(
 }
 
 /// The rest of an upload still to stream, and what watches it.
-type StreamedTail = (Tail, crate::multipart::Watch);
+type StreamedTail = (Tail, Option<crate::multipart::Watch>);
 
 /// Where a multipart head carries `model`, and the tail still to stream when only the head
 /// was read.
@@ -293,7 +380,8 @@ fn take_multipart(
     let total_at = start + first.config.timeouts.total;
     let tail = multipart.filter(|m| !m.complete).map(|m| {
         let max = snap.config.server.max_body_bytes;
-        streamed_tail(m, incoming.body.len(), max, first, total_at)
+        let (tail, watch) = streamed_tail(m, incoming.body.len(), max, first, total_at);
+        (tail, Some(watch))
     });
     (model_at, tail)
 }
@@ -377,7 +465,7 @@ fn keep_plan(
 }
 
 /// Reserves the request against every limit and budget of its key and tenant.
-async fn admit(
+pub(super) async fn admit(
     gw: &Gateway,
     ctx: &mut RequestCtx,
     key: &KeyEntry,

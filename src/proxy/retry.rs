@@ -135,7 +135,9 @@ pub fn status_received(gw: &Gateway, resp: &ResponseHeader, ctx: &mut RequestCtx
     let Some((pool, b)) = current(ctx) else {
         return Ok(());
     };
-    if matches!(code, 401 | 403) {
+    // a refusal of the caller's own credentials (client or passthrough pools) is theirs to see
+    let pool_creds = pool.config.credentials == crate::config::Credentials::Pool;
+    if pool_creds && matches!(code, 401 | 403) {
         // the upstream refused the pool's credentials: not the client's fault, and its message
         // may quote part of the pool key
         tracing::warn!(request_id = %ctx.request_id, pool = %pool.name(), status = code, "upstream rejected the pool credentials");
@@ -177,8 +179,12 @@ pub fn status_received(gw: &Gateway, resp: &ResponseHeader, ctx: &mut RequestCtx
 
 pub fn eject(ctx: &RequestCtx) {
     if let Some((pool, b)) = current(ctx) {
-        let cooldown = pool.with_health(b, |h| h.eject(Instant::now()));
-        pool.forget_prefixes(b); // whatever it cached may be gone with it
+        let now = Instant::now();
+        let was_serving = pool.takes_requests(b, now);
+        let cooldown = pool.with_health(b, |h| h.eject(now));
+        if was_serving {
+            pool.forget_prefixes(b); // whatever it cached may be gone with it
+        }
         tracing::debug!(request_id = %ctx.request_id, pool = %pool.name(), backend = b, ?cooldown, "backend ejected");
     }
 }

@@ -71,10 +71,11 @@ impl Shared {
         })
     }
 
-    /// Marks the body as continuing past the preset head, watched by `watch`.
-    pub fn set_tail(&self, tail: Tail, watch: crate::multipart::Watch) {
+    /// Marks the body as continuing past the preset head, watched by `watch` (a multipart
+    /// upload's second `model` field) when given.
+    pub fn set_tail(&self, tail: Tail, watch: Option<crate::multipart::Watch>) {
         *self.tail.lock() = Some(tail);
-        *self.watch.lock() = Some(watch);
+        *self.watch.lock() = watch;
     }
 
     /// Whether part of a streamed tail has gone out: the request can no longer be retried.

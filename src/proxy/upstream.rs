@@ -10,8 +10,9 @@ use crate::wire::Wire;
 
 /// Client headers that carry credentials or billing choices meant for the gateway, never for an
 /// upstream that is called with the pool's own key.
-const CLIENT_CREDENTIAL_HEADERS: [&str; 7] = [
+const CLIENT_CREDENTIAL_HEADERS: [&str; 8] = [
     "authorization",
+    "x-llmedge-upstream-key",
     "proxy-authorization",
     "api-key",
     "x-api-key",
@@ -19,6 +20,24 @@ const CLIENT_CREDENTIAL_HEADERS: [&str; 7] = [
     "openai-project",
     "cookie",
 ];
+
+/// What authenticates this request to `pool`: the pool's key, the caller's own provider key
+/// (`credentials: client`), or an anonymous caller's own `Authorization` header, untouched
+/// (`credentials: passthrough`; a virtual-key caller there gets the pool's key, if any).
+fn credentials(pool: &crate::config::PoolConfig, ctx: &RequestCtx) -> Vec<(&'static str, String)> {
+    use crate::config::Credentials;
+    match pool.credentials {
+        Credentials::Pool => crate::upstream::auth_headers(pool),
+        Credentials::Client => {
+            let key = ctx.upstream_key.as_ref().map(|k| k.expose());
+            crate::upstream::auth_headers_with(pool, key)
+        }
+        Credentials::Passthrough => match &ctx.caller_auth {
+            Some(auth) => vec![("authorization", auth.expose().to_string())],
+            None => crate::upstream::auth_headers(pool),
+        },
+    }
+}
 
 const ANTHROPIC_HEADERS: [&str; 2] = ["anthropic-version", "anthropic-beta"];
 
@@ -61,7 +80,7 @@ pub fn rewrite_header(
             upstream.remove_header(h);
         }
     }
-    for (name, value) in crate::upstream::auth_headers(&pool.config) {
+    for (name, value) in credentials(&pool.config, ctx) {
         upstream.insert_header(name, value)?;
     }
     if let Some(path) = ctx.plan.wire.path() {

@@ -19,6 +19,7 @@ mod limits;
 mod live;
 mod messages;
 mod ops;
+mod passthrough;
 mod prefix;
 mod shared;
 mod streaming;

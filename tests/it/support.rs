@@ -1,6 +1,7 @@
 //! Test harness: the real `llmedge` binary on ephemeral loopback ports, in front of a mock.
 
 pub mod mock;
+pub mod mock_files;
 pub mod mock_messages;
 pub mod postgres_server;
 pub mod redis_server;

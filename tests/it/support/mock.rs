@@ -60,6 +60,8 @@ struct Shared {
     /// `gated` streams finish once this is open.
     gate_open: Mutex<bool>,
     gate: Notify,
+    /// Files and batches created through the pass-through paths, by id.
+    stored: Mutex<Vec<(String, Vec<u8>)>>,
 }
 
 /// Per-backend behaviour a test can change while the mock runs.
@@ -250,7 +252,8 @@ async fn serve(mut sock: TcpStream, shared: Arc<Shared>) {
         let Some(req) = read_request(&mut sock, &mut buf).await else {
             return;
         };
-        if req.method == "GET" && !req.path.ends_with("/v1/models") {
+        let stateful = super::mock_files::owns(&req.path);
+        if req.method == "GET" && !req.path.ends_with("/v1/models") && !stateful {
             if !probe_answer(&mut sock, &req, &shared).await {
                 return;
             }
@@ -407,6 +410,9 @@ async fn probe_answer(sock: &mut TcpStream, req: &Recorded, shared: &Shared) -> 
 
 /// Answers one request; returns whether the connection may be reused.
 async fn respond(sock: &mut TcpStream, req: &Recorded, shared: &Shared) -> bool {
+    if super::mock_files::owns(&req.path) {
+        return super::mock_files::answer(sock, req, &shared.stored).await;
+    }
     let forced = shared.knobs.lock().force_status;
     if let Some(code) = forced {
         let body =
