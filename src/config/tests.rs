@@ -231,3 +231,69 @@ fn pools_say_which_api_their_backends_speak() {
         err(&version)
     );
 }
+
+#[test]
+fn credentials_anonymous_routes_and_passthrough_paths() {
+    let internal = GOOD.replace(
+        "backends: [\"http://127.0.0.1:11434\"]",
+        "backends: [\"http://127.0.0.1:11434\"]\n    credentials: passthrough",
+    );
+    let anon = internal.replace(
+        "    pool: ollama\n    strip_prefix: true",
+        "    pool: ollama\n    strip_prefix: true\n    anonymous: true\n    limits: {rpm: 5}",
+    );
+    let c = load(&anon).unwrap();
+    assert!(c.routes[0].anonymous && c.has_anonymous_routes());
+    assert_eq!(c.routes[0].limits.rpm, Some(5));
+    assert_eq!(
+        c.pools
+            .iter()
+            .find(|p| p.name == "ollama")
+            .unwrap()
+            .credentials,
+        Credentials::Passthrough
+    );
+    // a stranger's token must never reach a pool that spends its own key
+    let unsafe_anon = GOOD.replace(
+        "    pool: ollama\n    strip_prefix: true",
+        "    pool: ollama\n    strip_prefix: true\n    anonymous: true",
+    );
+    assert!(
+        err(&unsafe_anon).starts_with(
+            "routes[0].anonymous: pool \"ollama\" must have `credentials: passthrough`"
+        ),
+        "{}",
+        err(&unsafe_anon)
+    );
+    let typo = internal.replace("credentials: passthrough", "credentials: passthru");
+    assert!(
+        err(&typo).starts_with("pools.ollama.credentials: unknown variant `passthru`"),
+        "{}",
+        err(&typo)
+    );
+    let pt = format!("{GOOD}passthrough:\n  - {{path: /v1/files, pool: openai}}\n  - {{path: /v1/files/special/, pool: ollama}}\n");
+    let c = load(&pt).unwrap();
+    assert_eq!(
+        c.passthrough_for("/v1/files/special/x").map(|p| p.pool),
+        c.pools.iter().position(|p| p.name == "ollama"),
+        "the longest prefix wins"
+    );
+    assert!(c.passthrough_for("/v1/files").is_some());
+    assert!(c.passthrough_for("/v1/files/file-1/content").is_some());
+    assert!(
+        c.passthrough_for("/v1/filesystem").is_none(),
+        "a prefix is a path segment, not characters"
+    );
+    let bad_pool = format!("{GOOD}passthrough:\n  - {{path: /v1/files, pool: nope}}\n");
+    assert!(
+        err(&bad_pool).starts_with("passthrough[0].pool: unknown pool \"nope\""),
+        "{}",
+        err(&bad_pool)
+    );
+    let bad_path = format!("{GOOD}passthrough:\n  - {{path: files, pool: openai}}\n");
+    assert!(
+        err(&bad_path).starts_with("passthrough[0].path: "),
+        "{}",
+        err(&bad_path)
+    );
+}

@@ -230,3 +230,71 @@ async fn files_and_batches_stream_through_untouched() {
     gw.wait_metric(r#"llmedge_requests_total{pool="files",route="passthrough",status="200"} 4"#)
         .await;
 }
+
+/// Two backends, the first answering every request 503; requests pinned by `x-pin` so a test
+/// can find one whose first attempt goes to it.
+fn retry_yaml(a: &MockOpenAi, b: &MockOpenAi, port: u16, admin: u16) -> String {
+    let mut y = server_and_client_key(port, admin);
+    y.push_str(&format!(
+        "pools:\n  files:\n    backends: [\"{}\", \"{}\"]\n    balance: consistent_hash\n    hash_key: \"header:x-pin\"\nroutes:\n  - {{prefix: \"m/\", pool: files}}\npassthrough:\n  - {{path: \"/v1/files\", pool: files}}\n  - {{path: \"/v1/batches\", pool: files}}\n",
+        a.url(),
+        b.url()
+    ));
+    y
+}
+
+/// Sends requests with successive `x-pin` values until one's first attempt reached `a` (the
+/// 503 backend); returns that request's answer and whether `b` saw it too.
+async fn first_to(
+    a: &MockOpenAi,
+    b: &MockOpenAi,
+    gw: &TestGateway,
+    post: bool,
+) -> (u16, String, bool) {
+    let http = reqwest::Client::new();
+    for pin in 0..32 {
+        let (before, b_before) = (a.requests().len(), b.requests().len());
+        let rq = if post {
+            let body = vec![b'x'; 1 << 20];
+            http.post(gw.url("/v1/files")).body(body)
+        } else {
+            http.get(gw.url("/v1/batches/batch-9"))
+        };
+        let r = rq
+            .bearer_auth(CLIENT_KEY)
+            .header("x-pin", pin.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        if a.requests().len() > before {
+            return (status, text, b.requests().len() > b_before);
+        }
+    }
+    panic!("no pin reached the first backend");
+}
+
+#[tokio::test]
+async fn a_streamed_upload_is_never_retried_elsewhere_and_a_get_is() {
+    for post in [true, false] {
+        let (a, b) = (MockOpenAi::start().await, MockOpenAi::start().await);
+        a.knobs(|k| k.force_status = Some(503));
+        let gw = TestGateway::start_with(|p, ad| retry_yaml(&a, &b, p, ad)).await;
+        let (status, text, b_too) = first_to(&a, &b, &gw, post).await;
+        if post {
+            assert_eq!(
+                status, 503,
+                "the upload's body went to the first backend: its answer stands"
+            );
+            assert!(!b_too, "the upload was sent again");
+        } else {
+            assert!(b_too, "the GET went on to the other backend");
+            assert_eq!(
+                status, 404,
+                "the GET was retried on the other backend: {text}"
+            );
+            assert!(text.contains("no such batch"), "{text}");
+        }
+    }
+}

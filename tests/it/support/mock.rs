@@ -410,9 +410,6 @@ async fn probe_answer(sock: &mut TcpStream, req: &Recorded, shared: &Shared) -> 
 
 /// Answers one request; returns whether the connection may be reused.
 async fn respond(sock: &mut TcpStream, req: &Recorded, shared: &Shared) -> bool {
-    if super::mock_files::owns(&req.path) {
-        return super::mock_files::answer(sock, req, &shared.stored).await;
-    }
     let forced = shared.knobs.lock().force_status;
     if let Some(code) = forced {
         let body =
@@ -424,6 +421,9 @@ async fn respond(sock: &mut TcpStream, req: &Recorded, shared: &Shared) -> bool 
             body.to_string().as_bytes(),
         )
         .await;
+    }
+    if super::mock_files::owns(&req.path) {
+        return super::mock_files::answer(sock, req, &shared.stored).await;
     }
     if req.method == "GET" && req.path.ends_with("/v1/models") {
         let body = json!({"object":"list","data":[{"id":"echo","object":"model"},{"id":"llama3","object":"model"}]});
