@@ -271,6 +271,10 @@ fn credentials_anonymous_routes_and_passthrough_paths() {
         "{}",
         err(&typo)
     );
+}
+
+#[test]
+fn passthrough_paths_match_by_segment_and_name_known_pools() {
     let pt = format!("{GOOD}passthrough:\n  - {{path: /v1/files, pool: openai}}\n  - {{path: /v1/files/special/, pool: ollama}}\n");
     let c = load(&pt).unwrap();
     assert_eq!(
