@@ -242,11 +242,7 @@ impl Live {
             Answer::Granted(h) => Ok(Admission::Admitted(Admitted::Shared(h))),
             Answer::Refused(d) => Ok(Admission::Refused(d)),
             Answer::Unavailable => {
-                let deny = current.config.shared.as_ref().is_some_and(|c| {
-                    (plan.has_budget() && c.on_error_budgets == OnError::Deny)
-                        || (plan.has_limits() && c.on_error_limits == OnError::Deny)
-                });
-                if deny {
+                if denied_while_away(&current, &plan) {
                     return Err(GatewayError::StateUnavailable);
                 }
                 let counted = Counted {
@@ -281,15 +277,10 @@ impl Live {
             match store.admit(&plan).await {
                 Answer::Granted(h) => return Ok(Admission::Admitted(Admitted::Shared(h))),
                 Answer::Refused(d) => return Ok(Admission::Refused(d)),
-                Answer::Unavailable => {
-                    let deny =
-                        current.config.shared.as_ref().is_some_and(|c| {
-                            plan.has_limits() && c.on_error_limits == OnError::Deny
-                        });
-                    if deny {
-                        return Err(GatewayError::StateUnavailable);
-                    }
+                Answer::Unavailable if denied_while_away(current, &plan) => {
+                    return Err(GatewayError::StateUnavailable);
                 }
+                Answer::Unavailable => {}
             }
         }
         let cell = self.counters.cell(&limits::transient_cell_id(key));
@@ -342,6 +333,14 @@ fn log_skipped(skipped: &[merge::Skipped]) {
 }
 
 /// Admission in this process's counters.
+/// `state.on_error` says to refuse what `plan` checks while Redis is away.
+fn denied_while_away(snap: &Snapshot, plan: &limits::SharedPlan) -> bool {
+    snap.config.shared.as_ref().is_some_and(|c| {
+        (plan.has_budget() && c.on_error_budgets == OnError::Deny)
+            || (plan.has_limits() && c.on_error_limits == OnError::Deny)
+    })
+}
+
 fn local(snap: &Snapshot, ask: &Ask<'_>, counted: Option<Counted>) -> Admission {
     match snap.governor.admit(ask) {
         Ok(a) => Admission::Admitted(Admitted::Local(a, counted)),

@@ -39,14 +39,8 @@ pub async fn prepare(
     let max = snap.config.server.max_body_bytes;
     if endpoint.multipart() {
         let incoming = body::read_multipart(session, max, &ctx.request_id).await?;
-        let anonymous;
-        let key = match caller {
-            Caller::Key(k) => k,
-            Caller::Stranger(d) => {
-                anonymous = stranger(&snap, ctx, &incoming, &d)?;
-                &anonymous
-            }
-        };
+        let mut slot = None;
+        let key = caller.key(&snap, ctx, &incoming, &mut slot)?;
         return plan_request(gw, session, ctx, key, endpoint, incoming, None).await;
     }
     // a JSON body is parsed once: the object (borrowing the body) serves the route, the
@@ -58,14 +52,8 @@ pub async fn prepare(
     }
     let max_tokens = snap.config.server.default_max_tokens;
     let incoming = body::json_incoming(&json_body, &obj, head, endpoint, max_tokens);
-    let anonymous;
-    let key = match caller {
-        Caller::Key(k) => k,
-        Caller::Stranger(d) => {
-            anonymous = stranger(&snap, ctx, &incoming, &d)?;
-            &anonymous
-        }
-    };
+    let mut slot = None;
+    let key = caller.key(&snap, ctx, &incoming, &mut slot)?;
     plan_request(gw, session, ctx, key, endpoint, incoming, Some(&obj)).await
 }
 
@@ -74,6 +62,26 @@ pub async fn prepare(
 enum Caller<'s> {
     Key(&'s KeyEntry),
     Stranger([u8; 32]),
+}
+
+impl<'s> Caller<'s> {
+    /// The key the request runs under: the virtual key, or a stranger's identity (kept in
+    /// `slot`) when its route is anonymous.
+    fn key<'k>(
+        self,
+        snap: &Snapshot,
+        ctx: &mut RequestCtx,
+        incoming: &Incoming,
+        slot: &'k mut Option<KeyEntry>,
+    ) -> Result<&'k KeyEntry, GatewayError>
+    where
+        's: 'k,
+    {
+        match self {
+            Self::Key(k) => Ok(k),
+            Self::Stranger(d) => Ok(slot.insert(stranger(snap, ctx, incoming, &d)?)),
+        }
+    }
 }
 
 /// The request's virtual key; an unknown bearer token is held as a stranger when some route
