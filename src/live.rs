@@ -224,13 +224,7 @@ impl Live {
                 .same_key(pinned, key.principal.key_index)
                 .ok_or(GatewayError::InvalidApiKey)?
         };
-        let (model, prompt, completion) = ask;
-        let ask = Ask {
-            key,
-            model,
-            prompt,
-            completion,
-        };
+        let ask = ask_of(key, ask);
         let plan = self.shared.as_ref().and_then(|s| {
             let plan = current.governor.plan(&ask)?;
             (!plan.is_free()).then_some((s, plan))
@@ -262,13 +256,7 @@ impl Live {
         key: &KeyEntry,
         ask: (&str, u64, u64),
     ) -> Result<Admission, GatewayError> {
-        let (model, prompt, completion) = ask;
-        let ask = Ask {
-            key,
-            model,
-            prompt,
-            completion,
-        };
+        let ask = ask_of(key, ask);
         let plan = self
             .shared
             .as_ref()
@@ -333,6 +321,16 @@ fn log_skipped(skipped: &[merge::Skipped]) {
 }
 
 /// Admission in this process's counters.
+/// The limits' view of a request: its key, model, prompt estimate and completion reserve.
+fn ask_of<'a>(key: &'a KeyEntry, (model, prompt, completion): (&'a str, u64, u64)) -> Ask<'a> {
+    Ask {
+        key,
+        model,
+        prompt,
+        completion,
+    }
+}
+
 /// `state.on_error` says to refuse what `plan` checks while Redis is away.
 fn denied_while_away(snap: &Snapshot, plan: &limits::SharedPlan) -> bool {
     snap.config.shared.as_ref().is_some_and(|c| {
