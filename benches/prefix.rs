@@ -352,8 +352,18 @@ fn main() {
     };
     rt.block_on(async {
         let mut outcomes: Vec<Outcome> = Vec::new();
-        for (round, clients) in (0..ROUNDS).flat_map(|r| [(r, 16), (r, 32)]) {
-            for policy in POLICIES {
+        // LLMEDGE_BENCH_POLICIES=cache_aware,vllm_load and LLMEDGE_BENCH_ROUNDS=1 narrow a run
+        let only = std::env::var("LLMEDGE_BENCH_POLICIES").ok();
+        let rounds = std::env::var("LLMEDGE_BENCH_ROUNDS")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(ROUNDS);
+        let chosen: Vec<_> = POLICIES
+            .into_iter()
+            .filter(|p| only.as_deref().is_none_or(|o| o.split(',').any(|n| n == p.0)))
+            .collect();
+        for (round, clients) in (0..rounds).flat_map(|r| [(r, 16), (r, 32)]) {
+            for &policy in &chosen {
                 let o = run(policy, clients).await;
                 eprint!("round {round}: ");
                 eprintln!(
