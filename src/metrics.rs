@@ -20,6 +20,9 @@ pub struct Metrics {
     registry: Registry,
     /// `llmedge_requests_total{route,pool,status}`: finished requests.
     pub requests: IntCounterVec,
+    /// `llmedge_endpoint_requests_total{endpoint,pool,status}`: finished requests by endpoint
+    /// (`chat`, `messages`, … or `passthrough`).
+    pub endpoint_requests: IntCounterVec,
     /// `llmedge_request_duration_seconds{route,pool}`: from request header to last byte.
     pub duration: HistogramVec,
     /// `llmedge_time_to_first_token_seconds{route,pool}`: streams only, to the first choice.
@@ -122,6 +125,11 @@ const REQUESTS: Spec = (
     "llmedge_requests_total",
     "Requests finished, by route, pool and status",
     &["route", "pool", "status"],
+);
+const ENDPOINT_REQUESTS: Spec = (
+    "llmedge_endpoint_requests_total",
+    "Requests finished, by endpoint (chat, messages, ..., passthrough), pool and status",
+    &["endpoint", "pool", "status"],
 );
 const DURATION: Spec = (
     "llmedge_request_duration_seconds",
@@ -232,6 +240,7 @@ impl Metrics {
         };
         Ok(Arc::new(Self {
             requests: r.counter(REQUESTS)?,
+            endpoint_requests: r.counter(ENDPOINT_REQUESTS)?,
             duration: r.histogram(DURATION)?,
             ttft: r.histogram(TTFT)?,
             tokens: r.counter(TOKENS)?,

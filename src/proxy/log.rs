@@ -30,9 +30,15 @@ pub fn finish(gw: &Gateway, e: Option<&Error>, ctx: &mut RequestCtx) {
     };
     let pool = snap.pool_label(ctx.pool);
     let m = &gw.metrics;
+    let status_label = status.to_string();
     m.requests
-        .with_label_values(&[route, pool, &status.to_string()])
+        .with_label_values(&[route, pool, &status_label])
         .inc();
+    if let Some(endpoint) = endpoint_of(ctx) {
+        m.endpoint_requests
+            .with_label_values(&[endpoint, pool, &status_label])
+            .inc();
+    }
     m.duration
         .with_label_values(&[route, pool])
         .observe(elapsed.as_secs_f64());
@@ -111,6 +117,19 @@ fn ledger_entry(
         ttft_ms: ctx.ttft.map(|t| t.as_millis() as u64),
         duration_ms: elapsed.as_millis() as u64,
     })
+}
+
+/// The endpoint a request was for: `passthrough`, or the model-routed endpoint once known
+/// (also for a request refused before routing finished).
+fn endpoint_of(ctx: &RequestCtx) -> Option<&'static str> {
+    if ctx.passthrough {
+        return Some("passthrough");
+    }
+    ctx.routed
+        .as_ref()
+        .map(|r| r.endpoint)
+        .or(ctx.asked.as_ref().map(|(_, e)| *e))
+        .map(crate::endpoint::Endpoint::name)
 }
 
 /// A Responses answer is remembered with the backend that made it, for the requests that
@@ -227,11 +246,7 @@ fn access_line(
         key: ctx.principal.as_ref().map(|p| p.key_index),
         key_id: ctx.principal.as_ref().map(|p| &*p.key_id),
         model: ctx.client_model(),
-        endpoint: if ctx.passthrough {
-            Some("passthrough")
-        } else {
-            ctx.routed.as_ref().map(|r| r.endpoint.name())
-        },
+        endpoint: endpoint_of(ctx),
         route,
         pool,
         backend: backend_of(ctx),

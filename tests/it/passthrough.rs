@@ -229,6 +229,9 @@ async fn files_and_batches_stream_through_untouched() {
     assert!(line.contains("\"route\":\"passthrough\""), "{line}");
     gw.wait_metric(r#"llmedge_requests_total{pool="files",route="passthrough",status="200"} 4"#)
         .await;
+    let by_endpoint =
+        r#"llmedge_endpoint_requests_total{endpoint="passthrough",pool="files",status="200"} 4"#;
+    gw.wait_metric(by_endpoint).await;
 }
 
 /// Two backends, the first answering every request 503; requests pinned by `x-pin` so a test
