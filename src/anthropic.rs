@@ -84,20 +84,12 @@ impl MessagesUsage {
 
     /// The gateway's usage: the prompt is input plus cache reads and writes.
     pub fn usage(&self) -> Usage {
-        let read = self.cache_read_input_tokens.unwrap_or(0);
-        let prompt =
-            self.input_tokens.unwrap_or(0) + read + self.cache_creation_input_tokens.unwrap_or(0);
-        let completion = self.output_tokens.unwrap_or(0);
-        Usage {
-            prompt_tokens: prompt,
-            completion_tokens: completion,
-            total_tokens: prompt + completion,
-            prompt_tokens_details: self.cache_read_input_tokens.map(|r| {
-                crate::openai::PromptDetails {
-                    cached_tokens: Some(r),
-                }
-            }),
-        }
+        Usage::from_anthropic(
+            self.input_tokens,
+            self.output_tokens,
+            self.cache_read_input_tokens,
+            self.cache_creation_input_tokens,
+        )
     }
 
     /// Anthropic's spelling of an OpenAI usage: cached prompt tokens are cache reads, the

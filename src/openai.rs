@@ -68,6 +68,34 @@ impl From<WireUsage> for Usage {
 }
 
 impl Usage {
+    /// Anthropic's counts (Messages `usage`): cache reads and writes are part of the prompt,
+    /// cache reads its cached part.
+    pub fn from_anthropic(
+        input: Option<u64>,
+        output: Option<u64>,
+        cache_read: Option<u64>,
+        cache_write: Option<u64>,
+    ) -> Self {
+        Self::from(WireUsage {
+            prompt_tokens: input,
+            completion_tokens: output,
+            total_tokens: None,
+            prompt_tokens_details: None,
+            cache_read_input_tokens: cache_read,
+            cache_creation_input_tokens: cache_write,
+        })
+    }
+
+    /// OpenAI's `usage` object for these counts.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cached()},
+        })
+    }
+
     /// Prompt tokens served from the upstream's prompt cache.
     pub fn cached(&self) -> u64 {
         self.prompt_tokens_details

@@ -38,11 +38,6 @@ pub fn from_messages(msg: &Value, model: &str, created: u64) -> Value {
         "created": created,
         "model": model,
         "choices": [{"index": 0, "message": message, "finish_reason": finish}],
-        "usage": {
-            "prompt_tokens": u.prompt_tokens,
-            "completion_tokens": u.completion_tokens,
-            "total_tokens": u.total_tokens,
-            "prompt_tokens_details": {"cached_tokens": u.cached()},
-        },
+        "usage": u.to_json(),
     })
 }

@@ -113,12 +113,7 @@ impl MessagesStream {
             let c = json!({
                 "id": self.id, "object": "chat.completion.chunk", "created": self.created,
                 "model": self.model, "choices": [],
-                "usage": {
-                    "prompt_tokens": u.prompt_tokens,
-                    "completion_tokens": u.completion_tokens,
-                    "total_tokens": u.total_tokens,
-                    "prompt_tokens_details": {"cached_tokens": u.cached()},
-                },
+                "usage": u.to_json(),
             });
             data(out, &c);
         }
