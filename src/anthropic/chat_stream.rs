@@ -166,14 +166,18 @@ impl ChatStream {
         }
     }
 
+    fn called_tools(&self) -> bool {
+        self.calls.iter().any(|c| c.block.is_some())
+    }
+
     fn finish(&mut self, out: &mut Vec<u8>) {
         self.start(out);
         self.close(out);
-        let (mut reason, mut sequence) = self.stop.take().unwrap_or(("end_turn", Value::Null));
-        if reason == "end_turn" && self.calls.iter().any(|c| c.block.is_some()) {
-            // some backends finish a turn with tool calls as `stop`
-            (reason, sequence) = ("tool_use", Value::Null);
-        }
+        // a stream that ended without a finish_reason ended its turn
+        let (reason, sequence) = match self.stop.take() {
+            Some(s) => s,
+            None => stop_reason("stop", &Value::Null, &self.asked, self.called_tools()),
+        };
         let usage = MessagesUsage::from_usage(&self.usage.unwrap_or_default());
         let delta = json!({"stop_reason": reason, "stop_sequence": sequence});
         event(
@@ -204,7 +208,8 @@ impl ChatStream {
         }
         if let Some(f) = choice["finish_reason"].as_str() {
             self.close(out);
-            self.stop = Some(stop_reason(f, &choice["stop_reason"], &self.asked));
+            let called = self.called_tools();
+            self.stop = Some(stop_reason(f, &choice["stop_reason"], &self.asked, called));
         }
         output
     }

@@ -8,12 +8,19 @@ use crate::openai::Usage;
 
 /// Anthropic's `stop_reason` (and `stop_sequence`) for a chat choice's `finish_reason`. A
 /// backend that reports which stop string matched (vLLM's `stop_reason`) gives
-/// `stop_sequence`.
-pub fn stop_reason(finish: &str, matched: &Value, asked: &Asked) -> (&'static str, Value) {
+/// `stop_sequence`; a turn that made tool calls is `tool_use` whatever the backend said (some
+/// finish one with `stop`).
+pub fn stop_reason(
+    finish: &str,
+    matched: &Value,
+    asked: &Asked,
+    called_tools: bool,
+) -> (&'static str, Value) {
     match finish {
         "length" => ("max_tokens", Value::Null),
         "tool_calls" | "function_call" => ("tool_use", Value::Null),
         "content_filter" => ("refusal", Value::Null),
+        _ if called_tools => ("tool_use", Value::Null),
         _ => match matched.as_str() {
             Some(s) if asked.stop_sequences.iter().any(|q| q == s) => ("stop_sequence", json!(s)),
             _ => ("end_turn", Value::Null),
@@ -60,10 +67,8 @@ pub fn from_chat(chat: &Value, model: &str, id: &str, asked: &Asked) -> Value {
         }));
     }
     let finish = choice["finish_reason"].as_str().unwrap_or("stop");
-    let (mut reason, mut sequence) = stop_reason(finish, &choice["stop_reason"], asked);
-    if reason == "end_turn" && content.iter().any(|b| b["type"] == "tool_use") {
-        (reason, sequence) = ("tool_use", Value::Null);
-    }
+    let called = content.iter().any(|b| b["type"] == "tool_use");
+    let (reason, sequence) = stop_reason(finish, &choice["stop_reason"], asked, called);
     let usage: Usage = serde_json::from_value(chat["usage"].clone()).unwrap_or_default();
     let id = chat["id"].as_str().map_or_else(
         || id.to_string(),
