@@ -117,14 +117,19 @@ pub fn event(out: &mut Vec<u8>, v: &Value) {
     out.extend_from_slice(b"\n\n");
 }
 
-/// The message of an error body in either shape (`error.message`, or `message`).
-fn error_message(body: &[u8]) -> Option<String> {
-    let v: Value = serde_json::from_slice(body).ok()?;
-    let msg = v
-        .pointer("/error/message")
-        .or_else(|| v.get("message"))
-        .or_else(|| v.get("error").filter(|e| e.is_string()))?;
-    Some(msg.as_str().map_or_else(|| msg.to_string(), str::to_string))
+/// The message of an error body in either shape (`error.message`, or `message`), or what
+/// the status says when the body has none (not JSON: an HTML page from a proxy, say).
+fn error_message(v: Option<&Value>, status: u16) -> String {
+    let msg = v.and_then(|v| {
+        v.pointer("/error/message")
+            .or_else(|| v.get("message"))
+            .or_else(|| v.get("error").filter(|e| e.is_string()))
+    });
+    match msg {
+        Some(Value::String(m)) => m.clone(),
+        Some(other) => other.to_string(),
+        None => format!("upstream answered {status}"),
+    }
 }
 
 /// An upstream's error answer in Anthropic's shape (kept when it already is).
@@ -135,11 +140,11 @@ pub fn error_to_anthropic(body: &[u8], status: u16) -> Vec<u8> {
     {
         return body.to_vec();
     }
-    let msg = error_message(body).unwrap_or_else(|| format!("upstream answered {status}"));
+    let msg = error_message(v.as_ref(), status);
     error_json(status, &msg).to_string().into_bytes()
 }
 
-/// An Anthropic upstream's error answer in OpenAI's shape.
+/// An Anthropic upstream's error answer in OpenAI's shape (kept when it already is).
 pub fn error_to_openai(body: &[u8], status: u16) -> Vec<u8> {
     let v: Option<Value> = serde_json::from_slice(body).ok();
     if v.as_ref()
@@ -147,14 +152,12 @@ pub fn error_to_openai(body: &[u8], status: u16) -> Vec<u8> {
     {
         return body.to_vec();
     }
-    let msg = error_message(body).unwrap_or_else(|| format!("upstream answered {status}"));
     let kind = match status {
         400..=499 => "invalid_request_error",
         _ => "server_error",
     };
-    let upstream_type = v
-        .as_ref()
-        .and_then(|v| v["error"]["type"].as_str().map(str::to_string));
+    let upstream_type = v.as_ref().and_then(|v| v["error"]["type"].as_str());
+    let msg = error_message(v.as_ref(), status);
     json!({"error": {"message": msg, "type": kind, "param": null, "code": upstream_type}})
         .to_string()
         .into_bytes()

@@ -8,10 +8,10 @@ use bytes::Bytes;
 use pingora::proxy::Session;
 
 use super::ctx::{Plan, RequestCtx};
-use super::prepare::{admit, wrap_session, UPSTREAM_KEY_HEADER};
+use super::prepare::{admit, needs_client_key, upstream_key, wrap_session};
 use super::session::Tail;
 use super::Gateway;
-use crate::config::{Credentials, Passthrough};
+use crate::config::Passthrough;
 use crate::errors::GatewayError;
 
 /// Authenticates and admits a pass-through request and wraps the session so its body streams
@@ -28,16 +28,12 @@ pub async fn prepare(
     let key = snap.keys.authenticate(headers, now)?;
     ctx.principal = Some(key.principal.clone());
     ctx.passthrough = true;
-    ctx.upstream_key = headers
-        .get(UPSTREAM_KEY_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.trim().is_empty())
-        .map(|v| crate::config::Secret::new(v.trim().to_string()));
+    ctx.upstream_key = upstream_key(headers);
     let pool = snap.pools.get(entry.pool).ok_or(GatewayError::Internal)?;
     if !key.may_pin(entry.pool) {
         return Err(GatewayError::PoolNotAllowed(pool.name().to_string()));
     }
-    if pool.config.credentials == Credentials::Client && ctx.upstream_key.is_none() {
+    if ctx.upstream_key.is_none() && needs_client_key(&snap, &[entry.pool]) {
         return Err(GatewayError::MissingUpstreamKey);
     }
     // requests and concurrency count; there are no tokens to reserve

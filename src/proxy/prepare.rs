@@ -92,12 +92,7 @@ fn authenticate<'s>(
     ctx: &mut RequestCtx,
 ) -> Result<Caller<'s>, GatewayError> {
     let headers = &session.req_header().headers;
-    ctx.upstream_key = headers
-        .get(UPSTREAM_KEY_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .map(|v| crate::config::Secret::new(v.to_string()));
+    ctx.upstream_key = upstream_key(headers);
     let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
     match snap.keys.authenticate(headers, now) {
         Ok(k) => {
@@ -143,7 +138,17 @@ fn stranger(
 }
 
 /// Where a `credentials: client` caller sends its own provider key.
-pub const UPSTREAM_KEY_HEADER: &str = "x-llmedge-upstream-key";
+const UPSTREAM_KEY_HEADER: &str = "x-llmedge-upstream-key";
+
+/// The caller's own provider key (`x-llmedge-upstream-key`), held as a secret.
+pub fn upstream_key(headers: &http::HeaderMap) -> Option<crate::config::Secret> {
+    headers
+        .get(UPSTREAM_KEY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(|v| crate::config::Secret::new(v.to_string()))
+}
 
 /// What Anthropic's API itself refuses: a Messages request without `messages` or
 /// `max_tokens`.
