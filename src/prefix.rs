@@ -35,21 +35,26 @@ pub struct PrefixIndex {
     tail: usize,
 }
 
-/// The chained block hashes of `prompt`: one per full block of `block_chars` bytes.
-pub fn blocks(prompt: &[u8], block_chars: usize) -> Vec<u64> {
-    let mut h = 0xcbf2_9ce4_8422_2325u64;
-    prompt
-        .chunks_exact(block_chars.max(1))
-        .take(MAX_REQUEST_BLOCKS)
-        .map(|block| {
-            // FNV-1a over the block, seeded with the previous block's hash, then mixed
-            for b in block {
-                h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
-            }
+/// The chained block hashes of a prompt given in `parts` (its head, then the prompt itself,
+/// read as one text without copying): one per full block of `block_chars` bytes.
+pub fn blocks(parts: &[&[u8]], block_chars: usize) -> Vec<u64> {
+    let size = block_chars.max(1);
+    let mut out = Vec::new();
+    // FNV-1a over each block, seeded with the previous block's hash, then mixed
+    let (mut h, mut filled) = (0xcbf2_9ce4_8422_2325u64, 0);
+    for &b in parts.iter().flat_map(|p| p.iter()) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        filled += 1;
+        if filled == size {
             h = crate::balance::mix(h);
-            h
-        })
-        .collect()
+            out.push(h);
+            filled = 0;
+            if out.len() == MAX_REQUEST_BLOCKS {
+                break;
+            }
+        }
+    }
+    out
 }
 
 impl PrefixIndex {
@@ -176,22 +181,24 @@ mod tests {
 
     #[test]
     fn blocks_chain_so_a_shared_prefix_shares_its_blocks() {
-        let a = blocks(b"0123456789abcdefXXXX", 8);
-        let b = blocks(b"0123456789abcdefYYYYYYYY", 8);
+        let a = blocks(&[b"0123456789abcdefXXXX"], 8);
+        let b = blocks(&[b"0123456789abcdefYYYYYYYY"], 8);
         assert_eq!(a.len(), 2, "only full blocks");
         assert_eq!(b.len(), 3);
         assert_eq!(a[..], b[..2]);
-        let c = blocks(b"X123456789abcdef", 8);
+        let c = blocks(&[b"X123456789abcdef"], 8);
+        let split = blocks(&[b"0123456789", b"abcdefYYYYYYYY"], 8);
+        assert_eq!(split, b, "a head and a prompt hash as one text");
         assert_ne!(c[1], a[1], "a block's hash covers what came before it");
     }
 
     #[test]
     fn match_is_the_leading_run_a_backend_holds() {
         let mut ix = PrefixIndex::new(1000);
-        let turn1 = blocks(&[b'a'; 64], 8);
+        let turn1 = blocks(&[&[b'a'; 64]], 8);
         let mut longer = vec![b'a'; 64];
         longer.extend_from_slice(&[b'b'; 32]);
-        let turn2 = blocks(&longer, 8);
+        let turn2 = blocks(&[&longer], 8);
         ix.record(1, &turn1);
         assert_eq!(ix.matched(1, &turn1), 8);
         assert_eq!(ix.matched(1, &turn2), 8, "the earlier turn's blocks");
@@ -206,9 +213,9 @@ mod tests {
     #[test]
     fn eviction_takes_the_tail_of_old_prompts_first() {
         let mut ix = PrefixIndex::new(10);
-        let old = blocks(&[b'o'; 80], 8);
+        let old = blocks(&[&[b'o'; 80]], 8);
         ix.record(7, &old);
-        ix.record(7, &blocks(&[b'n'; 32], 8)); // 4 new blocks push 4 old ones out
+        ix.record(7, &blocks(&[&[b'n'; 32]], 8)); // 4 new blocks push 4 old ones out
         assert_eq!(ix.len(), 10);
         assert_eq!(
             ix.matched(7, &old),
@@ -222,14 +229,14 @@ mod tests {
         let mut ix = PrefixIndex::new(5000);
         for i in 0u64..1_000_000 {
             let prompt = format!("{i:08} distinct prompt number {i} with some more text");
-            let b = blocks(prompt.as_bytes(), 16);
+            let b = blocks(&[prompt.as_bytes()], 16);
             ix.record(i % 4, &b);
             assert!(ix.len() <= 5000);
         }
         assert_eq!(ix.len(), 5000);
         assert!(ix.slots.len() <= 5000, "slots are reused, not grown");
         let last = blocks(
-            b"00999999 distinct prompt number 999999 with some more text",
+            &[b"00999999 distinct prompt number 999999 with some more text"],
             16,
         );
         assert_eq!(

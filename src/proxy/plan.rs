@@ -208,10 +208,7 @@ pub fn prompt_blocks(
         {
             continue;
         }
-        let blocks = match head {
-            Some(h) => crate::prefix::blocks(&[h, prompt].concat(), size),
-            None => crate::prefix::blocks(prompt, size),
-        };
+        let blocks = crate::prefix::blocks(&[head.unwrap_or_default(), prompt], size);
         out.push((size, blocks));
     }
     out
