@@ -148,10 +148,12 @@ impl Ledger {
         let (tx, rx) = mpsc::sync_channel(QUEUE_ROWS);
         let memory = matches!(&cfg.url, crate::config::StoreUrl::Sqlite(p) if p == ":memory:");
         let via = memory.then(|| store.clone());
-        let mut raw = [0u8; 4];
-        getrandom::fill(&mut raw).map_err(|e| format!("ledger: no randomness: {e}"))?;
         let mut w = writer::Writer::new(cfg.clone(), retention_days, metrics.clone(), via);
-        w.instance = hex::encode(raw);
+        // row ids are `<instance>-<seq>` and the store keeps the first row of an id: the
+        // instance carries its start time, so a restart can never reuse an earlier one's ids
+        let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
+        w.instance =
+            crate::control::secret::time_id("", now).map_err(|e| format!("ledger: {e}"))?;
         std::thread::Builder::new()
             .name("llmedge-ledger".into())
             .spawn(move || w.run(rx))
@@ -165,19 +167,12 @@ impl Ledger {
 
     /// Queues `e` for writing; never blocks.
     pub fn record(&self, e: Entry) {
-        match self.tx.try_send(Msg::Row(Box::new(e))) {
-            Ok(()) => self.metrics.queued.inc(),
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => self.dropped(1),
-        }
-    }
-
-    fn dropped(&self, n: u64) {
-        count_dropped(
-            &self.metrics,
-            &self.drop_logged,
-            n,
-            "the ledger queue is full",
-        );
+        let why = match self.tx.try_send(Msg::Row(Box::new(e))) {
+            Ok(()) => return self.metrics.queued.inc(),
+            Err(TrySendError::Full(_)) => "the ledger queue is full",
+            Err(TrySendError::Disconnected(_)) => "the ledger writer has stopped",
+        };
+        count_dropped(&self.metrics, &self.drop_logged, 1, why);
     }
 
     /// Writes every row queued so far; false if that did not finish within `within` (the

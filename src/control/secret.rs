@@ -42,9 +42,15 @@ pub fn hint(secret: &str) -> String {
 
 /// `key_<ms, 12 hex><random, 8 hex>`: ids sort by creation time.
 pub fn new_id(now_ms: u64) -> Result<String, String> {
+    time_id("key_", now_ms)
+}
+
+/// `prefix`, the time in ms (hex, so ids sort by time) and 4 random bytes: unique across
+/// processes without coordination.
+pub fn time_id(prefix: &str, now_ms: u64) -> Result<String, String> {
     let mut raw = [0u8; 4];
     getrandom::fill(&mut raw).map_err(|e| format!("no randomness from the OS: {e}"))?;
-    Ok(format!("key_{now_ms:012x}{}", hex::encode(raw)))
+    Ok(format!("{prefix}{now_ms:012x}{}", hex::encode(raw)))
 }
 
 #[cfg(test)]

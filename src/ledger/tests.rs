@@ -51,3 +51,21 @@ fn micros_round_to_the_micro_dollar() {
     assert_eq!(micros(1.234_567_4), 1_234_567);
     assert_eq!(micros(0.0), 0);
 }
+
+#[test]
+fn a_row_the_queue_cannot_take_is_counted_as_dropped() {
+    let m = crate::metrics::Metrics::new(4).unwrap();
+    let (tx, rx) = mpsc::sync_channel(1);
+    let ledger = Ledger {
+        tx,
+        metrics: m.ledger.clone(),
+        drop_logged: AtomicU64::new(0),
+    };
+    ledger.record(entry(1, "a", "m", 1));
+    assert_eq!((m.ledger.queued.get(), m.ledger.dropped.get()), (1, 0));
+    ledger.record(entry(2, "a", "m", 1)); // the queue is full
+    assert_eq!(m.ledger.dropped.get(), 1);
+    drop(rx);
+    ledger.record(entry(3, "a", "m", 1)); // the writer is gone
+    assert_eq!(m.ledger.dropped.get(), 2);
+}

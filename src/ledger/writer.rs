@@ -1,5 +1,5 @@
 //! The ledger's thread: pulls rows off the queue, writes them a few hundred at a time (or every
-//! 250 ms), keeps them while the store is away and writes them when it is back, prunes old rows.
+//! 100 ms), keeps them while the store is away and writes them when it is back, prunes old rows.
 
 use std::collections::VecDeque;
 use std::sync::mpsc::{Receiver, TryRecvError};
