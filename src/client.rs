@@ -166,10 +166,6 @@ fn merge_rules(
     }
 }
 
-fn object(v: &Value) -> Map<String, Value> {
-    v.as_object().cloned().unwrap_or_default()
-}
-
 fn compact(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
@@ -381,19 +377,16 @@ fn run_tenants(c: &Client, cmd: TenantsCommand, json_out: bool) -> Result<(), Fa
     let v = match cmd {
         TenantsCommand::Set { name, rules } => {
             let path = format!("/admin/v1/tenants/{}", encode(&name));
-            // the flags given change those fields; the rest of the tenant stays
-            let cur = match c.call("GET", &path, None) {
-                Ok(v) => v,
-                Err(Failure::Refused(m)) if m.starts_with("404") => json!({}),
-                Err(e) => return Err(e),
-            };
-            let (mut limits, mut budget) = (object(&cur["limits"]), object(&cur["budget"]));
-            merge_rules(&rules, &mut limits, &mut budget);
-            c.call(
-                "PUT",
-                &path,
-                Some(&json!({"limits": limits, "budget": budget})),
-            )?
+            // the flags given change those fields and the server merges them into the rest
+            // (one PATCH, as `keys update`: no read-modify-write to race another change); a
+            // tenant that does not exist yet is created with them
+            let body = rules_body(&rules);
+            match c.call("PATCH", &path, Some(&body)) {
+                Err(Failure::Refused(m)) if m.starts_with("404") => {
+                    c.call("PUT", &path, Some(&body))?
+                }
+                other => other?,
+            }
         }
         TenantsCommand::List => c.call("GET", "/admin/v1/tenants", None)?,
         TenantsCommand::Show { name } => {
@@ -533,7 +526,7 @@ mod tests {
 
     #[test]
     fn rule_flags_merge_over_what_is_there() {
-        let mut limits = object(&json!({"rpm": 1, "tpm": 2}));
+        let mut limits = json!({"rpm": 1, "tpm": 2}).as_object().cloned().unwrap();
         let mut budget = Map::new();
         let rules = RuleFlags {
             rpm: Some(60),

@@ -447,6 +447,13 @@ async fn the_cli_drives_keys_and_tenants() {
         tenants.contains("acme") && tenants.contains("rpm=600"),
         "{tenants}"
     );
+    // a second set changes its flag and keeps the rest (the server merges one PATCH)
+    run(&["tenants", "set", "acme", "--tpm", "5000"]);
+    let tenants = run(&["tenants", "list"]);
+    assert!(
+        tenants.contains("rpm=600") && tenants.contains("tpm=5000"),
+        "{tenants}"
+    );
 }
 
 #[tokio::test]
