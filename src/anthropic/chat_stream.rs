@@ -108,10 +108,15 @@ impl ChatStream {
         index
     }
 
-    fn delta(out: &mut Vec<u8>, index: u64, delta: Value) {
-        event(
+    /// A `content_block_delta` carrying `field: text` in a delta of type `kind`, written
+    /// straight out (the per-token event: no JSON tree built and encoded for it). Keys in the
+    /// order every other event has them (sorted).
+    fn delta(out: &mut Vec<u8>, index: u64, kind: &str, field: &str, text: &str) {
+        use std::io::Write;
+        let _infallible = write!(
             out,
-            &json!({"type": "content_block_delta", "index": index, "delta": delta}),
+            "event: content_block_delta\ndata: {{\"delta\":{{\"{field}\":{},\"type\":\"{kind}\"}},\"index\":{index},\"type\":\"content_block_delta\"}}\n\n",
+            crate::openai::json_string(text)
         );
     }
 
@@ -158,11 +163,7 @@ impl ChatStream {
         let c = &mut self.calls[at];
         if let (Some(index), false) = (c.block, c.pending.is_empty()) {
             let partial = std::mem::take(&mut c.pending);
-            Self::delta(
-                out,
-                index,
-                json!({"type": "input_json_delta", "partial_json": partial}),
-            );
+            Self::delta(out, index, "input_json_delta", "partial_json", &partial);
         }
     }
 
@@ -194,12 +195,12 @@ impl ChatStream {
         if let Some(r) = reasoning(delta) {
             let start = json!({"type": "thinking", "thinking": "", "signature": ""});
             let i = self.open(Block::Thinking, start, out);
-            Self::delta(out, i, json!({"type": "thinking_delta", "thinking": r}));
+            Self::delta(out, i, "thinking_delta", "thinking", r);
             output = true;
         }
         if let Some(t) = delta["content"].as_str().filter(|t| !t.is_empty()) {
             let i = self.open(Block::Text, json!({"type": "text", "text": ""}), out);
-            Self::delta(out, i, json!({"type": "text_delta", "text": t}));
+            Self::delta(out, i, "text_delta", "text", t);
             output = true;
         }
         for call in delta["tool_calls"].as_array().into_iter().flatten() {

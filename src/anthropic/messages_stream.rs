@@ -22,6 +22,9 @@ pub fn finish_reason(stop: &str) -> &'static str {
 pub struct MessagesStream {
     model: String,
     id: String,
+    /// `model` and `id` as JSON string literals, for the per-token chunks.
+    model_json: String,
+    id_json: String,
     created: u64,
     include_usage: bool,
     /// The tool-call index of each content block that is a tool call.
@@ -36,6 +39,8 @@ impl MessagesStream {
         Self {
             model: model.to_string(),
             id: id.to_string(),
+            id_json: crate::openai::json_string(id),
+            model_json: crate::openai::json_string(model),
             created,
             include_usage,
             tool_of_block: Vec::new(),
@@ -79,7 +84,16 @@ impl MessagesStream {
     fn text(&self, out: &mut Vec<u8>, text: &Value, field: &str) -> bool {
         match text.as_str().filter(|t| !t.is_empty()) {
             Some(t) => {
-                self.chunk(out, json!({ field: t }), None);
+                // the per-token chunk, written straight out (keys sorted, as `chunk` has them)
+                use std::io::Write;
+                let _infallible = write!(
+                    out,
+                    "data: {{\"choices\":[{{\"delta\":{{\"{field}\":{}}},\"finish_reason\":null,\"index\":0}}],\"created\":{},\"id\":{},\"model\":{},\"object\":\"chat.completion.chunk\"}}\n\n",
+                    crate::openai::json_string(t),
+                    self.created,
+                    self.id_json,
+                    self.model_json,
+                );
                 true
             }
             None => false,
@@ -152,6 +166,7 @@ impl StreamTranslator for MessagesStream {
             "message_start" => {
                 if let Some(id) = v["message"]["id"].as_str() {
                     self.id = format!("chatcmpl-{}", id.trim_start_matches("msg_"));
+                    self.id_json = crate::openai::json_string(&self.id);
                 }
                 usage = self.take_usage(&v["message"]["usage"]);
                 self.chunk(out, json!({"role": "assistant", "content": ""}), None);
