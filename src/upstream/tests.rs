@@ -156,3 +156,43 @@ fn pools_of_two_snapshots_share_backend_state_by_url() {
         "without checks, their old verdict does not hold it down"
     );
 }
+
+fn cache_aware_config(max_blocks: usize) -> PoolConfig {
+    let yaml = format!(
+        "pools:\n  p:\n    backends: ['http://127.0.0.1:1', 'http://127.0.0.1:2']\n    balance: cache_aware\n    cache_aware: {{block_chars: 16, max_blocks: {max_blocks}}}\nroutes: [{{prefix: '', pool: p}}]"
+    );
+    Config::from_yaml(&yaml, &|_| None).unwrap().pools[0].clone()
+}
+
+#[test]
+fn the_prefix_index_follows_the_prompt_outlives_reloads_and_forgets_a_backend() {
+    let live = Backends::default();
+    let p = Pool::new(cache_aware_config(1000), &live);
+    let now = Instant::now();
+    let blocks = crate::prefix::blocks(&[&[b'x'; 160]], 16);
+    let (first, held) = p.select_by_prefix(&[], &blocks, now).unwrap();
+    assert_eq!(held, 0, "cold");
+    for _ in 0..5 {
+        assert_eq!(
+            p.select_by_prefix(&[], &blocks, now),
+            Some((first, 10)),
+            "it stays where its prefix is"
+        );
+    }
+    // a reload with the same settings keeps what was learnt
+    let reloaded = Pool::new(cache_aware_config(1000), &live);
+    assert_eq!(
+        reloaded.select_by_prefix(&[], &blocks, now),
+        Some((first, 10))
+    );
+    assert_eq!(reloaded.prefix_entries(), Some(10));
+    // the backend ejected or down: forgotten, so nothing pulls the prompt back to it
+    reloaded.forget_prefixes(first);
+    assert_eq!(reloaded.prefix_entries(), Some(0));
+    // a changed max_blocks starts afresh; a pool that is not cache_aware has no index
+    let resized = Pool::new(cache_aware_config(5), &live);
+    assert_eq!(resized.prefix_entries(), Some(0));
+    resized.select_by_prefix(&[], &blocks, now);
+    assert_eq!(resized.prefix_entries(), Some(5), "bounded by max_blocks");
+    assert_eq!(pool("").prefix_entries(), None);
+}
