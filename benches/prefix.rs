@@ -179,7 +179,10 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
 
 /// Fresh backends and a gateway for `policy`: the processes (killed when dropped), the
 /// backends' addresses and the gateway's chat URL.
-async fn start_fleet(policy: (&str, &str, &str)) -> (Vec<Proc>, Vec<String>, String) {
+async fn start_fleet(
+    policy: (&str, &str, &str),
+    clients: usize,
+) -> (Vec<Proc>, Vec<String>, String) {
     let names: Vec<String> = (0..BACKENDS)
         .map(|_| format!("127.0.0.1:{}", port()))
         .collect();
@@ -208,7 +211,7 @@ async fn start_fleet(policy: (&str, &str, &str)) -> (Vec<Proc>, Vec<String>, Str
     }
     let (p, admin) = (port(), port());
     let dir = std::env::temp_dir().join(format!(
-        "llmedge-prefix-{}-{}",
+        "llmedge-prefix-{}-{}-{clients}",
         std::process::id(),
         policy.0
     ));
@@ -232,7 +235,7 @@ async fn start_fleet(policy: (&str, &str, &str)) -> (Vec<Proc>, Vec<String>, Str
 }
 
 async fn run(policy: (&'static str, &str, &str), clients: usize) -> Outcome {
-    let (_procs, names, url) = start_fleet(policy).await;
+    let (_procs, names, url) = start_fleet(policy, clients).await;
     let next = Arc::new(AtomicUsize::new(0));
     let tasks: Vec<_> = (0..clients)
         .map(|_| tokio::spawn(client(url.clone(), next.clone())))

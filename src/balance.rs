@@ -18,7 +18,7 @@ pub struct Candidate {
     pub matched: f64,
 }
 
-/// A scraped load signal plus what the gateway sent since that scrape.
+/// A scraped load signal plus what the gateway sent and saw end since that scrape.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Load {
     pub waiting: f64,
@@ -26,21 +26,59 @@ pub struct Load {
     /// KV-cache usage, 0..=1.
     pub kv_usage: f64,
     pub sent_since_scrape: usize,
+    /// Requests of this gateway's that ended on the backend since the scrape.
+    pub ended_since_scrape: usize,
+    /// How many requests the backend runs at once, as learned from its scrapes
+    /// ([`slots_seen`]); `None` until it has been seen running anything.
+    pub slots: Option<f64>,
     /// Typical time a request holds a slot on this backend (seconds), as this gateway measured.
     pub service_secs: f64,
 }
 
+/// Until a backend's slots are known, each request it holds adds this much to its fill: enough
+/// to rank idle backends by what they hold, never enough to call one full.
+const UNLEARNED_FILL_PER_REQUEST: f64 = 0.01;
+
+/// What one scrape says about a backend's slots: with a queue (or a full KV cache) it runs all it
+/// can, so `running` is its capacity; otherwise each running request holds `kv_usage / running`
+/// of the cache, so `running / kv_usage` fit. `None` when nothing runs.
+pub fn slots_seen(waiting: f64, running: f64, kv_usage: f64) -> Option<f64> {
+    if running < 1.0 {
+        return None;
+    }
+    if waiting > 0.0 || kv_usage >= 0.999 {
+        return Some(running);
+    }
+    (kv_usage > 0.0).then(|| running / kv_usage)
+}
+
 impl Load {
-    /// Lower is better. A backend with a free slot (nothing queued, cache not full) scores its
-    /// cache fill in `0..1`; a saturated one scores above 1 by the expected wait for a slot:
-    /// the queue ahead, per running slot, times how long a request holds a slot there. So a
-    /// backend with few or slow slots is avoided once it is full.
-    pub fn score(&self) -> f64 {
-        let queued = self.waiting + self.sent_since_scrape as f64;
-        if queued == 0.0 && self.kv_usage < 0.999 {
-            return self.kv_usage.max(0.0);
+    /// Requests the backend holds now: the scrape's running and waiting, plus what this
+    /// gateway sent since, less what it saw end since; never below `inflight`, this gateway's
+    /// own count, which is fresh (and exact when it is the backend's only client).
+    pub fn occupancy(&self, inflight: usize) -> f64 {
+        let since = self.sent_since_scrape as f64 - self.ended_since_scrape as f64;
+        (self.running + self.waiting + since).max(inflight as f64).max(0.0)
+    }
+
+    /// Lower is better. A backend with a free slot scores its fill (occupancy per slot) in
+    /// `0..1`; a full one scores above 1 by the expected wait for a slot: the requests ahead,
+    /// per slot, times how long a request holds a slot there. So a backend with few or slow
+    /// slots is avoided once it is full, and a request sent since the scrape fills a slot
+    /// rather than counting as a queue.
+    pub fn score(&self, inflight: usize) -> f64 {
+        let occupancy = self.occupancy(inflight);
+        let service = self.service_secs.max(0.001);
+        let Some(slots) = self.slots.filter(|s| *s >= 1.0) else {
+            if self.waiting > 0.0 {
+                return 1.0 + (occupancy + 1.0) * service;
+            }
+            return (occupancy * UNLEARNED_FILL_PER_REQUEST).min(0.99);
+        };
+        if occupancy < slots {
+            return occupancy / slots;
         }
-        1.0 + (queued + 1.0) / self.running.max(1.0) * self.service_secs.max(0.001)
+        1.0 + (occupancy - slots + 1.0) / slots * service
     }
 }
 
@@ -69,11 +107,11 @@ pub fn select(algo: Balance, cands: &[Candidate], seq: u64, key: Option<u64>) ->
 }
 
 /// How loaded a candidate is, for `cache_aware`: the `vllm_load` score when every candidate
-/// has a fresh scrape (its cache fill while a slot is free, above 1 by the expected wait once
+/// has a fresh scrape (its fill while a slot is free, above 1 by the expected wait once
 /// full), else its in-flight requests relative to the pool's mean (1 = average).
 fn pressure(c: &Candidate, all_scraped: bool, mean_inflight: f64) -> f64 {
     match (all_scraped, c.load) {
-        (true, Some(l)) => l.score(),
+        (true, Some(l)) => l.score(c.inflight),
         _ => c.inflight as f64 / f64::from(c.weight.max(1)) / (mean_inflight + 1.0),
     }
 }
@@ -158,7 +196,7 @@ fn rendezvous(cands: &[Candidate], key: u64) -> Option<usize> {
 fn vllm_load(cands: &[Candidate]) -> Option<usize> {
     cands
         .iter()
-        .filter_map(|c| Some((c.load?.score(), c.inflight, c.index)))
+        .filter_map(|c| Some((c.load?.score(c.inflight), c.inflight, c.index)))
         .min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)))
         .map(|(_, _, i)| i)
 }

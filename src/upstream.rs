@@ -41,6 +41,9 @@ pub struct BackendState {
     health: Mutex<Health>,
     load: Mutex<Option<(Instant, Scraped)>>,
     sent_since_scrape: AtomicUsize,
+    ended_since_scrape: AtomicUsize,
+    /// Slots the scrapes have shown (`balance::slots_seen`), kept while idle scrapes say nothing.
+    slots: Mutex<Option<f64>>,
     /// EWMA of how long successful requests held the backend, in seconds.
     service: Mutex<Option<f64>>,
 }
@@ -151,6 +154,7 @@ pub struct BackendGuard(Arc<BackendState>);
 impl Drop for BackendGuard {
     fn drop(&mut self) {
         self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+        self.0.ended_since_scrape.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -339,6 +343,8 @@ impl Pool {
             running: s.running,
             kv_usage: s.kv_usage,
             sent_since_scrape: b.sent_since_scrape.load(Ordering::Relaxed),
+            ended_since_scrape: b.ended_since_scrape.load(Ordering::Relaxed),
+            slots: *b.slots.lock(),
             service_secs: b.service.lock().unwrap_or(DEFAULT_SERVICE_SECS),
         })
     }
@@ -395,8 +401,12 @@ impl Pool {
     /// Records a scrape; `None` marks the signal unknown.
     pub fn set_load(&self, index: usize, scraped: Option<Scraped>, now: Instant) {
         if let Some(b) = self.backends.get(index) {
+            if let Some(n) = scraped.and_then(|s| balance::slots_seen(s.waiting, s.running, s.kv_usage)) {
+                *b.slots.lock() = Some(n);
+            }
             *b.load.lock() = scraped.map(|s| (now, s));
             b.sent_since_scrape.store(0, Ordering::Relaxed);
+            b.ended_since_scrape.store(0, Ordering::Relaxed);
         }
     }
 

@@ -61,15 +61,24 @@ pub fn port() -> u16 {
 }
 
 pub fn spawn(cmd: &str, args: &[&str]) -> Proc {
-    spawn_in(&std::env::current_dir().unwrap_or_default(), cmd, args)
+    launch(cmd, args, &std::env::current_dir().unwrap_or_default(), Stdio::null())
 }
 
 /// [`spawn`] with `dir` as the working directory (where a gateway keeps its store).
+/// With `LLMEDGE_BENCH_LOGS` set, its output goes to `output.log` in `dir` (to study a run's
+/// decisions, e.g. the gateway's access lines); otherwise it is discarded.
 pub fn spawn_in(dir: &std::path::Path, cmd: &str, args: &[&str]) -> Proc {
+    let log = std::env::var_os("LLMEDGE_BENCH_LOGS")
+        .and_then(|_| std::fs::File::create(dir.join("output.log")).ok())
+        .map_or_else(Stdio::null, Stdio::from);
+    launch(cmd, args, dir, log)
+}
+
+fn launch(cmd: &str, args: &[&str], dir: &std::path::Path, out: Stdio) -> Proc {
     Command::new(cmd)
         .args(args)
         .current_dir(dir)
-        .stdout(Stdio::null())
+        .stdout(out)
         .stderr(Stdio::null())
         .spawn()
         .map(Proc)

@@ -94,6 +94,8 @@ fn loaded(index: usize, waiting: f64, running: f64, kv: f64, sent: usize) -> Can
             running,
             kv_usage: kv,
             sent_since_scrape: sent,
+            ended_since_scrape: 0,
+            slots: slots_seen(waiting, running, kv),
             service_secs: 1.0,
         }),
         ..cand(index, 1, 0)
@@ -114,12 +116,33 @@ fn vllm_load_prefers_free_slots_then_short_queues_per_slot() {
         Some(0),
         "a 4-slot backend with one queued beats a full 1-slot backend"
     );
-    let sent = [loaded(0, 0.0, 0.0, 0.0, 3), loaded(1, 0.0, 1.0, 0.5, 0)];
+    let mut sent = [loaded(0, 0.0, 0.0, 0.0, 3), loaded(1, 0.0, 1.0, 0.5, 0)];
+    sent[0].load.as_mut().unwrap().slots = Some(4.0);
     assert_eq!(
         select(Balance::VllmLoad, &sent, 0, None),
         Some(1),
-        "recent sends count"
+        "recent sends count: 3 of 4 slots filled since the scrape"
     );
+    sent[0].load.as_mut().unwrap().ended_since_scrape = 2;
+    assert_eq!(
+        select(Balance::VllmLoad, &sent, 0, None),
+        Some(0),
+        "and so do the ends seen since: 1 of 4 slots held"
+    );
+}
+
+#[test]
+fn a_request_sent_since_the_scrape_fills_a_slot_rather_than_queueing() {
+    let l = loaded(0, 0.0, 2.0, 0.5, 1).load.unwrap();
+    assert_eq!(l.slots, Some(4.0), "2 running at half the cache: 4 fit");
+    assert_eq!(l.score(0), 0.75, "3 of 4 slots held, none queued");
+    assert_eq!(l.score(4), 1.25, "the gateway's own in-flight count is a floor");
+    let idle = loaded(0, 0.0, 0.0, 0.0, 5).load.unwrap();
+    assert_eq!(idle.slots, None, "nothing ran: capacity unknown");
+    assert!(idle.score(5) < 0.1, "unknown capacity is never called full");
+    let quieter = loaded(0, 0.0, 0.0, 0.0, 2).load.unwrap();
+    assert!(idle.score(5) > quieter.score(2), "but ranks by what it holds");
+    assert_eq!(slots_seen(3.0, 8.0, 0.6), Some(8.0), "a queue shows the limit");
 }
 
 #[test]

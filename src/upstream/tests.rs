@@ -60,6 +60,29 @@ fn in_flight_guards_count_and_release() {
 }
 
 #[test]
+fn scrapes_teach_slots_and_ends_since_the_scrape_are_counted() {
+    let p = pool("    balance: vllm_load\n    metrics: {interval_ms: 500}");
+    let t0 = Instant::now();
+    let scraped = |waiting, running, kv_usage| Scraped {
+        waiting,
+        running,
+        kv_usage,
+    };
+    p.set_load(0, Some(scraped(0.0, 0.0, 0.0)), t0);
+    assert_eq!(p.load_signal(0, t0).unwrap().slots, None, "idle: not learned");
+    p.set_load(0, Some(scraped(0.0, 3.0, 0.75)), t0);
+    let g = p.begin(0);
+    drop(g);
+    let l = p.load_signal(0, t0).unwrap();
+    assert_eq!(l.slots, Some(4.0));
+    assert_eq!((l.sent_since_scrape, l.ended_since_scrape), (1, 1));
+    p.set_load(0, Some(scraped(0.0, 0.0, 0.0)), t0);
+    let l = p.load_signal(0, t0).unwrap();
+    assert_eq!(l.slots, Some(4.0), "an idle scrape keeps what was learned");
+    assert_eq!((l.sent_since_scrape, l.ended_since_scrape), (0, 0));
+}
+
+#[test]
 fn load_signal_is_fresh_or_unknown_and_counts_sends_since_the_scrape() {
     let p = pool("    balance: vllm_load\n    metrics: {interval_ms: 500}");
     let t0 = Instant::now();
