@@ -153,6 +153,9 @@ struct Outcome {
     hotspot: f64,
     per_backend: Vec<u64>,
     rounds: usize,
+    /// Each round's own TTFT p99 (the pooled p99 sits on a few slow requests: this shows
+    /// how much it moves between rounds).
+    round_p99: Vec<f64>,
 }
 
 impl Outcome {
@@ -166,6 +169,7 @@ impl Outcome {
         }
         self.ttft.extend(o.ttft);
         self.ttft.sort_by(f64::total_cmp);
+        self.round_p99.extend(o.round_p99);
         self.rounds += 1;
     }
 }
@@ -182,6 +186,7 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
 async fn start_fleet(
     policy: (&str, &str, &str),
     clients: usize,
+    round: usize,
 ) -> (Vec<Proc>, Vec<String>, String) {
     let names: Vec<String> = (0..BACKENDS)
         .map(|_| format!("127.0.0.1:{}", port()))
@@ -211,7 +216,7 @@ async fn start_fleet(
     }
     let (p, admin) = (port(), port());
     let dir = std::env::temp_dir().join(format!(
-        "llmedge-prefix-{}-{}-{clients}",
+        "llmedge-prefix-{}-{}-{clients}-{round}",
         std::process::id(),
         policy.0
     ));
@@ -219,7 +224,7 @@ async fn start_fleet(
     let cfg = dir.join("llmedge.yaml");
     std::fs::write(&cfg, gateway_config(p, admin, &names, policy.1, policy.2))
         .unwrap_or_else(|e| fail(&format!("cannot write config: {e}")));
-    let gw = common::spawn_in(
+    let gw = common::spawn_logged(
         &dir,
         env!("CARGO_BIN_EXE_llmedge"),
         &["--config", cfg.to_str().unwrap_or_default()],
@@ -234,8 +239,8 @@ async fn start_fleet(
     )
 }
 
-async fn run(policy: (&'static str, &str, &str), clients: usize) -> Outcome {
-    let (_procs, names, url) = start_fleet(policy, clients).await;
+async fn run(policy: (&'static str, &str, &str), clients: usize, round: usize) -> Outcome {
+    let (_procs, names, url) = start_fleet(policy, clients, round).await;
     let next = Arc::new(AtomicUsize::new(0));
     let tasks: Vec<_> = (0..clients)
         .map(|_| tokio::spawn(client(url.clone(), next.clone())))
@@ -255,6 +260,7 @@ async fn run(policy: (&'static str, &str, &str), clients: usize) -> Outcome {
     }
     let total: u64 = per_backend.iter().sum();
     let max = per_backend.iter().copied().max().unwrap_or(0);
+    let round_p99 = vec![pct(&ttft, 0.99)];
     Outcome {
         policy: policy.0,
         clients,
@@ -263,6 +269,7 @@ async fn run(policy: (&'static str, &str, &str), clients: usize) -> Outcome {
         hotspot: BACKENDS as f64 * max as f64 / total.max(1) as f64,
         per_backend,
         rounds: 1,
+        round_p99,
     }
 }
 
@@ -323,14 +330,19 @@ fn report(outcomes: &[Outcome], clients: usize) -> (String, bool) {
             .iter()
             .find(|o| o.policy == name && o.clients == clients)
     };
-    let mut s = format!("**{clients} concurrent clients**\n\n| policy | requests | TTFT p50 | TTFT p99 | hit ratio | hotspot ratio | requests per backend |\n|---|---|---|---|---|---|---|\n");
+    let mut s = format!("**{clients} concurrent clients**\n\n| policy | requests | TTFT p50 | TTFT p99 | p99 per round | hit ratio | hotspot ratio | requests per backend |\n|---|---|---|---|---|---|---|---|\n");
     for o in outcomes.iter().filter(|o| o.clients == clients) {
         s.push_str(&format!(
-            "| {} | {} | {:.3} s | {:.3} s | {:.2} | {:.2} | {:?} |\n",
+            "| {} | {} | {:.3} s | {:.3} s | {} | {:.2} | {:.2} | {:?} |\n",
             o.policy,
             o.ttft.len(),
             pct(&o.ttft, 0.5),
             p99(o),
+            o.round_p99
+                .iter()
+                .map(|p| format!("{p:.3}"))
+                .collect::<Vec<_>>()
+                .join(" / "),
             o.hit_ratio,
             o.hotspot,
             o.per_backend
@@ -365,9 +377,15 @@ fn main() {
             .into_iter()
             .filter(|p| only.as_deref().is_none_or(|o| o.split(',').any(|n| n == p.0)))
             .collect();
-        for (round, clients) in (0..rounds).flat_map(|r| [(r, 16), (r, 32)]) {
+        // LLMEDGE_BENCH_CLIENTS=16 runs one of the two loads
+        let only_load = std::env::var("LLMEDGE_BENCH_CLIENTS").ok();
+        let loads: Vec<usize> = [16, 32]
+            .into_iter()
+            .filter(|n| only_load.as_deref().is_none_or(|o| o == n.to_string()))
+            .collect();
+        for (round, clients) in (0..rounds).flat_map(|r| loads.iter().map(move |&n| (r, n))) {
             for &policy in &chosen {
-                let o = run(policy, clients).await;
+                let o = run(policy, clients, round).await;
                 eprint!("round {round}: ");
                 eprintln!(
                     "{clients} clients {}: {} requests, TTFT p50 {:.3}s p99 {:.3}s, hits {:.2}, hotspot {:.2} {:?}",
@@ -383,7 +401,7 @@ fn main() {
         let (t32, ok32) = report(&outcomes, 32);
         eprintln!("{t16}\n{t32}");
         let body = format!(
-            "## Prefix-cache-aware routing (issue 15)\n\nCommand: `cargo bench --bench prefix`. {}\n\nFleet: {BACKENDS} `llmedge mock` backends, {SLOTS} slots each, {TOKENS} tokens per answer at {DELAY_MS} ms/token, prefix cache of {CACHE_BLOCKS} blocks of 64 characters per backend, {PREFILL_MS_PER_KCHAR} ms of prefill per 1,000 uncached characters before the first token; load scraped every 100 ms for every policy. Workload: {CONVERSATIONS} conversations x {TURNS} turns, 4 system prompts of ~8 KB, each turn adding a ~2 KB tool output, the whole history resent each turn; fresh backends per policy and round; {ROUNDS} interleaved rounds, pooled (TTFT percentiles over all their requests, hit and hotspot ratios averaged over the rounds). TTFT = time to the first SSE event at the client; hit ratio = prompt characters the backends found cached / all prompt characters; hotspot ratio = backends x the largest share of requests. `ideal` = every conversation pinned to one backend. `cache_aware` at its defaults (block_chars 128, load_weight 1.0).\n\n{t16}\n{t32}\nAll targets met: **{}**.\n",
+            "## Prefix-cache-aware routing (issue 15)\n\nCommand: `cargo bench --bench prefix`. {}\n\nFleet: {BACKENDS} `llmedge mock` backends, {SLOTS} slots each, {TOKENS} tokens per answer at {DELAY_MS} ms/token, prefix cache of {CACHE_BLOCKS} blocks of 64 characters per backend, {PREFILL_MS_PER_KCHAR} ms of prefill per 1,000 uncached characters before the first token; load scraped every 100 ms for every policy. Workload: {CONVERSATIONS} conversations x {TURNS} turns, 4 system prompts of ~8 KB, each turn adding a ~2 KB tool output, the whole history resent each turn; fresh backends per policy and round; {ROUNDS} interleaved rounds, pooled (TTFT percentiles over all their requests, hit and hotspot ratios averaged over the rounds; \"p99 per round\" is each round's own p99, for how far the pooled one moves). TTFT = time to the first SSE event at the client; hit ratio = prompt characters the backends found cached / all prompt characters; hotspot ratio = backends x the largest share of requests. `ideal` = every conversation pinned to one backend. `cache_aware` at its defaults (block_chars 128, load_weight 1.0).\n\n{t16}\n{t32}\nAll targets met: **{}**.\n",
             common::provenance(),
             if ok16 && ok32 { "yes" } else { "no" }
         );

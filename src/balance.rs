@@ -58,7 +58,9 @@ impl Load {
     /// own count, which is fresh (and exact when it is the backend's only client).
     pub fn occupancy(&self, inflight: usize) -> f64 {
         let since = self.sent_since_scrape as f64 - self.ended_since_scrape as f64;
-        (self.running + self.waiting + since).max(inflight as f64).max(0.0)
+        (self.running + self.waiting + since)
+            .max(inflight as f64)
+            .max(0.0)
     }
 
     /// Lower is better. A backend with a free slot scores its fill (occupancy per slot) in

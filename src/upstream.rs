@@ -401,7 +401,9 @@ impl Pool {
     /// Records a scrape; `None` marks the signal unknown.
     pub fn set_load(&self, index: usize, scraped: Option<Scraped>, now: Instant) {
         if let Some(b) = self.backends.get(index) {
-            if let Some(n) = scraped.and_then(|s| balance::slots_seen(s.waiting, s.running, s.kv_usage)) {
+            if let Some(n) =
+                scraped.and_then(|s| balance::slots_seen(s.waiting, s.running, s.kv_usage))
+            {
                 *b.slots.lock() = Some(n);
             }
             *b.load.lock() = scraped.map(|s| (now, s));

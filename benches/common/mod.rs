@@ -61,20 +61,25 @@ pub fn port() -> u16 {
 }
 
 pub fn spawn(cmd: &str, args: &[&str]) -> Proc {
-    launch(cmd, args, &std::env::current_dir().unwrap_or_default(), Stdio::null())
+    spawn_in(&std::env::current_dir().unwrap_or_default(), cmd, args)
 }
 
 /// [`spawn`] with `dir` as the working directory (where a gateway keeps its store).
-/// With `LLMEDGE_BENCH_LOGS` set, its output goes to `output.log` in `dir` (to study a run's
-/// decisions, e.g. the gateway's access lines); otherwise it is discarded.
 pub fn spawn_in(dir: &std::path::Path, cmd: &str, args: &[&str]) -> Proc {
-    let log = std::env::var_os("LLMEDGE_BENCH_LOGS")
-        .and_then(|_| std::fs::File::create(dir.join("output.log")).ok())
-        .map_or_else(Stdio::null, Stdio::from);
-    launch(cmd, args, dir, log)
+    launch(dir, cmd, args, Stdio::null())
 }
 
-fn launch(cmd: &str, args: &[&str], dir: &std::path::Path, out: Stdio) -> Proc {
+/// [`spawn_in`], keeping the process's output in `output.log` in `dir` when
+/// `LLMEDGE_BENCH_LOGS` is set (to study a run's decisions from the gateway's access lines).
+#[allow(dead_code, reason = "only the benches that study decisions keep logs")]
+pub fn spawn_logged(dir: &std::path::Path, cmd: &str, args: &[&str]) -> Proc {
+    let out = std::env::var_os("LLMEDGE_BENCH_LOGS")
+        .and_then(|_| std::fs::File::create(dir.join("output.log")).ok())
+        .map_or_else(Stdio::null, Stdio::from);
+    launch(dir, cmd, args, out)
+}
+
+fn launch(dir: &std::path::Path, cmd: &str, args: &[&str], out: Stdio) -> Proc {
     Command::new(cmd)
         .args(args)
         .current_dir(dir)

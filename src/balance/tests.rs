@@ -136,13 +136,24 @@ fn a_request_sent_since_the_scrape_fills_a_slot_rather_than_queueing() {
     let l = loaded(0, 0.0, 2.0, 0.5, 1).load.unwrap();
     assert_eq!(l.slots, Some(4.0), "2 running at half the cache: 4 fit");
     assert_eq!(l.score(0), 0.75, "3 of 4 slots held, none queued");
-    assert_eq!(l.score(4), 1.25, "the gateway's own in-flight count is a floor");
+    assert_eq!(
+        l.score(4),
+        1.25,
+        "the gateway's own in-flight count is a floor"
+    );
     let idle = loaded(0, 0.0, 0.0, 0.0, 5).load.unwrap();
     assert_eq!(idle.slots, None, "nothing ran: capacity unknown");
     assert!(idle.score(5) < 0.1, "unknown capacity is never called full");
     let quieter = loaded(0, 0.0, 0.0, 0.0, 2).load.unwrap();
-    assert!(idle.score(5) > quieter.score(2), "but ranks by what it holds");
-    assert_eq!(slots_seen(3.0, 8.0, 0.6), Some(8.0), "a queue shows the limit");
+    assert!(
+        idle.score(5) > quieter.score(2),
+        "but ranks by what it holds"
+    );
+    assert_eq!(
+        slots_seen(3.0, 8.0, 0.6),
+        Some(8.0),
+        "a queue shows the limit"
+    );
 }
 
 #[test]
@@ -216,4 +227,28 @@ fn cache_aware_moves_off_a_saturated_holder_and_a_shared_prefix_spreads() {
     let c = [holding(0, 50, 1.0), holding(1, 0, 0.0)];
     assert_eq!(cache_aware(&c, 0, 0.0), Some(0));
     assert_eq!(cache_aware(&[], 0, 1.0), None);
+}
+
+#[test]
+fn cache_aware_keeps_a_burst_on_the_holder_while_it_has_free_slots() {
+    // cold start: nothing ran yet, so no backend's slots are known; what was just sent to the
+    // holder does not make it look saturated
+    let mut holder = loaded(0, 0.0, 0.0, 0.0, 3);
+    holder.matched = 0.8;
+    holder.inflight = 3;
+    let idle = loaded(1, 0.0, 0.0, 0.0, 0);
+    assert_eq!(cache_aware(&[holder, idle], 0, 1.0), Some(0));
+    // once the scrapes show 4 slots and the holder has all 4 busy, the request goes to a
+    // backend with a free slot
+    let mut full = loaded(0, 0.0, 3.0, 0.75, 1);
+    full.matched = 0.8;
+    full.inflight = 4;
+    let mut near = loaded(1, 0.0, 1.0, 0.25, 0);
+    near.matched = 0.2;
+    near.inflight = 1;
+    assert_eq!(cache_aware(&[full, near], 0, 1.0), Some(1));
+    // with a free slot left the holder keeps it
+    full.inflight = 3;
+    full.load.as_mut().unwrap().sent_since_scrape = 0;
+    assert_eq!(cache_aware(&[full, near], 0, 1.0), Some(0));
 }

@@ -69,7 +69,11 @@ fn scrapes_teach_slots_and_ends_since_the_scrape_are_counted() {
         kv_usage,
     };
     p.set_load(0, Some(scraped(0.0, 0.0, 0.0)), t0);
-    assert_eq!(p.load_signal(0, t0).unwrap().slots, None, "idle: not learned");
+    assert_eq!(
+        p.load_signal(0, t0).unwrap().slots,
+        None,
+        "idle: not learned"
+    );
     p.set_load(0, Some(scraped(0.0, 3.0, 0.75)), t0);
     let g = p.begin(0);
     drop(g);
