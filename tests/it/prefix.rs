@@ -107,6 +107,46 @@ async fn a_conversations_turns_stay_on_the_backend_that_holds_its_prefix() {
 }
 
 #[tokio::test]
+async fn with_scraped_load_a_conversation_stays_while_its_backend_has_free_slots() {
+    // every backend reports 1 of 4 slots busy; what the gateway sends between scrapes fills
+    // slots (and frees them when it ends) rather than counting as a queue, so turns stay put
+    let mocks = mocks(3).await;
+    for m in &mocks {
+        m.knobs(|k| k.load = Some((0.0, 1.0, 0.25)));
+    }
+    let gw = TestGateway::start_with(|p, a| {
+        yaml(&mocks, p, a).replace(
+            "    balance: cache_aware\n",
+            "    balance: cache_aware\n    metrics: {path: /metrics, interval_ms: 100}\n",
+        )
+    })
+    .await;
+    for m in &mocks {
+        let scraped = format!(
+            "llmedge_backend_kv_cache_usage{{backend=\"{}\",pool=\"kv\"}} 0.25",
+            m.addr
+        );
+        gw.wait_metric(&scraped).await;
+    }
+    for turn in 1..=6 {
+        for conv in 0..5 {
+            let body = conversation(conv, turn).to_string();
+            let r = post(&gw, "/v1/chat/completions", CLIENT_KEY, &body).await;
+            assert_eq!(r.status(), 200);
+            r.text().await.unwrap();
+        }
+    }
+    for conv in 0..5 {
+        let where_ = served(&mocks, &format!("conversation {conv} turn 0"));
+        assert_eq!(where_.len(), 6);
+        assert!(
+            where_.iter().all(|&b| b == where_[0]),
+            "conversation {conv} moved: {where_:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_prefix_every_request_shares_spreads_under_load() {
     let mocks = mocks(3).await;
     let gw = TestGateway::start_with(|p, a| yaml(&mocks, p, a)).await;
