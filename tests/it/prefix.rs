@@ -67,26 +67,32 @@ fn conversation(conv: usize, turns: usize) -> Value {
     json!({"model": "kv/echo", "messages": messages})
 }
 
-#[tokio::test]
-async fn a_conversations_turns_stay_on_the_backend_that_holds_its_prefix() {
-    let mocks = mocks(3).await;
-    let gw = TestGateway::start_with(|p, a| yaml(&mocks, p, a)).await;
+/// Plays 5 conversations of 6 turns, one request at a time, and checks every turn of each
+/// went to the backend its first turn went to.
+async fn conversations_stay_put(gw: &TestGateway, mocks: &[MockOpenAi]) {
     for turn in 1..=6 {
         for conv in 0..5 {
             let body = conversation(conv, turn).to_string();
-            let r = post(&gw, "/v1/chat/completions", CLIENT_KEY, &body).await;
+            let r = post(gw, "/v1/chat/completions", CLIENT_KEY, &body).await;
             assert_eq!(r.status(), 200);
             r.text().await.unwrap();
         }
     }
     for conv in 0..5 {
-        let where_ = served(&mocks, &format!("conversation {conv} turn 0"));
+        let where_ = served(mocks, &format!("conversation {conv} turn 0"));
         assert_eq!(where_.len(), 6);
         assert!(
             where_.iter().all(|&b| b == where_[0]),
             "conversation {conv} moved: {where_:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_conversations_turns_stay_on_the_backend_that_holds_its_prefix() {
+    let mocks = mocks(3).await;
+    let gw = TestGateway::start_with(|p, a| yaml(&mocks, p, a)).await;
+    conversations_stay_put(&gw, &mocks).await;
     let hits = gw
         .metric_value(r#"llmedge_prefix_blocks_total{pool="kv",result="hit"}"#)
         .await;
@@ -128,22 +134,7 @@ async fn with_scraped_load_a_conversation_stays_while_its_backend_has_free_slots
         );
         gw.wait_metric(&scraped).await;
     }
-    for turn in 1..=6 {
-        for conv in 0..5 {
-            let body = conversation(conv, turn).to_string();
-            let r = post(&gw, "/v1/chat/completions", CLIENT_KEY, &body).await;
-            assert_eq!(r.status(), 200);
-            r.text().await.unwrap();
-        }
-    }
-    for conv in 0..5 {
-        let where_ = served(&mocks, &format!("conversation {conv} turn 0"));
-        assert_eq!(where_.len(), 6);
-        assert!(
-            where_.iter().all(|&b| b == where_[0]),
-            "conversation {conv} moved: {where_:?}"
-        );
-    }
+    conversations_stay_put(&gw, &mocks).await;
 }
 
 #[tokio::test]
