@@ -39,17 +39,26 @@ pub struct Load {
 /// to rank idle backends by what they hold, never enough to call one full.
 const UNLEARNED_FILL_PER_REQUEST: f64 = 0.01;
 
-/// What one scrape says about a backend's slots: with a queue (or a full KV cache) it runs all it
-/// can, so `running` is its capacity; otherwise each running request holds `kv_usage / running`
-/// of the cache, so `running / kv_usage` fit. `None` when nothing runs.
+/// Below this KV fill, `running / kv_usage` says too little (a few short requests on a large
+/// cache, or a fill rounded to 0.01) to learn slots from.
+const MIN_KV_FOR_SLOTS: f64 = 0.05;
+
+/// What one scrape says about a backend's slots: with a full KV cache it runs all it can, so
+/// `running` is its capacity; otherwise each running request holds `kv_usage / running` of the
+/// cache, so `running / kv_usage` fit (a queue beside free cache is a per-step budget, not the
+/// capacity). A queue with the cache nearly empty caps it at `running`. `None` when nothing
+/// runs, or the fill is too small to tell.
 pub fn slots_seen(waiting: f64, running: f64, kv_usage: f64) -> Option<f64> {
-    if running < 1.0 {
+    if running < 1.0 || !kv_usage.is_finite() {
         return None;
     }
-    if waiting > 0.0 || kv_usage >= 0.999 {
+    if kv_usage >= 0.999 {
         return Some(running);
     }
-    (kv_usage > 0.0).then(|| running / kv_usage)
+    if kv_usage >= MIN_KV_FOR_SLOTS {
+        return Some(running / kv_usage);
+    }
+    (waiting > 0.0).then_some(running)
 }
 
 impl Load {

@@ -39,13 +39,22 @@ const MIN_STALE_AFTER: Duration = Duration::from_secs(1);
 pub struct BackendState {
     inflight: AtomicUsize,
     health: Mutex<Health>,
-    load: Mutex<Option<(Instant, Scraped)>>,
-    sent_since_scrape: AtomicUsize,
-    ended_since_scrape: AtomicUsize,
+    /// The last scrape, when it arrived, and this gateway's counts when it was asked for.
+    load: Mutex<Option<(Instant, Scraped, Counts)>>,
+    /// Requests this gateway ever sent to the backend, and those that ended.
+    sent: AtomicUsize,
+    ended: AtomicUsize,
     /// Slots the scrapes have shown (`balance::slots_seen`), kept while idle scrapes say nothing.
     slots: Mutex<Option<f64>>,
     /// EWMA of how long successful requests held the backend, in seconds.
     service: Mutex<Option<f64>>,
+}
+
+/// This gateway's running totals of requests sent to a backend and ended there.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Counts {
+    pub sent: usize,
+    pub ended: usize,
 }
 
 /// Weight of the newest sample in the service-time average.
@@ -154,7 +163,7 @@ pub struct BackendGuard(Arc<BackendState>);
 impl Drop for BackendGuard {
     fn drop(&mut self) {
         self.0.inflight.fetch_sub(1, Ordering::Relaxed);
-        self.0.ended_since_scrape.fetch_add(1, Ordering::Relaxed);
+        self.0.ended.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -333,7 +342,7 @@ impl Pool {
     pub fn load_signal(&self, index: usize, now: Instant) -> Option<Load> {
         let scrape = self.config.metrics.as_ref()?;
         let b = self.backends.get(index)?;
-        let (at, s) = (*b.load.lock())?;
+        let (at, s, base) = (*b.load.lock())?;
         let stale_after = (scrape.interval * STALE_AFTER_INTERVALS).max(MIN_STALE_AFTER);
         if now.saturating_duration_since(at) > stale_after {
             return None;
@@ -342,8 +351,8 @@ impl Pool {
             waiting: s.waiting,
             running: s.running,
             kv_usage: s.kv_usage,
-            sent_since_scrape: b.sent_since_scrape.load(Ordering::Relaxed),
-            ended_since_scrape: b.ended_since_scrape.load(Ordering::Relaxed),
+            sent_since_scrape: b.sent.load(Ordering::Relaxed).saturating_sub(base.sent),
+            ended_since_scrape: b.ended.load(Ordering::Relaxed).saturating_sub(base.ended),
             slots: *b.slots.lock(),
             service_secs: b.service.lock().unwrap_or(DEFAULT_SERVICE_SECS),
         })
@@ -368,7 +377,7 @@ impl Pool {
     pub fn begin(&self, index: usize) -> Option<BackendGuard> {
         let b = self.backends.get(index)?;
         b.inflight.fetch_add(1, Ordering::Relaxed);
-        b.sent_since_scrape.fetch_add(1, Ordering::Relaxed);
+        b.sent.fetch_add(1, Ordering::Relaxed);
         Some(BackendGuard(b.clone()))
     }
 
@@ -398,17 +407,27 @@ impl Pool {
         self.backends.get(index).map(|b| f(&mut b.health.lock()))
     }
 
-    /// Records a scrape; `None` marks the signal unknown.
-    pub fn set_load(&self, index: usize, scraped: Option<Scraped>, now: Instant) {
+    /// What this gateway has sent to backend `index` and seen end so far: taken when a scrape
+    /// is asked for, so what happens while it is on its way counts as after it.
+    pub fn counts(&self, index: usize) -> Counts {
+        self.backends
+            .get(index)
+            .map_or_else(Counts::default, |b| Counts {
+                sent: b.sent.load(Ordering::Relaxed),
+                ended: b.ended.load(Ordering::Relaxed),
+            })
+    }
+
+    /// Records a scrape asked for when this gateway's counts were `base`; `None` marks the
+    /// signal unknown (slots learned earlier are kept).
+    pub fn set_load(&self, index: usize, scraped: Option<Scraped>, base: Counts, now: Instant) {
         if let Some(b) = self.backends.get(index) {
             if let Some(n) =
                 scraped.and_then(|s| balance::slots_seen(s.waiting, s.running, s.kv_usage))
             {
                 *b.slots.lock() = Some(n);
             }
-            *b.load.lock() = scraped.map(|s| (now, s));
-            b.sent_since_scrape.store(0, Ordering::Relaxed);
-            b.ended_since_scrape.store(0, Ordering::Relaxed);
+            *b.load.lock() = scraped.map(|s| (now, s, base));
         }
     }
 

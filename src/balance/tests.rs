@@ -150,10 +150,22 @@ fn a_request_sent_since_the_scrape_fills_a_slot_rather_than_queueing() {
         "but ranks by what it holds"
     );
     assert_eq!(
-        slots_seen(3.0, 8.0, 0.6),
-        Some(8.0),
-        "a queue shows the limit"
+        slots_seen(0.0, 4.0, 1.0),
+        Some(4.0),
+        "a full cache shows the limit"
     );
+    assert_eq!(
+        slots_seen(3.0, 6.0, 0.6),
+        Some(10.0),
+        "a queue beside free cache is a step budget: the cache tells"
+    );
+    assert_eq!(
+        slots_seen(3.0, 8.0, 0.01),
+        Some(8.0),
+        "a queue on an empty cache"
+    );
+    assert_eq!(slots_seen(0.0, 2.0, 0.01), None, "too little fill to tell");
+    assert_eq!(slots_seen(0.0, 2.0, f64::NAN), None);
 }
 
 #[test]

@@ -172,6 +172,9 @@ async fn health_loop(live: &Live, connector: &Connector, pool: &str, id: u64) {
 
 async fn scrape_loop(live: &Live, connector: &Connector, pool: &str, id: u64) {
     loop {
+        let Some(base) = with_backend(live, pool, id, |p, b| p.counts(b)) else {
+            return;
+        };
         let section = |p: &Pool| p.config.metrics.clone();
         let request = |c: &crate::config::ScrapeConfig| {
             let timeout = c.interval.max(Duration::from_secs(1));
@@ -186,7 +189,7 @@ async fn scrape_loop(live: &Live, connector: &Connector, pool: &str, id: u64) {
             _ => None,
         };
         if with_backend(live, pool, id, |p, b| {
-            p.set_load(b, scraped, Instant::now())
+            p.set_load(b, scraped, base, Instant::now())
         })
         .is_none()
         {

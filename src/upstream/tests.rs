@@ -63,26 +63,45 @@ fn in_flight_guards_count_and_release() {
 fn scrapes_teach_slots_and_ends_since_the_scrape_are_counted() {
     let p = pool("    balance: vllm_load\n    metrics: {interval_ms: 500}");
     let t0 = Instant::now();
-    let scraped = |waiting, running, kv_usage| Scraped {
-        waiting,
-        running,
-        kv_usage,
+    let scraped = |waiting, running, kv_usage| {
+        Some(Scraped {
+            waiting,
+            running,
+            kv_usage,
+        })
     };
-    p.set_load(0, Some(scraped(0.0, 0.0, 0.0)), t0);
+    p.set_load(0, scraped(0.0, 0.0, 0.0), p.counts(0), t0);
     assert_eq!(
         p.load_signal(0, t0).unwrap().slots,
         None,
         "idle: not learned"
     );
-    p.set_load(0, Some(scraped(0.0, 3.0, 0.75)), t0);
-    let g = p.begin(0);
-    drop(g);
+    p.set_load(0, scraped(0.0, 2.0, 0.0001), p.counts(0), t0);
+    assert_eq!(
+        p.load_signal(0, t0).unwrap().slots,
+        None,
+        "too little fill to tell"
+    );
+    p.set_load(0, scraped(0.0, 3.0, 0.75), p.counts(0), t0);
+    drop(p.begin(0));
     let l = p.load_signal(0, t0).unwrap();
     assert_eq!(l.slots, Some(4.0));
     assert_eq!((l.sent_since_scrape, l.ended_since_scrape), (1, 1));
-    p.set_load(0, Some(scraped(0.0, 0.0, 0.0)), t0);
+    // asked for, then a request is sent while the scrape is on its way: it counts as after it
+    let base = p.counts(0);
+    let _g = p.begin(0);
+    p.set_load(0, scraped(0.0, 0.0, 0.0), base, t0);
     let l = p.load_signal(0, t0).unwrap();
     assert_eq!(l.slots, Some(4.0), "an idle scrape keeps what was learned");
+    assert_eq!((l.sent_since_scrape, l.ended_since_scrape), (1, 0));
+    p.set_load(0, None, p.counts(0), t0);
+    p.set_load(0, scraped(0.0, 0.0, 0.0), p.counts(0), t0);
+    let l = p.load_signal(0, t0).unwrap();
+    assert_eq!(
+        l.slots,
+        Some(4.0),
+        "a failed scrape forgets the signal, not the slots"
+    );
     assert_eq!((l.sent_since_scrape, l.ended_since_scrape), (0, 0));
 }
 
@@ -96,7 +115,7 @@ fn load_signal_is_fresh_or_unknown_and_counts_sends_since_the_scrape() {
         running: 1.0,
         kv_usage: 0.5,
     };
-    p.set_load(0, Some(s), t0);
+    p.set_load(0, Some(s), p.counts(0), t0);
     let _g = p.begin(0);
     let l = p.load_signal(0, t0).unwrap();
     assert_eq!((l.waiting, l.sent_since_scrape), (2.0, 1));
@@ -115,7 +134,7 @@ fn load_signal_is_fresh_or_unknown_and_counts_sends_since_the_scrape() {
         "ewma: {}",
         l.service_secs
     );
-    p.set_load(0, None, t0);
+    p.set_load(0, None, p.counts(0), t0);
     assert_eq!(
         p.load_signal(0, t0),
         None,
