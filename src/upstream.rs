@@ -39,15 +39,21 @@ const MIN_STALE_AFTER: Duration = Duration::from_secs(1);
 pub struct BackendState {
     inflight: AtomicUsize,
     health: Mutex<Health>,
-    /// The last scrape, when it arrived, and this gateway's counts when it was asked for.
-    load: Mutex<Option<(Instant, Scraped, Counts)>>,
+    load: Mutex<Scrapes>,
     /// Requests this gateway ever sent to the backend, and those that ended.
     sent: AtomicUsize,
     ended: AtomicUsize,
-    /// Slots the scrapes have shown (`balance::slots_seen`), kept while idle scrapes say nothing.
-    slots: Mutex<Option<f64>>,
     /// EWMA of how long successful requests held the backend, in seconds.
     service: Mutex<Option<f64>>,
+}
+
+/// What a backend's scrapes have told: the last one (when it arrived, what it said, and this
+/// gateway's counts when it was asked for; `None` when it failed), and the slots they have
+/// shown (`balance::slots_seen`), kept through idle and failed scrapes.
+#[derive(Default)]
+struct Scrapes {
+    last: Option<(Instant, Scraped, Counts)>,
+    slots: Option<f64>,
 }
 
 /// This gateway's running totals of requests sent to a backend and ended there.
@@ -342,7 +348,11 @@ impl Pool {
     pub fn load_signal(&self, index: usize, now: Instant) -> Option<Load> {
         let scrape = self.config.metrics.as_ref()?;
         let b = self.backends.get(index)?;
-        let (at, s, base) = (*b.load.lock())?;
+        let (last, slots) = {
+            let l = b.load.lock();
+            (l.last, l.slots)
+        };
+        let (at, s, base) = last?;
         let stale_after = (scrape.interval * STALE_AFTER_INTERVALS).max(MIN_STALE_AFTER);
         if now.saturating_duration_since(at) > stale_after {
             return None;
@@ -353,7 +363,7 @@ impl Pool {
             kv_usage: s.kv_usage,
             sent_since_scrape: b.sent.load(Ordering::Relaxed).saturating_sub(base.sent),
             ended_since_scrape: b.ended.load(Ordering::Relaxed).saturating_sub(base.ended),
-            slots: *b.slots.lock(),
+            slots,
             service_secs: b.service.lock().unwrap_or(DEFAULT_SERVICE_SECS),
         })
     }
@@ -422,12 +432,10 @@ impl Pool {
     /// signal unknown (slots learned earlier are kept).
     pub fn set_load(&self, index: usize, scraped: Option<Scraped>, base: Counts, now: Instant) {
         if let Some(b) = self.backends.get(index) {
-            if let Some(n) =
-                scraped.and_then(|s| balance::slots_seen(s.waiting, s.running, s.kv_usage))
-            {
-                *b.slots.lock() = Some(n);
-            }
-            *b.load.lock() = scraped.map(|s| (now, s, base));
+            let mut l = b.load.lock();
+            let seen = scraped.and_then(|s| balance::slots_seen(s.waiting, s.running, s.kv_usage));
+            l.slots = seen.or(l.slots);
+            l.last = scraped.map(|s| (now, s, base));
         }
     }
 
