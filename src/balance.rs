@@ -29,7 +29,7 @@ pub struct Load {
     /// Requests of this gateway's that ended on the backend since the scrape.
     pub ended_since_scrape: usize,
     /// How many requests the backend runs at once, as learned from its scrapes
-    /// ([`slots_seen`]); `None` until it has been seen running anything.
+    /// ([`slots_seen`]); `None` until one showed a full cache, a fill of 5% or more, or a queue.
     pub slots: Option<f64>,
     /// Typical time a request holds a slot on this backend (seconds), as this gateway measured.
     pub service_secs: f64,

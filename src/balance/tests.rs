@@ -144,6 +144,12 @@ fn a_request_sent_since_the_scrape_fills_a_slot_rather_than_queueing() {
     let idle = loaded(0, 0.0, 0.0, 0.0, 5).load.unwrap();
     assert_eq!(idle.slots, None, "nothing ran: capacity unknown");
     assert!(idle.score(5) < 0.1, "unknown capacity is never called full");
+    let stuck = loaded(0, 2.0, 0.0, 0.0, 0).load.unwrap();
+    assert_eq!(
+        stuck.slots, None,
+        "a queue with nothing running shows no capacity"
+    );
+    assert!(stuck.score(0) > 1.0, "but a backend that queues is full");
     let quieter = loaded(0, 0.0, 0.0, 0.0, 2).load.unwrap();
     assert!(
         idle.score(5) > quieter.score(2),
